@@ -127,9 +127,12 @@ def load_pickle(path: str | os.PathLike) -> dict[str, np.ndarray]:
         f"{path}: pickled checkpoints need torch (pip install 'jaxpretrain[torch]'), or "
         "convert them to .safetensors first") from None
   import pickle  # noqa: PLC0415
+  import zipfile  # noqa: PLC0415
 
   try:
-    obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    # mmap streams tensors from disk, but only the zip format (torch >= 1.6) supports it.
+    obj = torch.load(path, map_location="cpu", weights_only=True,
+                     mmap=zipfile.is_zipfile(path))
   except pickle.UnpicklingError as e:
     raise CheckpointError(
         f"{path}: refused: the pickle needs more than tensors, and loading it would run code "
