@@ -1,0 +1,264 @@
+"""ResNet, Wide ResNet and ResNeXt with torchvision semantics (NHWC).
+
+Mirrors `torchvision.models.resnet` (v0.29) so that its state dicts convert by name:
+ResNet v1.5 (the stride of a bottleneck sits on its 3x3 conv), torch-style explicit padding,
+a max-pool that pads with -inf, and BatchNorm with torch's momentum, epsilon and unbiased
+running variance. Submodule names follow torchvision's hierarchy: `conv1`, `bn1`,
+`layer1_0/conv1`, `layer1_0/downsample_conv`, `layer1_0/downsample_bn`, `fc`.
+
+    model = build("resnet50")                      # 1000-class ImageNet head
+    variables = model.init(rng, jnp.zeros([1, 224, 224, 3]))
+    logits, aux = model.apply(variables, x)        # aux: stem, layer1..layer4, pooled, logits
+    (logits, aux), upd = model.apply(variables, x, train=True, mutable=["batch_stats"])
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Dtype = Any
+
+# Variants from torchvision.models.resnet (resnet18 ... resnext101_64x4d), as constructor
+# kwargs: torchvision's `_resnet(block, layers, ...)` with `groups` / `width_per_group`.
+VARIANTS: dict[str, dict[str, Any]] = {
+    "resnet18": dict(block="basic", stage_sizes=(2, 2, 2, 2)),
+    "resnet34": dict(block="basic", stage_sizes=(3, 4, 6, 3)),
+    "resnet50": dict(block="bottleneck", stage_sizes=(3, 4, 6, 3)),
+    "resnet101": dict(block="bottleneck", stage_sizes=(3, 4, 23, 3)),
+    "resnet152": dict(block="bottleneck", stage_sizes=(3, 8, 36, 3)),
+    "resnext50_32x4d": dict(block="bottleneck", stage_sizes=(3, 4, 6, 3), groups=32,
+                            width_per_group=4),
+    "resnext101_32x8d": dict(block="bottleneck", stage_sizes=(3, 4, 23, 3), groups=32,
+                             width_per_group=8),
+    "resnext101_64x4d": dict(block="bottleneck", stage_sizes=(3, 4, 23, 3), groups=64,
+                             width_per_group=4),
+    "wide_resnet50_2": dict(block="bottleneck", stage_sizes=(3, 4, 6, 3), width_per_group=128),
+    "wide_resnet101_2": dict(block="bottleneck", stage_sizes=(3, 4, 23, 3), width_per_group=128),
+    # Not a torchvision model: one basic block per stage, 8 stem channels (143,312 parameters,
+    # 65,000 of them the 1000-class head). For fast tests of code that needs some ResNet.
+    "resnet_tiny": dict(block="basic", stage_sizes=(1, 1, 1, 1), width=8),
+}
+
+# torch.nn.BatchNorm2d defaults: running = 0.9 * running + 0.1 * batch, eps 1e-5.
+BN_MOMENTUM = 0.9
+BN_EPSILON = 1e-5
+
+# torchvision initializes convs with kaiming_normal_(mode="fan_out", nonlinearity="relu"): an
+# untruncated normal of variance 2 / fan_out.
+conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+# torch.nn.Linear: weight and bias ~ U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
+dense_init = nn.initializers.variance_scaling(1 / 3, "fan_in", "uniform")
+
+
+def _torch_linear_bias_init(fan_in: int) -> Callable:
+  def init(key, shape, dtype=jnp.float32):
+    bound = 1 / fan_in**0.5
+    return jax.random.uniform(key, shape, dtype, -bound, bound)
+  return init
+
+
+class BatchNorm(nn.Module):
+  """BatchNorm over the last axis with torch's semantics (unbiased running variance).
+
+  Training normalizes with the biased batch variance and updates
+  `var <- momentum * var + (1 - momentum) * unbiased_batch_var`, as torch.nn.BatchNorm2d
+  does (Flax's nn.BatchNorm uses the biased one). With `axis_name`, batch statistics are
+  averaged over that mapped axis (pmap), like torch.nn.SyncBatchNorm.
+  """
+  momentum: float = BN_MOMENTUM  # Flax convention: weight of the old running value
+  epsilon: float = BN_EPSILON
+  dtype: Dtype | None = None  # output dtype; statistics are always float32
+  param_dtype: Dtype = jnp.float32
+  scale_init: Callable = nn.initializers.ones
+  axis_name: str | None = None
+
+  @nn.compact
+  def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
+    """x: [..., features] -> same shape."""
+    features = x.shape[-1]
+    scale = self.param("scale", self.scale_init, (features,), self.param_dtype)
+    bias = self.param("bias", nn.initializers.zeros, (features,), self.param_dtype)
+    ra_mean = self.variable("batch_stats", "mean", jnp.zeros, (features,), jnp.float32)
+    ra_var = self.variable("batch_stats", "var", jnp.ones, (features,), jnp.float32)
+    xf = x.astype(jnp.float32)
+    if train:
+      mean, var = self._batch_stats(xf)
+      if not self.is_initializing():
+        n = x.size // features
+        if self.axis_name is not None:
+          n *= jax.lax.psum(1, self.axis_name)
+        unbiased = var * (n / jnp.maximum(n - 1, 1))  # torch: Bessel-corrected
+        m = self.momentum
+        ra_mean.value = m * ra_mean.value + (1 - m) * mean
+        ra_var.value = m * ra_var.value + (1 - m) * unbiased
+    else:
+      mean, var = ra_mean.value, ra_var.value
+    y = (xf - mean) * (jax.lax.rsqrt(var + self.epsilon) * scale.astype(jnp.float32))
+    y = y + bias.astype(jnp.float32)
+    return y.astype(self.dtype or x.dtype)
+
+  def _batch_stats(self, xf: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Mean and biased variance over all axes but the last, two-pass for accuracy."""
+    axes = tuple(range(xf.ndim - 1))
+    mean = xf.mean(axes)
+    if self.axis_name is not None:
+      mean = jax.lax.pmean(mean, self.axis_name)
+    var = jnp.square(xf - mean).mean(axes)
+    if self.axis_name is not None:
+      var = jax.lax.pmean(var, self.axis_name)
+    return mean, var
+
+
+class _Parts(nn.Module):
+  """Shared fields and constructors of the blocks and the network."""
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+  axis_name: str | None = None
+
+  def conv(self, features: int, kernel: int, stride: int = 1, groups: int = 1, *,
+           name: str) -> nn.Conv:
+    # torch pads k//2 on each side (conv1 7x7: 3; 3x3: 1; 1x1: 0), not 'SAME'.
+    p = kernel // 2
+    return nn.Conv(features, (kernel, kernel), (stride, stride), padding=((p, p), (p, p)),
+                   feature_group_count=groups, use_bias=False, kernel_init=conv_init,
+                   dtype=self.dtype, param_dtype=self.param_dtype, name=name)
+
+  def norm(self, *, name: str, zero: bool = False) -> BatchNorm:
+    return BatchNorm(dtype=self.dtype, param_dtype=self.param_dtype, axis_name=self.axis_name,
+                     scale_init=nn.initializers.zeros if zero else nn.initializers.ones,
+                     name=name)
+
+
+class BasicBlock(_Parts):
+  """torchvision BasicBlock: two 3x3 convs, expansion 1."""
+  planes: int = 64
+  stride: int = 1
+  downsample: bool = False
+  groups: int = 1  # torchvision allows only 1 and 64 here; kept for a uniform signature
+  width_per_group: int = 64
+  zero_init_residual: bool = False
+
+  expansion = 1
+
+  @nn.compact
+  def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
+    """x: [batch, h, w, c] -> [batch, h / stride, w / stride, planes]."""
+    y = self.conv(self.planes, 3, self.stride, name="conv1")(x)
+    y = nn.relu(self.norm(name="bn1")(y, train=train))
+    y = self.conv(self.planes, 3, name="conv2")(y)
+    y = self.norm(name="bn2", zero=self.zero_init_residual)(y, train=train)
+    return nn.relu(y + _shortcut(self, x, self.planes, train))
+
+
+class Bottleneck(_Parts):
+  """torchvision Bottleneck (ResNet v1.5: stride on the 3x3 conv), expansion 4."""
+  planes: int = 64
+  stride: int = 1
+  downsample: bool = False
+  groups: int = 1
+  width_per_group: int = 64
+  zero_init_residual: bool = False
+
+  expansion = 4
+
+  @nn.compact
+  def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
+    """x: [batch, h, w, c] -> [batch, h / stride, w / stride, 4 * planes]."""
+    width = int(self.planes * (self.width_per_group / 64.0)) * self.groups  # torchvision's
+    y = self.conv(width, 1, name="conv1")(x)
+    y = nn.relu(self.norm(name="bn1")(y, train=train))
+    y = self.conv(width, 3, self.stride, self.groups, name="conv2")(y)
+    y = nn.relu(self.norm(name="bn2")(y, train=train))
+    y = self.conv(self.planes * 4, 1, name="conv3")(y)
+    y = self.norm(name="bn3", zero=self.zero_init_residual)(y, train=train)
+    return nn.relu(y + _shortcut(self, x, self.planes * 4, train))
+
+
+def _shortcut(block: BasicBlock | Bottleneck, x: jax.Array, features: int,
+              train: bool) -> jax.Array:
+  """Identity, or torchvision's `downsample`: 1x1 conv (strided) then BatchNorm."""
+  if not block.downsample:
+    return x
+  x = block.conv(features, 1, block.stride, name="downsample_conv")(x)
+  return block.norm(name="downsample_bn")(x, train=train)
+
+
+BLOCKS = {"basic": BasicBlock, "bottleneck": Bottleneck}
+
+
+class ResNet(_Parts):
+  """torchvision ResNet / Wide ResNet / ResNeXt on NHWC images."""
+  block: str = "bottleneck"  # "basic" | "bottleneck"
+  stage_sizes: Sequence[int] = (3, 4, 6, 3)  # blocks in layer1..layer4
+  num_classes: int | None = 1000  # None: no `fc`; the output is the pooled features
+  width: int = 64  # stem channels and layer1's planes (torchvision: 64); doubles per stage
+  groups: int = 1
+  width_per_group: int = 64
+  zero_init_residual: bool = False  # zero gamma of each block's last BN (torchvision option)
+
+  @nn.compact
+  def __call__(self, x: jax.Array, *, train: bool = False):
+    """Runs the network.
+
+    Args:
+      x: [batch, height, width, 3] images, normalized as `preprocessing` says.
+      train: use batch statistics and update `batch_stats` (apply with mutable=["batch_stats"]).
+    Returns:
+      (out, aux): out is logits [batch, num_classes], or the pooled features [batch, channels]
+      when num_classes is None. aux holds the intermediates: stem [batch, h/4, w/4, width]
+      (after the max-pool), layer1..layer4 (NHWC), pooled [batch, channels] and logits.
+    """
+    if self.block not in BLOCKS:
+      raise ValueError(f"unknown block '{self.block}'; known: {sorted(BLOCKS)}")
+    block_cls = BLOCKS[self.block]
+    aux = {}
+    x = self.conv(self.width, 7, 2, name="conv1")(x)
+    x = nn.relu(self.norm(name="bn1")(x, train=train))
+    # torch's MaxPool2d(3, 2, padding=1) pads with -inf; so does reduce_window's init value.
+    x = aux["stem"] = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+    in_features = self.width
+    for i, blocks in enumerate(self.stage_sizes):
+      planes = self.width * 2**i
+      for j in range(blocks):
+        stride = 2 if i > 0 and j == 0 else 1
+        downsample = j == 0 and (stride != 1 or in_features != planes * block_cls.expansion)
+        x = block_cls(
+            planes=planes, stride=stride, downsample=downsample, groups=self.groups,
+            width_per_group=self.width_per_group, zero_init_residual=self.zero_init_residual,
+            dtype=self.dtype, param_dtype=self.param_dtype, axis_name=self.axis_name,
+            name=f"layer{i + 1}_{j}")(x, train=train)
+        in_features = planes * block_cls.expansion
+      aux[f"layer{i + 1}"] = x
+    x = aux["pooled"] = jnp.mean(x, axis=(1, 2))  # AdaptiveAvgPool2d((1, 1)) + flatten
+    if self.num_classes is None:
+      return x, aux
+    x = aux["logits"] = nn.Dense(
+        self.num_classes, kernel_init=dense_init, bias_init=_torch_linear_bias_init(x.shape[-1]),
+        dtype=self.dtype, param_dtype=self.param_dtype, name="fc")(x)
+    return x, aux
+
+
+def build(name: str, **kwargs: Any) -> ResNet:
+  """The ResNet variant `name` with its defaults overridden by `kwargs`.
+
+  Accepts what config.json holds: lists for `stage_sizes`, dtype names ("bfloat16").
+  """
+  if name not in VARIANTS:
+    raise ValueError(f"unknown ResNet variant '{name}'; known: {sorted(VARIANTS)}")
+  config = {**VARIANTS[name], **kwargs}
+  config["stage_sizes"] = tuple(config["stage_sizes"])
+  for key in ("dtype", "param_dtype"):
+    if isinstance(config.get(key), str):
+      config[key] = jnp.dtype(config[key])
+  return ResNet(**config)
+
+
+def dummy_inputs(model: ResNet, batch: int = 1) -> dict[str, Any]:
+  """Smallest input that keeps every stage non-empty: 32x32 images (layer4 is 1x1)."""
+  del model
+  return {"x": jnp.zeros((batch, 32, 32, 3), jnp.float32)}
