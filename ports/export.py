@@ -20,7 +20,9 @@ from ports import readers
 from ports.convert import HF_PORTS, port_module
 from ports.rules import PortError
 
-_OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace OUT if it exists.")
+# ports.convert (imported above) defines --overwrite too; allow_override lets both modules load
+# in one process (absl raises DuplicateFlagError otherwise).
+_OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace OUT if it exists.", allow_override=True)
 
 
 def _port_for(config: dict):

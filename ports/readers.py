@@ -234,5 +234,7 @@ def save_safetensors(arrays: Mapping[str, np.ndarray], path: str | os.PathLike,
   """Writes arrays as safetensors (torch 'pt' format metadata, so transformers accepts it)."""
   from safetensors.numpy import save_file  # noqa: PLC0415
 
-  save_file({k: np.ascontiguousarray(v) for k, v in arrays.items()}, str(path),
+  # np.asarray(order="C"), not np.ascontiguousarray, which turns 0-d tensors (BatchNorm's
+  # num_batches_tracked) into shape [1] and breaks torch's load_state_dict.
+  save_file({k: np.asarray(v, order="C") for k, v in arrays.items()}, str(path),
             metadata={"format": "pt", **(metadata or {})})
