@@ -1,0 +1,212 @@
+"""Hugging Face BERT and RoBERTa checkpoints <-> jaxpretrain `bert` (models/bert.py).
+
+    python -m ports.convert path/to/all-MiniLM-L6-v2 out/minilm
+    python -m ports.export out/minilm exported/      # transformers.AutoModel loads it
+
+Architectures (config.json `architectures`): BertModel, BertForSequenceClassification,
+BertForMaskedLM, BertForPreTraining (its next-sentence head is dropped), RobertaModel,
+RobertaForMaskedLM. Backbone tensors may or may not carry the `bert.` / `roberta.` prefix;
+the port detects which and export writes it back. The masked-LM decoder weight is the word
+embedding matrix (tied): a stored copy is checked to be equal and skipped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from ports import hf_common
+from ports.base import Converted, Exported, expected_shapes
+from ports.rules import LINEAR, PortError, Rule, convert, export
+
+MODEL = "bert"  # registry name (jaxpretrain/models/bert.py)
+MODEL_TYPES = ("bert", "roberta")
+
+# Hugging Face architecture -> jaxpretrain head.
+ARCHITECTURES = {
+    "BertModel": None,
+    "BertForSequenceClassification": "classification",
+    "BertForMaskedLM": "mlm",
+    "BertForPreTraining": "mlm",
+    "RobertaModel": None,
+    "RobertaForMaskedLM": "mlm",
+}
+# (model_type, head) -> the architecture written on export.
+EXPORT_ARCHITECTURE = {
+    ("bert", None): "BertModel", ("bert", "classification"): "BertForSequenceClassification",
+    ("bert", "mlm"): "BertForMaskedLM", ("roberta", None): "RobertaModel",
+    ("roberta", "mlm"): "RobertaForMaskedLM",
+}
+# config.json fields that are Bert module fields under the same name.
+CONFIG_FIELDS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+                 "intermediate_size", "hidden_act", "hidden_dropout_prob",
+                 "attention_probs_dropout_prob", "max_position_embeddings", "type_vocab_size",
+                 "layer_norm_eps", "pad_token_id", "initializer_range", "classifier_dropout")
+
+
+def rules(model_type: str, prefixed: bool) -> list[Rule]:
+  """The rule table: Hugging Face names (with the base prefix if `prefixed`) <-> Flax paths."""
+  p = f"{model_type}." if prefixed else ""
+  layer, dst = p + "encoder.layer.{i}.", "params/encoder/layer_{i}/"
+  table = [
+      Rule(p + "embeddings.word_embeddings.weight", "params/embeddings/word_embeddings/embedding"),
+      Rule(p + "embeddings.position_embeddings.weight",
+           "params/embeddings/position_embeddings/embedding"),
+      Rule(p + "embeddings.token_type_embeddings.weight",
+           "params/embeddings/token_type_embeddings/embedding"),
+      *_norm(p + "embeddings.LayerNorm", "params/embeddings/norm"),
+      *_dense(layer + "attention.self.query", dst + "attention/query"),
+      *_dense(layer + "attention.self.key", dst + "attention/key"),
+      *_dense(layer + "attention.self.value", dst + "attention/value"),
+      *_dense(layer + "attention.output.dense", dst + "attention/out"),
+      *_norm(layer + "attention.output.LayerNorm", dst + "attention_norm"),
+      *_dense(layer + "intermediate.dense", dst + "mlp/fc1"),
+      *_dense(layer + "output.dense", dst + "mlp/fc2"),
+      *_norm(layer + "output.LayerNorm", dst + "mlp_norm"),
+      *_dense(p + "pooler.dense", "params/pooler"),
+      *_dense("classifier", "params/classifier"),
+  ]
+  if model_type == "roberta":  # RobertaLMHead: dense, gelu, layer_norm, tied decoder + bias
+    return table + [*_dense("lm_head.dense", "params/mlm_transform"),
+                    *_norm("lm_head.layer_norm", "params/mlm_norm"),
+                    Rule("lm_head.bias", "params/mlm_bias")]
+  return table + [*_dense("cls.predictions.transform.dense", "params/mlm_transform"),
+                  *_norm("cls.predictions.transform.LayerNorm", "params/mlm_norm"),
+                  Rule("cls.predictions.bias", "params/mlm_bias")]
+
+
+def _dense(src: str, dst: str) -> list[Rule]:
+  return [Rule(f"{src}.weight", f"{dst}/kernel", LINEAR), Rule(f"{src}.bias", f"{dst}/bias")]
+
+
+def _norm(src: str, dst: str) -> list[Rule]:
+  return [Rule(f"{src}.weight", f"{dst}/scale"), Rule(f"{src}.bias", f"{dst}/bias")]
+
+
+def ignored(model_type: str, prefixed: bool) -> list[str]:
+  """Source keys (regexes) deliberately not converted."""
+  p = f"{model_type}\\." if prefixed else ""
+  return [
+      p + r"embeddings\.position_ids", p + r"embeddings\.token_type_ids",  # arange/zero buffers
+      r"cls\.seq_relationship\.(weight|bias)",  # BertForPreTraining's next-sentence head
+      *_TIED[model_type],  # checked equal to what they are tied to before they are skipped
+  ]
+
+
+# Tied copies some checkpoints store: decoder weight = word embeddings, decoder bias = bias.
+_TIED = {"bert": [r"cls\.predictions\.decoder\.weight", r"cls\.predictions\.decoder\.bias"],
+         "roberta": [r"lm_head\.decoder\.weight", r"lm_head\.decoder\.bias"]}
+
+
+def _check_tied(weights: Mapping[str, Any], model_type: str, prefixed: bool, where: str) -> None:
+  p = f"{model_type}." if prefixed else ""
+  head = "lm_head" if model_type == "roberta" else "cls.predictions"
+  pairs = [(f"{head}.decoder.weight", p + "embeddings.word_embeddings.weight"),
+           (f"{head}.decoder.bias", f"{head}.bias")]
+  for copy, original in pairs:
+    if copy in weights and not (original in weights
+                                and np.array_equal(weights[copy], weights[original])):
+      raise PortError(f"{where}: '{copy}' differs from '{original}'; the masked-LM decoder must "
+                      "be tied to it (an untied decoder is not supported)")
+
+
+def architecture(hf_config: Mapping[str, Any], weights: Mapping[str, Any],
+                 arch: str | None) -> str:
+  """`arch`, else config.json's first architecture, else guessed from the head tensors."""
+  model_type = hf_config["model_type"]
+  name = arch or (hf_config.get("architectures") or [None])[0]
+  if name is None:
+    prefix = "Roberta" if model_type == "roberta" else "Bert"
+    if "classifier.weight" in weights:
+      return prefix + "ForSequenceClassification"
+    mlm = "lm_head.bias" if model_type == "roberta" else "cls.predictions.bias"
+    return prefix + ("ForMaskedLM" if mlm in weights else "Model")
+  if name not in ARCHITECTURES:
+    raise PortError(f"config.json: architecture '{name}' is not supported; known: "
+                    f"{sorted(ARCHITECTURES)}")
+  return name
+
+
+def model_kwargs(hf_config: Mapping[str, Any], head: str | None, pooler: bool) -> dict[str, Any]:
+  """config.json -> `Bert` constructor arguments (every field spelled out)."""
+  from jaxpretrain.models import bert, transformer  # noqa: PLC0415
+
+  defaults = bert.Bert()
+  kw = {f: hf_config[f] if f in hf_config else getattr(defaults, f) for f in CONFIG_FIELDS}
+  if kw["pad_token_id"] is None:
+    kw["pad_token_id"] = 0
+  if kw["hidden_act"] not in transformer.ACTIVATIONS:
+    raise PortError(f"config.json: hidden_act {kw['hidden_act']!r} is not supported; known: "
+                    f"{sorted(transformer.ACTIVATIONS)}")
+  if hf_config.get("position_embedding_type", "absolute") != "absolute":
+    raise PortError(f"config.json: position_embedding_type "
+                    f"{hf_config['position_embedding_type']!r} is not supported; known: absolute")
+  if hf_config.get("is_decoder"):
+    raise PortError("config.json: is_decoder=true (causal BERT) is not supported; only encoders")
+  kw["position_style"] = "roberta" if hf_config["model_type"] == "roberta" else "absolute"
+  kw.update(pooler=pooler, head=head,
+            num_labels=hf_common.num_labels(hf_config) if head == "classification" else 2)
+  return kw
+
+
+def to_jaxpretrain(weights: Mapping[str, np.ndarray], *, hf_config: Mapping[str, Any] | None = None,
+                   arch: str | None = None) -> Converted:
+  """A Hugging Face BERT/RoBERTa state dict and its config.json -> Converted."""
+  if not hf_config:
+    raise PortError("a Hugging Face BERT checkpoint needs its config.json")
+  model_type = hf_config.get("model_type")
+  if model_type not in MODEL_TYPES:
+    raise PortError(f"config.json: model_type {model_type!r} is not BERT-like; known: "
+                    f"{list(MODEL_TYPES)}")
+  where = hf_common.describe(weights)
+  name = architecture(hf_config, weights, arch)
+  if name.startswith("Roberta") != (model_type == "roberta"):
+    raise PortError(f"config.json: architecture '{name}' does not fit model_type '{model_type}'")
+  prefixed = hf_common.detect_prefix(weights, f"{model_type}.", "embeddings.word_embeddings.weight")
+  p = f"{model_type}." if prefixed else ""
+  kw = model_kwargs(hf_config, ARCHITECTURES[name], pooler=p + "pooler.dense.weight" in weights)
+  table, skip = rules(model_type, prefixed), ignored(model_type, prefixed)
+  expected = hf_common.source_shapes(table, expected_shapes(MODEL, kw))
+  hf_common.check_against_config(weights, expected, skip, where)
+  _check_tied(weights, model_type, prefixed, where)
+  offset = kw["pad_token_id"] + 1 if model_type == "roberta" else 0
+  return Converted(
+      model=MODEL, model_kwargs=kw, flat_variables=convert(table, weights, skip),
+      source={"format": "huggingface", "model_type": model_type,
+              "architectures": list(hf_config.get("architectures") or [name]),
+              "hf_config": dict(hf_config), "prefixed": prefixed},
+      preprocessing={"tokenizer": "tokenizer.json",
+                     "max_len": kw["max_position_embeddings"] - offset,
+                     "pad_token_id": kw["pad_token_id"]})
+
+
+def hf_config_for(model_kwargs: Mapping[str, Any], source: Mapping[str, Any]) -> dict[str, Any]:
+  """config.json for a `bert` model: the source's config updated with the model's fields."""
+  model_type = source.get("model_type", "bert")
+  head = model_kwargs.get("head")
+  if (model_type, head) not in EXPORT_ARCHITECTURE:
+    raise PortError(f"no Hugging Face architecture for model_type '{model_type}' with head "
+                    f"{head!r}; known: {sorted(EXPORT_ARCHITECTURE, key=str)}")
+  cfg = dict(source.get("hf_config") or {})
+  cfg.update({f: model_kwargs[f] for f in CONFIG_FIELDS})
+  cfg["model_type"] = model_type
+  cfg["architectures"] = [EXPORT_ARCHITECTURE[(model_type, head)]]
+  if head == "classification":
+    hf_common.set_num_labels(cfg, model_kwargs["num_labels"])
+  return cfg
+
+
+def from_jaxpretrain(config: Mapping[str, Any], flat_variables: Mapping[str, np.ndarray]
+                     ) -> Exported:
+  """A converted checkpoint's config.json and variables -> Hugging Face names and config."""
+  from jaxpretrain.models import bert  # noqa: PLC0415
+
+  kw = hf_common.module_fields(bert.build(config["model"], **config["model_kwargs"]))
+  source = config.get("source") or {}
+  model_type = source.get("model_type", "bert")
+  # Head models need the base prefix for transformers to find the backbone.
+  prefixed = bool(source.get("prefixed")) or kw["head"] is not None
+  state = export(rules(model_type, prefixed), flat_variables)
+  return Exported(state_dict=state, hf_config=hf_config_for(kw, source))
