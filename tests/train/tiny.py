@@ -25,7 +25,8 @@ class TinyCNN(nn.Module):
   @nn.compact
   def __call__(self, x, *, train: bool = False):
     """x: [batch, h, w, c] -> ([batch, num_classes], aux)."""
-    x = nn.Conv(self.features, (3, 3), dtype=self.dtype, param_dtype=self.param_dtype, name="conv")(x)
+    x = nn.Conv(self.features, (3, 3), dtype=self.dtype, param_dtype=self.param_dtype,
+                name="conv")(x)
     x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
                      axis_name=self.axis_name, dtype=self.dtype,
                      param_dtype=self.param_dtype, name="bn")(x)
