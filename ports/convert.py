@@ -43,8 +43,11 @@ def read_source(src: str | os.PathLike, arch: str | None = None) -> tuple[Conver
     if model_type not in HF_PORTS:
       raise PortError(f"{src / 'config.json'}: unknown model_type {model_type!r}; "
                       f"known: {sorted(HF_PORTS)}")
-    converted = port_module(HF_PORTS[model_type]).to_jaxpretrain(
-        weights, hf_config=hf_config, arch=arch)
+    port = port_module(HF_PORTS[model_type])
+    converted = port.to_jaxpretrain(weights, hf_config=hf_config, arch=arch)
+    # Processor files the weights do not carry (ViT's preprocessor_config.json: mean, std, size).
+    if hasattr(port, "folder_preprocessing"):
+      converted.preprocessing.update(port.folder_preprocessing(src))
     files = {n: src / n for n in TRAVELLING_FILES if (src / n).is_file()}
   elif src.is_file():
     if not arch:

@@ -145,7 +145,9 @@ def model_kwargs(hf_config: Mapping[str, Any], head: str | None, pooler: bool) -
                     f"{hf_config['position_embedding_type']!r} is not supported; known: absolute")
   if hf_config.get("is_decoder"):
     raise PortError("config.json: is_decoder=true (causal BERT) is not supported; only encoders")
-  kw["position_style"] = "roberta" if hf_config["model_type"] == "roberta" else "absolute"
+  roberta = hf_config["model_type"] == "roberta"
+  kw["position_style"] = "roberta" if roberta else "absolute"
+  kw["mlm_act"] = "gelu" if roberta else None  # RobertaLMHead calls gelu, not hidden_act
   kw.update(pooler=pooler, head=head,
             num_labels=hf_common.num_labels(hf_config) if head == "classification" else 2)
   return kw

@@ -116,6 +116,7 @@ class Bert(nn.Module):
   head: str | None = None  # None | "classification" | "mlm"
   num_labels: int = 2
   classifier_dropout: float | None = None  # None: hidden_dropout_prob, as Hugging Face
+  mlm_act: str | None = None  # None: hidden_act (BERT); RoBERTa's LM head is always "gelu"
   initializer_range: float = 0.02
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
@@ -169,7 +170,8 @@ class Bert(nn.Module):
       h = nn.Dropout(rate)(aux["pooled"], deterministic=not train)
       logits = dense(self.num_labels, name="classifier")(h)  # [b, num_labels]
     else:  # "mlm": the decoder is the word embedding matrix (tied), plus its own bias.
-      h = activation(self.hidden_act)(dense(self.hidden_size, name="mlm_transform")(x))
+      act = activation(self.mlm_act or self.hidden_act)
+      h = act(dense(self.hidden_size, name="mlm_transform")(x))
       h = layer_norm(self.layer_norm_eps, self.dtype, self.param_dtype, name="mlm_norm")(h)
       bias = self.param("mlm_bias", nn.initializers.zeros, (self.vocab_size,), self.param_dtype)
       logits = embeddings.attend(h) + bias.astype(self.dtype)  # [b, s, vocab_size]
