@@ -75,10 +75,15 @@ def check_against_config(weights: Mapping[str, Any], expected: Mapping[str, tupl
   wrong = [f"~ {k}: weights {have[k]} vs config.json {tuple(s)}"
            for k, s in expected.items() if k in have and have[k] != tuple(s)]
   if missing or extra or wrong:
+    lines = [line for group in (wrong, missing, extra) for line in _first(sorted(group))]
     raise PortError(
         f"{where}: weights do not match config.json (- missing from the weights, + not in the "
-        "architecture config.json describes, ~ shape differs):\n  "
-        + "\n  ".join(sorted(wrong) + sorted(missing) + sorted(extra)))
+        "architecture config.json describes, ~ shape differs):\n  " + "\n  ".join(lines))
+
+
+def _first(lines: list[str], n: int = 12) -> list[str]:
+  """At most n lines of a group, then how many were left out (a hidden-size typo hits all)."""
+  return lines if len(lines) <= n else [*lines[:n], f"  ... and {len(lines) - n} more"]
 
 
 def module_fields(module) -> dict[str, Any]:
