@@ -72,7 +72,7 @@ class BatchNorm(nn.Module):
   """
   momentum: float = BN_MOMENTUM  # Flax convention: weight of the old running value
   epsilon: float = BN_EPSILON
-  dtype: Dtype | None = None  # output dtype; statistics are always float32
+  dtype: Dtype | None = None  # output dtype; statistics are float32 (float64 for float64)
   param_dtype: Dtype = jnp.float32
   scale_init: Callable = nn.initializers.ones
   axis_name: str | None = None
@@ -83,9 +83,10 @@ class BatchNorm(nn.Module):
     features = x.shape[-1]
     scale = self.param("scale", self.scale_init, (features,), self.param_dtype)
     bias = self.param("bias", nn.initializers.zeros, (features,), self.param_dtype)
-    ra_mean = self.variable("batch_stats", "mean", jnp.zeros, (features,), jnp.float32)
-    ra_var = self.variable("batch_stats", "var", jnp.ones, (features,), jnp.float32)
-    xf = x.astype(jnp.float32)
+    stats_dtype = jnp.promote_types(self.param_dtype, jnp.float32)
+    ra_mean = self.variable("batch_stats", "mean", jnp.zeros, (features,), stats_dtype)
+    ra_var = self.variable("batch_stats", "var", jnp.ones, (features,), stats_dtype)
+    xf = x.astype(jnp.promote_types(x.dtype, jnp.float32))  # bf16 -> f32; f64 stays
     if train:
       mean, var = self._batch_stats(xf)
       if not self.is_initializing():
@@ -98,8 +99,8 @@ class BatchNorm(nn.Module):
         ra_var.value = m * ra_var.value + (1 - m) * unbiased
     else:
       mean, var = ra_mean.value, ra_var.value
-    y = (xf - mean) * (jax.lax.rsqrt(var + self.epsilon) * scale.astype(jnp.float32))
-    y = y + bias.astype(jnp.float32)
+    y = (xf - mean) * (jax.lax.rsqrt(var + self.epsilon) * scale.astype(xf.dtype))
+    y = y + bias.astype(xf.dtype)
     return y.astype(self.dtype or x.dtype)
 
   def _batch_stats(self, xf: jax.Array) -> tuple[jax.Array, jax.Array]:
