@@ -1,0 +1,241 @@
+"""CPU suite: jaxpretrain against torch's best configuration on the same machine, in one run.
+
+For every case and mode (inference, train step) the variants are timed interleaved
+(`harness.interleaved`): jaxpretrain, torch eager (NCHW and, for ResNets, channels_last) and
+torch.compile of the faster eager layout when it compiles within a time limit. The matmul
+peak (a large float32 matmul in XLA and in torch) is measured at the start and the end of the
+run, so the fraction of peak is against the same machine state, and a drift shows.
+
+FLOPs per step come from XLA's cost analysis of the lowered JAX step (every HLO op, so
+elementwise work is included; convolutions and dots dominate). torch runs the same model, so
+its GFLOP/s uses the same count.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from benchmarks import harness
+from benchmarks.jax_cases import Case
+
+CASES = (
+    Case("resnet50_b8", "resnet50", batch=8, image=224),
+    Case("resnet50_b32", "resnet50", batch=32, image=224),
+    # CIFAR-sized input for the ImageNet architecture; 10 classes.
+    Case("resnet18_b128_32px", "resnet18", batch=128, image=32, num_classes=10),
+    Case("bert_base_b8", "bert_base", batch=8, seq=128, num_classes=2),
+    Case("minilm_l6_b32", "minilm_l6", batch=32, seq=128, num_classes=2),
+)
+# --quick: the same code paths at sizes that run in a couple of minutes.
+QUICK_CASES = (
+    Case("resnet50_b8", "resnet50", batch=2, image=64),
+    Case("resnet50_b32", "resnet50", batch=4, image=64),
+    Case("resnet18_b128_32px", "resnet18", batch=16, image=32, num_classes=10),
+    Case("bert_base_b8", "bert_base", batch=2, seq=32, num_classes=2),
+    Case("minilm_l6_b32", "minilm_l6", batch=4, seq=32, num_classes=2),
+)
+MODES = ("infer", "train")
+PEAK_N, QUICK_PEAK_N = 4096, 1024
+VERSIONS = ("jax", "jaxlib", "flax", "optax", "numpy", "torch", "torchvision", "transformers")
+
+
+def matmul_peak(n: int, reps: int, log: Callable[[str], None]) -> dict[str, Any]:
+  """GFLOP/s of an n^3 float32 matmul in XLA and in torch (MKL), interleaved."""
+  from benchmarks import jax_cases, torch_cases  # noqa: PLC0415
+
+  jrun, _ = jax_cases.matmul(n)
+  trun, _ = torch_cases.matmul(n)
+  times, _ = harness.interleaved({"xla": jrun, "torch": trun}, reps=reps, warmup=2,
+                                 target_s=0.5, log=log)
+  flops = 2.0 * n**3
+  out = {"n": n}
+  for name, ts in times.items():
+    stats = harness.summarize(ts)
+    out[name] = {**stats, "gflops": flops / stats["median"] / 1e9}
+  out["best_gflops"] = max(out["xla"]["gflops"], out["torch"]["gflops"])
+  return out
+
+
+def _variants(case: Case, mode: str, compile_limit_s: float | None, log) -> tuple[dict, dict]:
+  """name -> blocking callable, name -> build facts (compile times, FLOPs); failures skipped."""
+  from benchmarks import jax_cases, torch_cases  # noqa: PLC0415
+
+  build = {"infer": (jax_cases.inference, torch_cases.inference),
+           "train": (jax_cases.train, torch_cases.train)}[mode]
+  fns, facts = {}, {}
+  fns["jax"], facts["jax"] = build[0](case)
+  log(f"    jax: lower {facts['jax']['lower_s']:.1f}s, compile {facts['jax']['compile_s']:.1f}s, "
+      f"{(facts['jax']['flops'] or 0) / 1e9:.1f} GFLOP/step")
+  layouts = {"torch": False, "torch_cl": True} if case.family == "resnet" else {"torch": False}
+  for name, channels_last in layouts.items():
+    fns[name], facts[name] = build[1](case, channels_last=channels_last)
+  if compile_limit_s is not None:
+    fns, facts = _add_compiled(case, build[1], layouts, fns, facts, compile_limit_s, log)
+  return fns, facts
+
+
+def _add_compiled(case, torch_build, layouts, fns, facts, limit_s, log):
+  """torch.compile of the faster eager layout (two quick calls each decide), if it compiles."""
+  channels_last = False
+  if len(layouts) > 1:
+    quick = {n: harness.summarize(harness.interleaved({n: fns[n]}, reps=1, warmup=1)[0][n])
+             for n in layouts}
+    channels_last = min(quick, key=lambda n: quick[n]["median"]) == "torch_cl"
+  try:
+    fns["torch_compile"], facts["torch_compile"] = torch_build(
+        case, channels_last=channels_last, compile_limit_s=limit_s)
+    facts["torch_compile"]["channels_last"] = channels_last
+    log(f"    torch.compile ({'channels_last' if channels_last else 'NCHW'}): first call "
+        f"{facts['torch_compile']['compile_s']:.1f}s")
+  except Exception as e:  # noqa: BLE001 -- compile failures are recorded, not fatal
+    facts["torch_compile"] = {"error": f"{type(e).__name__}: {str(e)[:300]}"}
+    log(f"    torch.compile failed: {facts['torch_compile']['error']}")
+  return fns, facts
+
+
+def run_case(case: Case, mode: str, *, reps: int, warmup: int, target_s: float,
+             compile_limit_s: float | None, log) -> dict[str, Any]:
+  """Times every variant of (case, mode), interleaved; returns the record of the case."""
+  log(f"  {case.name} {mode}: batch {case.batch}, "
+      + (f"{case.image}px" if case.family == "resnet" else f"seq {case.seq}"))
+  fns, facts = _variants(case, mode, compile_limit_s, log)
+  share = harness.CpuShare()
+  times, iters = harness.interleaved(fns, reps=reps, warmup=warmup, target_s=target_s, log=log)
+  others = share.others()
+  flops = facts["jax"]["flops"]
+  variants = {}
+  for name, ts in times.items():
+    stats = harness.summarize(ts)
+    variants[name] = {**stats, "calls_per_rep": iters[name], **facts.get(name, {}),
+                      "items_per_s": case.batch / stats["median"],
+                      "gflops": flops / stats["median"] / 1e9 if flops else None}
+  for name, fact in facts.items():
+    if name not in variants:  # a failed torch.compile
+      variants[name] = dict(fact)
+  del fns
+  gc.collect()
+  return {"case": case.name, "model": case.model, "mode": mode, "batch": case.batch,
+          "image": case.image if case.family == "resnet" else None,
+          "seq": case.seq if case.family != "resnet" else None, "unit": case.unit,
+          "flops_per_step": flops, "flops_source": "xla cost_analysis of the lowered jax step",
+          "others_cpu_share": others, "variants": variants}
+
+
+def add_ratios(record: dict[str, Any], peak_gflops: float | None) -> None:
+  """torch's best eager variant, jax/torch throughput ratios and the fractions of peak."""
+  v = record["variants"]
+  eager = [n for n in ("torch", "torch_cl") if "median" in v.get(n, {})]
+  best = min(eager, key=lambda n: v[n]["median"]) if eager else None
+  record["torch_best"] = best
+  jax_rate = v["jax"]["items_per_s"]
+  record["jax_vs_torch_best"] = jax_rate / v[best]["items_per_s"] if best else None
+  tc = v.get("torch_compile", {})
+  record["jax_vs_torch_compile"] = jax_rate / tc["items_per_s"] if "items_per_s" in tc else None
+  for stats in v.values():
+    if peak_gflops and stats.get("gflops"):
+      stats["frac_peak"] = stats["gflops"] / peak_gflops
+
+
+def _noise_line(share: float | None, cores: int) -> str:
+  """Says how busy the machine was with other work; warns when the numbers are suspect."""
+  if share is None:
+    return "Other processes' CPU share: unknown (no psutil)."
+  line = f"Other processes used {100 * share:.0f}% of the machine's CPU time during the run"
+  if share > 0.1:
+    return (f"**WARNING: {line}; with {cores} cores every number below is disturbed (torch's "
+            "OpenMP pool suffers most). Rerun on a quiet machine.**")
+  return line + "."
+
+
+def markdown(report: dict[str, Any]) -> str:
+  m, peak = report["machine"], report["peak"]
+  lines = [
+      f"# CPU benchmark {report['date']}{' (quick)' if report['quick'] else ''}", "",
+      f"{m['cpu']}, {m['cores']} cores ({m['host_cpus']} on the host), {m['memory_gib']} GiB; "
+      f"load average {m['loadavg'][0]:.2f} at the start, {report['loadavg_end'][0]:.2f} at the "
+      "end. " + ", ".join(f"{k} {v}" for k, v in report["versions"].items()) + ".",
+      f"XLA_FLAGS=`{m['xla_flags']}`; torch threads {report['settings']['torch_threads']}.", "",
+      _noise_line(report.get("others_cpu_share"), m["cores"]), "",
+      f"Matmul peak ({peak['start']['n']}³ float32, median GFLOP/s): start XLA "
+      f"{peak['start']['xla']['gflops']:.0f}, torch {peak['start']['torch']['gflops']:.0f}; "
+      + (f"end XLA {peak['end']['xla']['gflops']:.0f}, torch {peak['end']['torch']['gflops']:.0f}"
+         if peak.get("end") else "end not measured")
+      + f". Fractions of peak are against {report['peak_gflops']:.0f} GFLOP/s "
+      "(the best of these).", "",
+      "Throughput is the median over interleaved repetitions (±: interquartile range / median). "
+      "FLOPs per step: XLA cost analysis of the lowered JAX step, used for both frameworks. "
+      "torch best: the faster of NCHW and channels_last eager.", "",
+  ]
+  header = ["case", "mode", "jax", "torch best", "jax / torch", "torch.compile",
+            "jax / compile", "GFLOP/step", "jax GFLOP/s (peak)", "torch GFLOP/s (peak)",
+            "jax compile s", "others' CPU"]
+  rows = []
+  for r in report["cases"]:
+    v = r["variants"]
+    jx, best = v["jax"], v.get(r["torch_best"] or "", {})
+    tc = v.get("torch_compile", {})
+    rate = lambda s, unit=r["unit"]: (f"{s['items_per_s']:.1f} {unit} ±{100 * s['iqr_rel']:.0f}%"
+                                      if "items_per_s" in s else None)
+    gfl = lambda s: (f"{s['gflops']:.0f} ({100 * s['frac_peak']:.0f}%)"
+                     if s.get("frac_peak") else None)
+    ratio = lambda x: f"{x:.2f}×" if x else None
+    compiled = rate(tc) or ("failed" if "error" in tc else None)
+    rows.append([
+        r["case"], r["mode"], rate(jx),
+        (f"{rate(best)} ({r['torch_best']})" if best else None),
+        ratio(r["jax_vs_torch_best"]), compiled, ratio(r["jax_vs_torch_compile"]),
+        f"{r['flops_per_step'] / 1e9:.1f}" if r["flops_per_step"] else None,
+        gfl(jx), gfl(best), f"{jx['lower_s'] + jx['compile_s']:.1f}",
+        f"{100 * r['others_cpu_share']:.0f}%" if r.get("others_cpu_share") is not None else None])
+  lines.append(harness.md_table(header, rows))
+  if report["errors"]:
+    lines += ["", "Errors:", ""] + [f"- {e}" for e in report["errors"]]
+  return "\n".join(lines) + "\n"
+
+
+def run(*, quick: bool, only: Sequence[str], reps: int | None, compile_limit_s: float | None,
+        out_dir: str | None = None) -> dict[str, Any]:
+  """Runs the suite, writes results/cpu-*.md and .json, returns the report."""
+  from benchmarks import torch_cases  # noqa: PLC0415
+
+  log = harness.Log()
+  started = harness.now()
+  cases = harness.select(QUICK_CASES if quick else CASES, only)
+  reps = reps or (2 if quick else 7)
+  warmup, target_s = (1, 0.2) if quick else (2, 1.0)
+  threads = harness.cores()
+  torch_cases.set_threads(threads)
+  report = {"suite": "cpu", "quick": quick, "date": started.isoformat(timespec="seconds"),
+            "machine": harness.machine(), "versions": harness.versions(VERSIONS),
+            "settings": {"reps": reps, "warmup": warmup, "target_block_s": target_s,
+                         "torch_threads": threads, "compile_limit_s": compile_limit_s},
+            "cases": [], "errors": []}
+  log(f"cpu suite: {len(cases)} case(s) x {MODES}, {reps} reps, {threads} threads")
+  share = harness.CpuShare()
+  peak_n = QUICK_PEAK_N if quick else PEAK_N
+  log(f"matmul peak {peak_n}^3")
+  report["peak"] = {"start": matmul_peak(peak_n, reps, log)}
+  for case in cases:
+    for mode in MODES:
+      try:
+        report["cases"].append(run_case(case, mode, reps=reps, warmup=warmup, target_s=target_s,
+                                        compile_limit_s=compile_limit_s, log=log))
+      except Exception as e:  # noqa: BLE001 -- one broken case must not lose the others
+        report["errors"].append(f"{case.name} {mode}: {type(e).__name__}: {e}")
+        log(f"  FAILED: {report['errors'][-1]}")
+  log("matmul peak again")
+  report["peak"]["end"] = matmul_peak(peak_n, reps, log)
+  report["peak_gflops"] = max(report["peak"]["start"]["best_gflops"],
+                              report["peak"]["end"]["best_gflops"])
+  report["loadavg_end"] = list(os.getloadavg())
+  report["others_cpu_share"] = share.others()
+  for record in report["cases"]:
+    add_ratios(record, report["peak_gflops"])
+  md = markdown(report)
+  paths = harness.write_results("cpu-quick" if quick else "cpu", started, report, md, out_dir)
+  print(md)
+  log(f"wrote {paths[0]} and {paths[1]}")
+  return report
