@@ -80,6 +80,7 @@ def to_jaxpretrain(weights: Mapping[str, np.ndarray], *, hf_config: dict | None 
 def from_jaxpretrain(config: Mapping[str, Any], flat_variables: Mapping[str, np.ndarray]
                      ) -> Exported:
   """A converted checkpoint -> the torchvision state dict it came from (plus zero counters)."""
+  del config  # the table alone names everything; num_classes travels in fc's shape
   state_dict = export(TABLE, flat_variables)
   for key in [k for k in state_dict if k.endswith(".running_mean")]:
     counter = key.removesuffix("running_mean") + "num_batches_tracked"

@@ -140,7 +140,7 @@ class BasicBlock(_Parts):
   planes: int = 64
   stride: int = 1
   downsample: bool = False
-  groups: int = 1  # torchvision allows only 1 and 64 here; kept for a uniform signature
+  groups: int = 1  # unused: torchvision's BasicBlock accepts only groups 1, width 64
   width_per_group: int = 64
   zero_init_residual: bool = False
 
