@@ -1,0 +1,51 @@
+r"""Evaluate a classifier checkpoint on a dataset split.
+
+  python -m jaxpretrain.evaluate --checkpoint=workdirs/minilm_tweets --dataset=tweets_sentiment
+  python -m jaxpretrain.evaluate --checkpoint=out/model --dataset=csv:my.csv --split=test
+
+Prints accuracy, top-5, macro-F1 and MCC; writes eval_<dataset>_<split>.md (metrics, per-class
+precision/recall/F1/support with class names, confusion matrix) and .json next to the
+checkpoint (or into --output_dir).
+"""
+
+import sys
+
+from absl import app, flags, logging
+
+from jaxpretrain.job import evaluation
+from jaxpretrain.job.config import ConfigError
+
+_CHECKPOINT = flags.DEFINE_string(
+    "checkpoint", None, "A checkpoint folder (finetune's <workdir>/model, ports.convert output) "
+    "or a run's workdir.", required=True)
+_DATASET = flags.DEFINE_string("dataset", None, "Dataset name or folder:/csv:/npz: spec.",
+                               required=True)
+_SPLIT = flags.DEFINE_string("split", "test", "Split to evaluate (train | test; TFDS slices "
+                             "like test[:50%] for TFDS names).")
+_DATA_DIR = flags.DEFINE_string("data_dir", None, "TFDS data dir.")
+_BATCH_SIZE = flags.DEFINE_integer("batch_size", 64, "Evaluation batch size.", lower_bound=1)
+_MAX_LEN = flags.DEFINE_integer("max_len", None, "Text: tokens per example; default the "
+                                "checkpoint's.")
+_IMAGE_SIZE = flags.DEFINE_integer("image_size", None, "Images: size; default the checkpoint's.")
+_OUTPUT_DIR = flags.DEFINE_string("output_dir", None, "Where to write the markdown and JSON; "
+                                  "default the checkpoint folder.")
+
+
+def main(argv: list[str]) -> int:
+  if len(argv) > 1:
+    print(f"error: unexpected arguments {argv[1:]}", file=sys.stderr)
+    return 2
+  logging.set_verbosity(logging.WARNING)
+  try:
+    evaluation.evaluate_checkpoint(
+        _CHECKPOINT.value, _DATASET.value, split=_SPLIT.value, data_dir=_DATA_DIR.value,
+        batch_size=_BATCH_SIZE.value, max_len=_MAX_LEN.value, image_size=_IMAGE_SIZE.value,
+        output_dir=_OUTPUT_DIR.value)
+  except (ConfigError, FileNotFoundError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  return 0
+
+
+if __name__ == "__main__":
+  app.run(main)

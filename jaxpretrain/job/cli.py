@@ -1,0 +1,45 @@
+"""What the absl mains share: flags -> config -> run, errors as one line and an exit status.
+
+Exit status: 0 done; 1 a failed run (non-finite loss, workdir in use or full); 2 a bad flag;
+143 stopped by SIGTERM after writing a checkpoint (rerun the same command to resume).
+"""
+
+from __future__ import annotations
+
+import sys
+
+from absl import logging
+
+from jaxpretrain.job import flags as flags_lib
+from jaxpretrain.job import loop
+from jaxpretrain.job.config import ConfigError
+from jaxpretrain.job.workdir import WorkdirError
+
+
+def train_main(argv: list[str]) -> int:
+  """Body of finetune/pretrain `main`: runs the flags' job and prints where the report is."""
+  if len(argv) > 1:
+    print(f"error: unexpected arguments {argv[1:]}; every setting is a --flag", file=sys.stderr)
+    return 2
+  logging.set_verbosity(logging.WARNING)  # orbax and TFDS log every file at INFO
+  try:
+    config = flags_lib.config_from_flags()
+    result = loop.run(config)
+  except ConfigError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  except (WorkdirError, loop.NonFiniteError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 1
+  except loop.Stopped as e:
+    print(f"stopped: {e}", file=sys.stderr)
+    return loop.EXIT_STOPPED
+  m = result.metrics
+  if "macro_f1" in m:
+    print(f"test accuracy {m['accuracy']:.4f} (macro-F1 {m['macro_f1']:.4f}, top-5 "
+          f"{m['top5']:.4f}, majority baseline {m['majority_baseline']:.4f})")
+  else:
+    print(f"test masked-token accuracy {m['accuracy']:.4f}, loss {m['loss']:.4f}, "
+          f"perplexity {m['perplexity']:.1f}")
+  print(f"report: {result.report}\nmodel: {result.model_dir}")
+  return 0

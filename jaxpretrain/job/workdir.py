@@ -1,0 +1,182 @@
+"""The run folder and the crash safety around it: lock, space, signals, metrics log.
+
+    wd = Workdir(path)
+    wd.check_writable()                    # clear error before any work
+    with wd.lock():                        # refuses a workdir in use, naming the pid
+      wd.check_free_space(needed_bytes)
+      with StopSignal() as stop:           # SIGTERM -> stop.requested, the loop checkpoints
+        ...
+
+Lock: `<workdir>/.lock` holds the owner's pid and host, and is held with `fcntl.flock`, which
+the kernel releases when the process dies however it dies. So a lock that can be taken but
+still names a pid is stale (that process crashed or was killed): it is taken over with a
+message. A lock that cannot be taken belongs to a live process, which the error names.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import pathlib
+import shutil
+import signal
+import socket
+import subprocess
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+LOCK = ".lock"
+METRICS = "metrics.jsonl"
+SPACE_MARGIN = 64 << 20  # bytes kept free beyond the estimate (logs, report, orbax metadata)
+
+
+class WorkdirError(RuntimeError):
+  """The workdir cannot be used (in use, not writable, too little space)."""
+
+
+class Workdir:
+  """Paths and checks of one run folder."""
+
+  def __init__(self, path: str | os.PathLike):
+    self.path = pathlib.Path(path).absolute()
+
+  def __truediv__(self, name: str) -> pathlib.Path:
+    return self.path / name
+
+  def check_writable(self) -> None:
+    """Creates the folder and writes a probe file; a WorkdirError says what failed."""
+    try:
+      self.path.mkdir(parents=True, exist_ok=True)
+      probe = self.path / f".probe-{os.getpid()}"
+      probe.write_text("ok")
+      probe.unlink()
+    except OSError as e:
+      raise WorkdirError(f"--workdir={str(self.path)!r} is not a writable folder: "
+                         f"{type(e).__name__}: {e}") from None
+
+  def check_free_space(self, needed: int) -> None:
+    """Fails unless the workdir's file system has `needed` bytes (+ a margin) free."""
+    free = shutil.disk_usage(self.path).free
+    if free < needed + SPACE_MARGIN:
+      raise WorkdirError(
+          f"--workdir={str(self.path)!r}: {free / 2**20:.0f} MiB free, but the checkpoints and "
+          f"the exported model need about {(needed + SPACE_MARGIN) / 2**20:.0f} MiB; free "
+          "some space, lower --keep_checkpoints or choose another --workdir")
+
+  @contextlib.contextmanager
+  def lock(self) -> Iterator[None]:
+    """Holds `<workdir>/.lock` for the block (see the module docstring)."""
+    path = self.path / LOCK
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+      try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+      except BlockingIOError:
+        owner = _read_owner(fd)
+        raise WorkdirError(
+            f"--workdir={str(self.path)!r} is in use by pid {owner.get('pid', '?')} on "
+            f"{owner.get('host', '?')} (lock {path}); wait for it, stop it, or choose another "
+            "--workdir") from None
+      owner = _read_owner(fd)
+      if owner.get("pid"):
+        print(f"taking over the stale lock of pid {owner['pid']} on {owner.get('host', '?')} "
+              f"({'not running' if not _alive(owner['pid']) else 'lock released'}): "
+              f"{path}", flush=True)
+      os.ftruncate(fd, 0)
+      os.pwrite(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname()}).encode(), 0)
+      os.fsync(fd)
+      try:
+        yield
+      finally:
+        os.ftruncate(fd, 0)  # a clean exit leaves no owner behind
+        fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+      os.close(fd)
+
+  def git_revision(self) -> str:
+    return git_revision()
+
+
+def _read_owner(fd: int) -> dict[str, Any]:
+  try:
+    return json.loads(os.pread(fd, 4096, 0).decode() or "{}")
+  except (ValueError, UnicodeDecodeError):
+    return {}
+
+
+def _alive(pid: int) -> bool:
+  try:
+    os.kill(int(pid), 0)
+  except ProcessLookupError:
+    return False
+  except (PermissionError, ValueError, TypeError):
+    return True
+  return True
+
+
+def git_revision(path: str | os.PathLike | None = None) -> str:
+  """`git rev-parse HEAD` of the source tree (plus "-dirty" with local changes), or
+  "unknown" outside git."""
+  cwd = pathlib.Path(path or __file__).resolve()
+  cwd = cwd if cwd.is_dir() else cwd.parent
+  try:
+    rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True,
+                         timeout=10, check=True).stdout.strip()
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
+                           capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+  except (OSError, subprocess.SubprocessError):
+    return "unknown"
+  return f"{rev}-dirty" if dirty else (rev or "unknown")
+
+
+class MetricsLog:
+  """`metrics.jsonl`: one JSON object per logged step and per evaluation."""
+
+  def __init__(self, path: str | os.PathLike, enabled: bool = True):
+    self.path, self.enabled = pathlib.Path(path), enabled
+
+  def truncate_after(self, step: int) -> None:
+    """Drops records past `step` (written after the checkpoint a resumed run starts from)."""
+    if not self.enabled or not self.path.exists():
+      return
+    keep = [line for line in self.path.read_text().splitlines()
+            if line.strip() and json.loads(line).get("step", 0) <= step]
+    self.path.write_text("".join(line + "\n" for line in keep))
+
+  def write(self, record: dict[str, Any]) -> None:
+    if self.enabled:
+      with self.path.open("a") as f:
+        f.write(json.dumps(record, sort_keys=True) + "\n")
+
+  def read(self) -> list[dict[str, Any]]:
+    if not self.path.exists():
+      return []
+    return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+
+
+class StopSignal:
+  """While active, SIGTERM sets `requested` instead of killing the process.
+
+  The training loop polls it after every step, writes a checkpoint and raises `Stopped`.
+  Outside the main thread (where Python cannot install handlers) it does nothing.
+  """
+
+  def __init__(self, signals: tuple[int, ...] = (signal.SIGTERM,)):
+    self.signals, self.requested, self._old = signals, None, {}
+
+  def __enter__(self) -> StopSignal:
+    if threading.current_thread() is threading.main_thread():
+      for sig in self.signals:
+        self._old[sig] = signal.signal(sig, self._handle)
+    return self
+
+  def _handle(self, signum, frame) -> None:
+    del frame
+    self.requested = signal.Signals(signum).name
+
+  def __exit__(self, *exc) -> None:
+    for sig, old in self._old.items():
+      signal.signal(sig, old)

@@ -1,0 +1,118 @@
+"""Flag validation: every bad value or combination fails before any work, naming the flag."""
+
+import dataclasses
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+from jaxpretrain.job import config as config_lib
+from jaxpretrain.job import flags as flags_lib
+from jaxpretrain.job import loop, task
+from jaxpretrain.job.config import ConfigError, JobConfig
+
+BASE = JobConfig(workdir="/tmp/unused", dataset="digits_local", model="resnet_tiny", steps=10)
+REPO = pathlib.Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize("overrides, flag", [
+    (dict(epochs=1.0), "--epochs"),                       # with --steps
+    (dict(steps=None), "--epochs or --steps"),             # neither
+    (dict(steps=0), "--steps"),
+    (dict(optimizer="lamb"), "--optimizer"),
+    (dict(schedule="step"), "--schedule"),
+    (dict(parallel="dp"), "--parallel"),
+    (dict(dtype="float16"), "--dtype"),
+    (dict(on_nan="ignore"), "--on_nan"),
+    (dict(on_nan="skip"), "--checkpoint_every"),           # skip needs checkpoints
+    (dict(lr=0.0), "--lr"),
+    (dict(batch_size=0), "--batch_size"),
+    (dict(warmup=10), "--warmup"),                         # not below --steps for cosine
+    (dict(label_smoothing=1.0), "--label_smoothing"),
+    (dict(num_classes=1), "--num_classes"),
+    (dict(freeze=("conv1/(",)), "--freeze"),
+    (dict(lr_mult=(("fc/.*", -1.0),)), "--lr_mult"),
+    (dict(model=None), "--init_checkpoint"),               # neither model nor checkpoint
+    (dict(init_checkpoint="minilm"), "--model"),           # both (not a weights file)
+    (dict(workdir=""), "--workdir"),
+    (dict(dataset=""), "--dataset"),
+    (dict(process_id=0), "--coordinator_address"),         # partial distributed flags
+])
+def test_bad_values_name_the_flag(overrides, flag):
+  with pytest.raises(ConfigError, match=flag.replace("-", r"\-")):
+    config_lib.validate(dataclasses.replace(BASE, **overrides))
+
+
+def test_lr_mult_format():
+  assert config_lib.parse_lr_mults(["a/.*=0.1", "x=y=2"]) == (("a/.*", 0.1), ("x=y", 2.0))
+  with pytest.raises(ConfigError, match="--lr_mult='encoder'"):
+    config_lib.parse_lr_mults(["encoder"])
+
+
+def test_batch_not_divisible_by_devices():
+  with pytest.raises(ConfigError, match=r"--batch_size=12.*multiple of the device count 8"):
+    config_lib.check_devices(dataclasses.replace(BASE, batch_size=12), 8, 8, 1)
+
+
+def test_regexes_must_match_a_parameter():
+  paths = ["conv1/kernel", "fc/kernel", "fc/bias"]
+  with pytest.raises(ConfigError, match=r"--freeze regex 'encoder/\.\*' matches no parameter"):
+    config_lib.check_param_regexes(dataclasses.replace(BASE, freeze=("encoder/.*",)), paths)
+  with pytest.raises(ConfigError, match="--lr_mult regex 'head' matches no parameter"):
+    config_lib.check_param_regexes(dataclasses.replace(BASE, lr_mult=(("head", 0.1),)), paths)
+  with pytest.raises(ConfigError, match="--freeze.*leave some parameter trainable"):
+    config_lib.check_param_regexes(dataclasses.replace(BASE, freeze=(".*",)), paths)
+
+
+def test_freeze_typo_fails_before_the_dataset_is_built(tmp_path):
+  data_dir = tmp_path / "tfds"
+  data_dir.mkdir()
+  config = dataclasses.replace(BASE, workdir=str(tmp_path / "run"), data_dir=str(data_dir),
+                               freeze=("layer9_0/.*",))
+  with pytest.raises(ConfigError, match="--freeze regex 'layer9_0/.*' matches no parameter"):
+    loop.run(config)
+  assert not any(data_dir.iterdir())  # nothing built
+
+
+def test_resume_with_other_flags_refused(tmp_path):
+  wd = tmp_path / "run"
+  wd.mkdir()
+  (wd / "flags.json").write_text(
+      __import__("json").dumps(dataclasses.replace(BASE, workdir=str(wd), lr=0.1).to_json()))
+  config = dataclasses.replace(BASE, workdir=str(wd), lr=0.2, log_every=7)
+  with pytest.raises(ConfigError, match=r"--lr: 0\.1 -> 0\.2"):
+    loop._check_resume(loop.workdir_lib.Workdir(wd), config)
+
+
+def test_unknown_init_checkpoint(tmp_path):
+  with pytest.raises(ConfigError, match="--init_checkpoint='/nope'"):
+    task.resolve_checkpoint("/nope", tmp_path, None)
+
+
+def test_flagfile_round_trip():
+  config = dataclasses.replace(BASE, freeze=("a/.*",), lr_mult=(("b/.*", 0.5),), flip=True,
+                               model_kwargs={"width": 8})
+  text = flags_lib.flagfile_text(config)
+  assert "--freeze=a/.*\n" in text and "--lr_mult=b/.*=0.5\n" in text and "--flip\n" in text
+  assert "--task" not in text  # finetune has no --task
+
+
+def _cli(*args):
+  env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+  return subprocess.run([sys.executable, "-m", "jaxpretrain.finetune", *args], cwd=REPO,
+                        capture_output=True, text=True, timeout=120, env=env)
+
+
+def test_cli_rejects_unknown_and_conflicting_flags(tmp_path):
+  out = _cli("--bogus_flag=1", f"--workdir={tmp_path}")
+  assert out.returncode != 0 and "bogus_flag" in out.stderr
+  out = _cli("--model=resnet_tiny", "--dataset=digits_local", "--epochs=1", "--steps=5",
+             f"--workdir={tmp_path / 'w'}")
+  assert out.returncode == 2, out.stderr
+  assert "--epochs" in out.stderr and "--steps" in out.stderr
+  assert not (tmp_path / "w").exists()  # failed before touching the workdir
+  out = _cli("--model=resnet_tiny", "--dataset=digits_local", "--steps=5", "--optimizer=lamb",
+             f"--workdir={tmp_path / 'w'}")
+  assert out.returncode != 0 and "optimizer" in out.stderr and "adamw" in out.stderr
