@@ -166,8 +166,8 @@ def validate(config: JobConfig) -> None:
   if (config.epochs is None) == (config.steps is None):
     raise ConfigError(f"give exactly one of --epochs or --steps (got --epochs={config.epochs}, "
                       f"--steps={config.steps})")
-  if config.epochs is not None and not config.epochs > 0:
-    _fail("epochs", config.epochs, "> 0 (fractions allowed)")
+  if config.epochs is not None and not 0 < config.epochs < math.inf:
+    _fail("epochs", config.epochs, "> 0 and finite (fractions allowed)")
   if config.steps is not None and (not isinstance(config.steps, int) or config.steps < 1):
     _fail("steps", config.steps, "an int >= 1")
   if config.steps is not None and config.schedule != "constant" and config.warmup >= config.steps:
@@ -178,9 +178,10 @@ def validate(config: JobConfig) -> None:
   _choice(config, "parallel", PARALLEL)
   _choice(config, "on_nan", ON_NAN)
   _choice(config, "progress", ("auto", "bar", "log"))
-  if not config.lr > 0:
-    _fail("lr", config.lr, "> 0")
-  _at_least(config, "weight_decay", 0)
+  if not 0 < config.lr < math.inf:
+    _fail("lr", config.lr, "> 0 and finite")
+  if not 0 <= config.weight_decay < math.inf:
+    _fail("weight_decay", config.weight_decay, ">= 0 and finite")
   if not 0 <= config.momentum < 1:
     _fail("momentum", config.momentum, "in [0, 1)")
   if config.clip_norm is not None and not config.clip_norm > 0:

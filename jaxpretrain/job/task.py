@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import os
 import pathlib
 from typing import Any
@@ -121,6 +122,8 @@ def model_spec(config: JobConfig, workdir: pathlib.Path, log=print) -> ModelSpec
       raise ConfigError(f"--model={name!r}: {e}") from None
   family = models.family_of(name)
   kwargs.update(config.model_kwargs)
+  if config.model_kwargs:
+    _check_model_kwargs(name, kwargs, config.model_kwargs)
   if family == "vit" and ckpt is None and config.image_size and "image_size" not in kwargs:
     kwargs["image_size"] = config.image_size
   files = {}
@@ -128,6 +131,17 @@ def model_spec(config: JobConfig, workdir: pathlib.Path, log=print) -> ModelSpec
     files = {n: ckpt / n for n in ckpt_cfg.get("files", []) if (ckpt / n).is_file()}
   return ModelSpec(name, kwargs, family, ckpt, [], False,
                    dict(ckpt_cfg.get("preprocessing", {})), files)
+
+
+def _check_model_kwargs(name: str, kwargs: dict[str, Any], given: dict[str, Any]) -> None:
+  """--model_kwargs naming no constructor field fails here, not deep inside the first build."""
+  try:
+    models.build_model(name, **kwargs)
+  except TypeError as e:
+    fields = [f.name for f in dataclasses.fields(type(models.build_model(name)))
+              if f.name not in ("parent", "name")]
+    raise ConfigError(f"--model_kwargs={json.dumps(given)!r}: {e}; fields of '{name}': "
+                      f"{fields}") from None
 
 
 def with_head(spec: ModelSpec, config: JobConfig, num_classes: int | None) -> ModelSpec:
@@ -211,7 +225,7 @@ def load_data(config: JobConfig, spec: ModelSpec | None = None, *, split: str = 
   def load(s):
     try:
       return loaders.load_dataset(config.dataset, config.data_dir, s)
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, OSError) as e:  # OSError: also an unusable --data_dir
       raise ConfigError(f"--dataset={config.dataset!r} (split {s!r}): {e}") from None
 
   train_source, meta = load("train") if train else (None, None)
