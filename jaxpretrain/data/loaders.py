@@ -14,12 +14,14 @@ Specs:
 
 Every source is random access (`len`, `source[i] -> dict`) with the same keys: `image`
 uint8 [h, w, c] or `text` str, plus `label` int. Bad input is a ValueError naming the file
-and row (or array index).
+and row (or array index); a file that cannot be read or decoded is its subclass `DataError`,
+which the training mains report as one line even when a batch read mid-run meets it.
 """
 
 import dataclasses
 import importlib.util
 import pathlib
+import zipfile
 from collections.abc import Sequence
 
 import numpy as np
@@ -34,6 +36,10 @@ _LABEL_KEYS = ("label", "labels", "y", "Y", "target", "targets")
 
 def has_pil() -> bool:
   return importlib.util.find_spec("PIL") is not None
+
+
+class DataError(ValueError):
+  """A dataset file that cannot be read or decoded; the message names the file."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -121,9 +127,9 @@ def read_image(path: pathlib.Path, channels: int) -> np.ndarray:
       with PIL.Image.open(path) as im:
         image = np.asarray(im.convert("L" if channels == 1 else "RGB"))
   except Exception as e:  # PIL raises OSError, UnidentifiedImageError, SyntaxError, ...
-    raise ValueError(f"cannot decode image {path}: {type(e).__name__}: {e}") from None
+    raise DataError(f"cannot decode image {path}: {type(e).__name__}: {e}") from None
   if image.dtype != np.uint8 or image.ndim not in (2, 3):
-    raise ValueError(f"{path}: {image.dtype} array of shape {image.shape}; "
+    raise DataError(f"{path}: {image.dtype} array of shape {image.shape}; "
                      "expected uint8 [h, w] or [h, w, c]")
   image = image[..., None] if image.ndim == 2 else image
   return to_channels(image, channels, str(path))
@@ -328,8 +334,14 @@ def load_npz(path: pathlib.Path, split: str, *, image_key: str | None = None,
   """`npz:PATH`; see `load_dataset`."""
   if not path.is_file():
     raise ValueError(f"{path}: no such npz file")
-  with np.load(path, allow_pickle=False) as f:
-    arrays = dict(f)
+  try:
+    with np.load(path, allow_pickle=False) as f:
+      arrays = dict(f)
+  except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
+    # ValueError: an object array (e.g. images of mixed sizes), which would need pickle.
+    raise DataError(f"{path}: not a readable npz file ({type(e).__name__}: {e}); expected "
+                    "numeric arrays, e.g. uint8 images [n, h, w(, c)] and int labels [n]"
+                    ) from None
   split_keys = split != "all" and f"x_{split}" in arrays and f"y_{split}" in arrays
   if split_keys and image_key is None and label_key is None:  # Keras-style mnist.npz.
     image_key, label_key = f"x_{split}", f"y_{split}"

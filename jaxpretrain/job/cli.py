@@ -1,6 +1,7 @@
 """What the absl mains share: flags -> config -> run, errors as one line and an exit status.
 
-Exit status: 0 done; 1 a failed run (non-finite loss, workdir in use or full); 2 a bad flag;
+Exit status: 0 done; 1 a failed run (non-finite loss, workdir in use or full, a data file that
+cannot be read); 2 a bad flag;
 143 stopped by SIGTERM after writing a checkpoint (rerun the same command to resume).
 """
 
@@ -34,6 +35,12 @@ def train_main(argv: list[str]) -> int:
   except loop.Stopped as e:
     print(f"stopped: {e}", file=sys.stderr)
     return loop.EXIT_STOPPED
+  except ValueError as e:  # a corrupt file met by a batch mid-run: one line, like the others
+    from jaxpretrain.data.loaders import DataError  # noqa: PLC0415 -- TFDS import is slow
+    if not isinstance(e, DataError):
+      raise
+    print(f"error: {e}", file=sys.stderr)
+    return 1
   m = result.metrics
   if "macro_f1" in m:
     print(f"test accuracy {m['accuracy']:.4f} (macro-F1 {m['macro_f1']:.4f}, top-5 "
