@@ -1,12 +1,14 @@
 """What the absl mains share: flags -> config -> run, errors as one line and an exit status.
 
-Exit status: 0 done; 1 a failed run (non-finite loss, workdir in use or full, a data file that
-cannot be read); 2 a bad flag;
+Exit status: 0 done; 1 a failed run (non-finite loss, workdir in use or full, the disk filling
+up mid-run, a data file that cannot be read); 2 a bad flag;
 143 stopped by SIGTERM after writing a checkpoint (rerun the same command to resume).
 """
 
 from __future__ import annotations
 
+import errno
+import os
 import sys
 
 from absl import logging
@@ -23,6 +25,7 @@ def train_main(argv: list[str]) -> int:
     print(f"error: unexpected arguments {argv[1:]}; every setting is a --flag", file=sys.stderr)
     return 2
   logging.set_verbosity(logging.WARNING)  # orbax and TFDS log every file at INFO
+  config = None
   try:
     config = flags_lib.config_from_flags()
     result = loop.run(config)
@@ -35,11 +38,11 @@ def train_main(argv: list[str]) -> int:
   except loop.Stopped as e:
     print(f"stopped: {e}", file=sys.stderr)
     return loop.EXIT_STOPPED
-  except ValueError as e:  # a corrupt file met by a batch mid-run: one line, like the others
-    from jaxpretrain.data.loaders import DataError  # noqa: PLC0415 -- TFDS import is slow
-    if not isinstance(e, DataError):
+  except (OSError, ValueError) as e:  # a full disk or a corrupt data file, met mid-run
+    message = _failure_mid_run(e, config)
+    if message is None:
       raise
-    print(f"error: {e}", file=sys.stderr)
+    print(f"error: {message}", file=sys.stderr)
     return 1
   m = result.metrics
   if "macro_f1" in m:
@@ -50,3 +53,19 @@ def train_main(argv: list[str]) -> int:
           f"perplexity {m['perplexity']:.1f}")
   print(f"report: {result.report}\nmodel: {result.model_dir}")
   return 0
+
+
+def _failure_mid_run(e: BaseException, config) -> str | None:
+  """The one-line message of a failure the run cannot avoid, or None for a bug (re-raised).
+
+  A full disk is an OSError (ENOSPC, EDQUOT) or, from orbax's tensorstore, a ValueError with
+  the same strerror in its message; a data file that cannot be decoded is a DataError.
+  """
+  codes = (errno.ENOSPC, errno.EDQUOT)
+  if (isinstance(e, OSError) and e.errno in codes) or any(
+      os.strerror(c) in str(e) for c in codes):
+    where = f"--workdir={config.workdir!r}" if config else "the workdir"
+    return (f"no space left on the device of {where}; free some space and rerun the same "
+            "command: it resumes from the last complete checkpoint")
+  from jaxpretrain.data.loaders import DataError  # noqa: PLC0415 -- TFDS import is slow
+  return str(e) if isinstance(e, DataError) else None

@@ -142,9 +142,8 @@ class MetricsLog:
     """Drops records past `step` (written after the checkpoint a resumed run starts from)."""
     if not self.enabled or not self.path.exists():
       return
-    keep = [line for line in self.path.read_text().splitlines()
-            if line.strip() and json.loads(line).get("step", 0) <= step]
-    self.path.write_text("".join(line + "\n" for line in keep))
+    keep = [r for r in self.read() if r.get("step", 0) <= step]
+    self.path.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in keep))
 
   def write(self, record: dict[str, Any]) -> None:
     if self.enabled:
@@ -152,9 +151,16 @@ class MetricsLog:
         f.write(json.dumps(record, sort_keys=True) + "\n")
 
   def read(self) -> list[dict[str, Any]]:
+    """The records; a line cut short (a crash or a full disk mid-write) is skipped."""
     if not self.path.exists():
       return []
-    return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+    records = []
+    for line in self.path.read_text(errors="replace").splitlines():
+      try:
+        records.append(json.loads(line))
+      except ValueError:
+        continue
+    return [r for r in records if isinstance(r, dict)]
 
 
 class StopSignal:
