@@ -33,6 +33,7 @@ Crash safety:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -229,7 +230,9 @@ def run(config: JobConfig, *, hooks: Hooks | None = None, log=print) -> Result:
   hooks = hooks or Hooks()
   wd = workdir_lib.Workdir(config.workdir)
   wd.check_writable()
-  with wd.lock(), workdir_lib.StopSignal() as stop:
+  # One lock per workdir: process 0 holds it for all processes of a multi-process run.
+  lock = wd.lock() if jax.process_index() == 0 else contextlib.nullcontext()
+  with lock, workdir_lib.StopSignal() as stop:
     _check_resume(wd, config)
     return _run_locked(config, wd, stop, hooks, log)
 

@@ -114,3 +114,14 @@ def test_mlm_pretrain_then_finetune(tiny, tmp_path):
   assert pretrained.read_config(fine.model_dir)["model_kwargs"]["num_labels"] == 2
   got = _variables(fine)["params"]["encoder"]
   assert "mlm_bias" not in _variables(fine)["params"] and got  # the MLM head was dropped
+
+
+@pytest.mark.parametrize("kind", ["pmap"])  # fsdp == jit is tested in tests/train
+def test_pmap_matches_jit(tiny, tmp_path, kind):
+  """The same run over the 8 test devices, jit and pmap: the same parameters and metrics."""
+  short = dict(steps=4, eval_every=0, checkpoint_every=0, warmup=1)
+  ref = finetune(tiny(workdir=str(tmp_path / "jit"), **short))
+  other = finetune(tiny(workdir=str(tmp_path / kind), parallel=kind, **short))
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5),
+               _variables(other), _variables(ref))
+  assert other.metrics["accuracy"] == pytest.approx(ref.metrics["accuracy"], abs=0.01)
