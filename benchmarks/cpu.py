@@ -120,7 +120,7 @@ def run_case(case: Case, mode: str, *, reps: int, warmup: int, target_s: float,
   return {"case": case.name, "model": case.model, "mode": mode, "batch": case.batch,
           "image": case.image if case.family == "resnet" else None,
           "seq": case.seq if case.family != "resnet" else None, "unit": case.unit,
-          "flops_per_step": flops, "flops_source": "xla cost_analysis of the lowered jax step",
+          "flops_per_step": flops, "flops_source": facts["jax"]["flops_source"],
           "others_cpu_share": others, "variants": variants}
 
 

@@ -81,8 +81,7 @@ def train_case(case: Case, reps: int, quick: bool, peak_tflops: float | None,
             "image": case.image if case.family == "resnet" else None,
             "seq": case.seq if case.family != "resnet" else None, "unit": case.unit,
             "dtype": "bfloat16 compute, float32 params", **info, "step": stats,
-            "items_per_s": case.batch / stats["median"],
-            "flops_source": "xla cost_analysis of the lowered step"}
+            "items_per_s": case.batch / stats["median"]}
   if info["flops"]:
     record["tflops"] = info["flops"] / stats["median"] / 1e12
     record["mfu"] = record["tflops"] / peak_tflops if peak_tflops else None

@@ -42,7 +42,8 @@ def cores() -> int:
 
 def interleaved(fns: Mapping[str, Callable[[], Any]], *, reps: int, warmup: int = 1,
                 target_s: float = 1.0, sync: Callable[[Any], Any] | None = None,
-                log: Callable[[str], None] | None = None
+                log: Callable[[str], None] | None = None,
+                cpu_times: dict[str, list[float]] | None = None
                 ) -> tuple[dict[str, list[float]], dict[str, int]]:
   """Seconds per call of each function over `reps` timed blocks, the variants interleaved.
 
@@ -61,6 +62,9 @@ def interleaved(fns: Mapping[str, Callable[[], Any]], *, reps: int, warmup: int 
     target_s: wanted duration of one timed block.
     sync: waits for a function's result (e.g. jax.block_until_ready); None: fns block.
     log: called with a progress line after each repetition.
+    cpu_times: if given, filled with name -> [CPU seconds of this process per call] (all its
+      threads): the work done, which other processes on a shared machine disturb less than
+      the wall time (spinning thread pools count as work, though).
   Returns:
     (name -> [seconds per call] of length reps in repetition order, name -> calls per block).
   """
@@ -69,12 +73,15 @@ def interleaved(fns: Mapping[str, Callable[[], Any]], *, reps: int, warmup: int 
   for name in names:
     for _ in range(max(warmup, 1) - 1):
       _sync(sync, fns[name]())
-    iters[name] = calls_per_rep(_timed_block(fns[name], 1, sync), target_s)
+    iters[name] = calls_per_rep(_timed_block(fns[name], 1, sync)[0], target_s)
   times: dict[str, list[float]] = {n: [] for n in names}
   for r in range(reps):
     order = names[r % len(names):] + names[:r % len(names)]
     for name in order:
-      times[name].append(_timed_block(fns[name], iters[name], sync))
+      wall, cpu = _timed_block(fns[name], iters[name], sync)
+      times[name].append(wall)
+      if cpu_times is not None:
+        cpu_times.setdefault(name, []).append(cpu)
     if log:
       log(f"    rep {r + 1}/{reps}: " + ", ".join(f"{n} {times[n][-1]:.4f}s" for n in names))
   return times, iters
@@ -86,16 +93,17 @@ def _sync(sync: Callable[[Any], Any] | None, out: Any) -> None:
 
 
 def _timed_block(fn: Callable[[], Any], iters: int,
-                 sync: Callable[[Any], Any] | None = None) -> float:
+                 sync: Callable[[Any], Any] | None = None) -> tuple[float, float]:
+  """(wall seconds, process CPU seconds) per call over `iters` calls."""
   gc.collect()
   time.sleep(SETTLE_S)
   gc.disable()  # a collection inside a timed block would be charged to whoever triggered it
   try:
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     for _ in range(iters):
       out = fn()
     _sync(sync, out)
-    return (time.perf_counter() - t0) / iters
+    return (time.perf_counter() - t0) / iters, (time.process_time() - c0) / iters
   finally:
     gc.enable()
 

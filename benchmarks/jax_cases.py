@@ -79,22 +79,52 @@ def build(case: Case, train: bool, dtype: Any = jnp.float32):
   return model, init(jax.random.key(0))
 
 
-def aot(fn, *args, donate: tuple[int, ...] = ()) -> tuple[Any, dict[str, float]]:
-  """Compiles fn for args; returns (compiled, {lower_s, compile_s, flops})."""
+def aot(fn, *args, donate: tuple[int, ...] = (), compiler_options: dict | None = None
+        ) -> tuple[Any, dict[str, Any]]:
+  """Compiles fn for args; returns (compiled, {lower_s, compile_s, flops, flops_source}).
+
+  `compiler_options` are XLA debug options for this compilation only (the names of XLA_FLAGS
+  without the dashes), so variants of a flag can be compared in one process.
+  """
   jitted = jax.jit(fn, donate_argnums=donate)
   t0 = time.perf_counter()
   lowered = jitted.lower(*args)
   t1 = time.perf_counter()
-  compiled = lowered.compile()
+  compiled = lowered.compile(compiler_options=compiler_options or None)
   t2 = time.perf_counter()
-  return compiled, {"lower_s": t1 - t0, "compile_s": t2 - t1, "flops": flops_of(lowered)}
+  flops, source = count_flops(fn, args, lowered, compiled)
+  return compiled, {"lower_s": t1 - t0, "compile_s": t2 - t1, "flops": flops,
+                    "flops_source": source}
 
 
-def flops_of(lowered_or_compiled) -> float | None:
-  """FLOPs per call from XLA's cost analysis (a dict, or a list of one in older JAX)."""
+def count_flops(fn, args, lowered, compiled) -> tuple[float | None, str | None]:
+  """FLOPs per call from XLA's HLO cost analysis, and where the count came from.
+
+  The unoptimized HLO is preferred: it counts the model's own operations on every backend.
+  Plugin backends (CUDA) cannot analyze it, so the same function is then lowered for the CPU
+  (abstract arguments: no data moves) and analyzed there; the optimized module's analysis is
+  the last resort (it may miss work inside library calls such as cuDNN convolutions).
+  """
+  flops = _flops(lowered.cost_analysis)
+  if flops:
+    return flops, "xla cost analysis of the lowered step"
   try:
-    ca = lowered_or_compiled.cost_analysis()
-  except Exception:  # noqa: BLE001 -- some backends cannot analyze; FLOPs are then unknown
+    abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), args)
+    with jax.default_device(jax.devices("cpu")[0]):
+      flops = _flops(jax.jit(fn).lower(*abstract).cost_analysis)
+  except Exception:  # noqa: BLE001 -- no CPU backend (JAX_PLATFORMS): try the next count
+    flops = None
+  if flops:
+    return flops, "xla cost analysis of the step lowered for cpu"
+  flops = _flops(compiled.cost_analysis)
+  return (flops, "xla cost analysis of the optimized step") if flops else (None, None)
+
+
+def _flops(cost_analysis) -> float | None:
+  """The 'flops' of a cost analysis (a dict, or a list of one in older JAX), or None."""
+  try:
+    ca = cost_analysis()
+  except Exception:  # noqa: BLE001 -- e.g. NotImplementedError on PJRT plugin backends
     return None
   if isinstance(ca, (list, tuple)):
     ca = ca[0] if ca else {}
@@ -110,7 +140,7 @@ def device_batch(case: Case, dtype: Any = jnp.float32) -> dict[str, jax.Array]:
   return jax.device_put(batch)
 
 
-def inference(case: Case, dtype: Any = jnp.float32):
+def inference(case: Case, dtype: Any = jnp.float32, compiler_options: dict | None = None):
   """`run(block=True)` doing one forward pass, and its compile facts.
 
   `run(block=False)` only dispatches (for timing blocks of calls on an accelerator).
@@ -125,16 +155,17 @@ def inference(case: Case, dtype: Any = jnp.float32):
     # returning the aux dict would make XLA keep every intermediate.
     return (out, aux["pooled"]) if "pooled" in aux else out
 
-  compiled, info = aot(forward, variables, args, kwargs)
+  compiled, info = aot(forward, variables, args, kwargs, compiler_options=compiler_options)
 
   def run(block: bool = True):
     out = compiled(variables, args, kwargs)
     return jax.block_until_ready(out) if block else out
 
+  run.compiled = compiled  # for benchmarks.profile: the optimized HLO
   return run, info
 
 
-def train(case: Case, dtype: Any = jnp.float32):
+def train(case: Case, dtype: Any = jnp.float32, compiler_options: dict | None = None):
   """`run(block=True)` doing one train step (state donated), and its compile facts.
 
   ResNets: SGD with momentum 0.9. BERT: AdamW with weight decay 0.01 (no decay on biases and
@@ -146,7 +177,7 @@ def train(case: Case, dtype: Any = jnp.float32):
   batch = device_batch(case, dtype)
   step = functools.partial(step_lib.train_step, model=model, tx=opt.tx,
                            loss_fn=losses.classification_loss_fn(), lr_fn=opt.lr_fn)
-  compiled, info = aot(step, state, batch, donate=(0,))
+  compiled, info = aot(step, state, batch, donate=(0,), compiler_options=compiler_options)
   holder = {"state": state}
 
   def run(block: bool = True):
@@ -154,6 +185,7 @@ def train(case: Case, dtype: Any = jnp.float32):
     out = (holder["state"], metrics)
     return jax.block_until_ready(out) if block else out
 
+  run.compiled = compiled
   return run, info
 
 
@@ -163,7 +195,7 @@ def matmul(n: int, dtype: Any = jnp.float32):
   a = jax.random.normal(k1, (n, n), jnp.float32).astype(dtype)
   b = jax.random.normal(k2, (n, n), jnp.float32).astype(dtype)
   compiled, info = aot(jnp.matmul, a, b)
-  info["flops"] = 2.0 * n**3  # exact; cost analysis says the same
+  info.update(flops=2.0 * n**3, flops_source="2 n^3")  # exact; cost analysis says the same
 
   def run(block: bool = True):
     out = compiled(a, b)

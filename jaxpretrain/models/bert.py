@@ -85,11 +85,24 @@ class Embeddings(nn.Module):
     if last >= self.max_position_embeddings:  # jnp.take would silently read NaN
       raise ValueError(f"sequence length {input_ids.shape[1]} needs position {last}; the model "
                        f"has max_position_embeddings={self.max_position_embeddings}")
+    # Lookups read the param_dtype tables and the sum is cast to `dtype` once, so no gradient
+    # is a scatter-add in bf16: on an H200, the bf16 scatter of 8192 token-type gradients into
+    # one row took 56 of a 98 ms BERT-base step (benchmarks/NOTES.md). Types are a one-hot
+    # product (a matmul in the backward pass, exact at "highest"); absolute positions a slice.
+    types = self.token_type_embeddings.embedding
     if token_type_ids is None:
-      token_type_ids = jnp.zeros_like(input_ids)
+      types = types[0]
+    else:
+      onehot = jax.nn.one_hot(token_type_ids, types.shape[0], dtype=types.dtype)
+      types = jnp.einsum("bsv,vd->bsd", onehot, types, precision=jax.lax.Precision.HIGHEST)
+    positions = self.position_embeddings.embedding
+    if self.position_style == "absolute":
+      positions = positions[:input_ids.shape[1]]  # == take(positions, pos), without a scatter
+    else:
+      positions = jnp.take(positions, pos, axis=0)
     # Summed in Hugging Face's order: (word + token type) + position.
-    x = self.word_embeddings(input_ids) + self.token_type_embeddings(token_type_ids)
-    x = x + self.position_embeddings(pos)
+    x = jnp.take(self.word_embeddings.embedding, input_ids, axis=0) + types
+    x = (x + positions).astype(self.dtype)
     return self.dropout(self.norm(x), deterministic=not train)
 
   def attend(self, h: jax.Array) -> jax.Array:
