@@ -128,7 +128,10 @@ def _check_resume(wd: workdir_lib.Workdir, config: JobConfig) -> None:
   saved_path = wd / "flags.json"
   if not saved_path.exists():
     return
-  saved = json.loads(saved_path.read_text())
+  try:
+    saved = json.loads(saved_path.read_text())
+  except ValueError:  # cut short by a crash or a full disk: nothing to compare; rewritten
+    return
   diff = config_lib.resume_differences(saved, config)
   if diff:
     shown = ", ".join(f"--{k}: {a!r} -> {b!r}" for k, a, b in
@@ -137,9 +140,22 @@ def _check_resume(wd: workdir_lib.Workdir, config: JobConfig) -> None:
                       "rerun with the same flags to resume, or choose another --workdir")
 
 
+def _check_export_dir(config: JobConfig) -> None:
+  """--export_dir must be creatable: fail now, not after training."""
+  if config.export_dir is None:
+    return
+  path = pathlib.Path(config.export_dir).absolute()
+  existing = next(p for p in (path, *path.parents) if p.exists())
+  if not existing.is_dir() or not os.access(existing, os.W_OK):
+    raise ConfigError(f"--export_dir={config.export_dir!r}: {existing} is not a writable "
+                      "folder; allowed: a folder that exists or can be created")
+
+
 def _write_run_files(wd: workdir_lib.Workdir, config: JobConfig) -> None:
   (wd / "flags.txt").write_text(flags_lib.flagfile_text(config))
-  (wd / "flags.json").write_text(json.dumps(config.to_json(), indent=2, sort_keys=True) + "\n")
+  tmp = wd / f"flags.json.tmp-{os.getpid()}"  # then renamed: never a half-written flags.json
+  tmp.write_text(json.dumps(config.to_json(), indent=2, sort_keys=True) + "\n")
+  os.replace(tmp, wd / "flags.json")
   revisions = wd / "git_revision.txt"
   lines = revisions.read_text().splitlines() if revisions.exists() else []
   rev = workdir_lib.git_revision()
@@ -226,6 +242,7 @@ def run(config: JobConfig, *, hooks: Hooks | None = None, log=print) -> Result:
     Stopped: SIGTERM arrived; a checkpoint was written.
   """
   config_lib.validate(config)
+  _check_export_dir(config)
   start_devices(config)
   hooks = hooks or Hooks()
   wd = workdir_lib.Workdir(config.workdir)
@@ -376,6 +393,7 @@ def _train(config, wd, stop, hooks, log, lead, t_start, spec, data, model, par, 
           f"(--on_nan=skip, {len(skipped)} skipped)")
       ckpt.wait()
       state, step = restore()
+      mlog.truncate_after(step)  # the replayed steps are logged again
       progress = report_lib.Progress(step, total, config.progress)
       sums, count = {}, 0
       continue
