@@ -1,0 +1,163 @@
+"""The workdir's failure modes: unwritable, read-only, full before the run, filling up during
+it, and files cut short by a crash. Each fails with one line naming the workdir before any
+training, or (the disk filling mid-run) stops with one line and resumes once space is free.
+
+Real file systems where the machine allows it (root can mount a tmpfs: as root, chmod does not
+stop writes, so a read-only mount is the honest test); a monkeypatched free-space probe
+otherwise.
+"""
+
+import contextlib
+import errno
+import json
+import shutil
+import subprocess
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from jaxpretrain import pretrained
+from jaxpretrain.job import WorkdirError, finetune
+from jaxpretrain.job import workdir as workdir_lib
+from jaxpretrain.job.loop import Hooks
+from tests.reliability.conftest import train_records, wait_for
+
+
+@contextlib.contextmanager
+def tmpfs(path, size, read_only=False):
+  """A tmpfs of `size` mounted at `path` for the block; skips the test where mount is denied."""
+  path.mkdir(parents=True, exist_ok=True)
+  options = f"size={size}" + (",ro" if read_only else "")
+  try:
+    out = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)],
+                         capture_output=True, text=True, timeout=30)
+  except OSError as e:
+    pytest.skip(f"cannot mount a tmpfs here: {e}")
+  if out.returncode:
+    pytest.skip(f"cannot mount a tmpfs here: {out.stderr.strip()}")
+  try:
+    yield path
+  finally:
+    subprocess.run(["umount", "-l", str(path)], capture_output=True, timeout=30)
+
+
+def _one_error_line(out):
+  return out.stderr.strip().splitlines()[-1]
+
+
+def test_workdir_under_a_file_fails_before_training(cli, tmp_path):
+  blocker = tmp_path / "file.txt"
+  blocker.write_text("x")
+  out = cli.run(blocker / "sub")
+  assert out.returncode == 1, out.stderr[-2000:]
+  assert out.stderr == (f"error: --workdir='{blocker}/sub' is not a writable folder: "
+                        f"NotADirectoryError: [Errno 20] Not a directory: '{blocker}/sub'\n")
+
+
+def test_read_only_workdir_fails_before_training(cli, tmp_path):
+  with tmpfs(tmp_path / "ro", "1m", read_only=True) as ro:
+    out = cli.run(ro / "run")
+  assert out.returncode == 1, out.stderr[-2000:]
+  assert out.stderr.startswith(f"error: --workdir='{ro}/run' is not a writable folder: "
+                               "OSError: [Errno 30] Read-only file system"), out.stderr[-2000:]
+  assert out.stderr.count("\n") == 1
+
+
+def test_full_disk_fails_before_training(cli, tmp_path):
+  with tmpfs(tmp_path / "small", "1m") as small:
+    out = cli.run(small / "run")
+    left = sorted(p.name for p in (small / "run").iterdir())
+  assert out.returncode == 1, out.stderr[-2000:]
+  assert out.stderr.startswith(f"error: --workdir='{small}/run': 1 MiB free, but the "
+                               "checkpoints and the exported model need about "), out.stderr
+  assert "free some space, lower --keep_checkpoints or choose another --workdir" in out.stderr
+  assert out.stderr.count("\n") == 1
+  assert left == [".lock"]  # no checkpoint, no metrics: nothing ran
+
+
+def test_too_little_space_fails_before_training(tiny_config, tmp_path, monkeypatch):
+  """The same check on any machine: the free-space probe reports 10 MiB."""
+  usage = shutil.disk_usage(tmp_path)._replace(free=10 << 20)
+  monkeypatch.setattr(workdir_lib.shutil, "disk_usage", lambda _: usage)
+  config = tiny_config()
+  with pytest.raises(WorkdirError, match=r"10 MiB free, but the checkpoints and the exported "
+                     r"model need about \d+ MiB"):
+    finetune(config)
+  assert not (tmp_path / "run" / "checkpoints").exists()
+  assert not (tmp_path / "run" / "metrics.jsonl").exists()
+
+
+def _fill(folder):
+  """Writes into `folder` until its file system is full."""
+  chunk = b"\0" * (1 << 20)
+  with (folder / "filler").open("wb") as f:
+    try:
+      while True:
+        f.write(chunk)
+        f.flush()
+    except OSError as e:
+      assert e.errno == errno.ENOSPC, e
+      return folder / "filler"
+
+
+@pytest.mark.slow
+def test_disk_filling_mid_run_stops_with_one_line_and_resumes(cli, reference, tmp_path):
+  with tmpfs(tmp_path / "disk", "80m") as disk:  # passes the check at start-up (~66 MiB)
+    wd = disk / "run"
+    log = tmp_path / "first.log"
+    proc = cli.start(wd, log)
+    try:
+      wait_for(lambda: (wd / "checkpoints" / "5").is_dir(), proc, time.monotonic() + 120,
+               "checkpoint 5")
+      filler = _fill(disk)
+      assert proc.wait(timeout=120) == 1, log.read_text()[-3000:]
+    finally:
+      if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+    lines = [x for x in log.read_text().splitlines() if x.startswith("error: ")]
+    assert len(lines) == 1, log.read_text()[-3000:]
+    last = lines[0]
+    assert last.startswith(f"error: no space left on the device of --workdir='{wd}'; "), last
+    assert last.endswith("free some space and rerun the same command: it resumes from the "
+                         "last complete checkpoint")
+    filler.unlink()
+    out = cli.run(wd)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
+    assert "resuming from the checkpoint of step " in out.stdout
+    got = pretrained.load_variables(wd / "model" / "variables")
+    want = pretrained.load_variables(reference / "model" / "variables")
+    jax.tree.map(np.testing.assert_array_equal, got, want)
+    assert [r["step"] for r in train_records(wd)] == list(range(1, 41))
+
+
+class Crash(RuntimeError):
+  pass
+
+
+def _crash_after(step):
+  def after_step(s):
+    if s == step:
+      raise Crash(f"simulated crash after step {s}")
+  return after_step
+
+
+@pytest.mark.parametrize("torn", ["metrics.jsonl", "flags.json"])
+def test_a_file_cut_short_by_a_crash_does_not_wedge_the_workdir(tiny_config, torn):
+  """A crash (or a full disk) in the middle of writing metrics.jsonl or flags.json leaves a
+  partial record; the rerun still resumes and finishes, each step logged once."""
+  config = tiny_config(steps=12, checkpoint_every=5)
+  with pytest.raises(Crash):
+    finetune(config, hooks=Hooks(after_step=_crash_after(8)))
+  path = workdir_lib.pathlib.Path(config.workdir) / torn
+  if torn == "metrics.jsonl":
+    with path.open("a") as f:
+      f.write('{"kind": "train", "loss": 0.5, "st')  # no newline: cut mid-record
+  else:
+    path.write_text(path.read_text()[:20])
+  result = finetune(config)
+  assert result.resumed_from == 5 and result.steps == 12
+  assert [r["step"] for r in train_records(path.parent)] == list(range(1, 13))
+  assert json.loads((path.parent / "flags.json").read_text())["steps"] == 12
