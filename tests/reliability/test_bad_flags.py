@@ -8,6 +8,7 @@ the wrong type or outside an enum (IllegalFlagValueError naming `--flag=value`);
 else is a ConfigError printed as `error: --flag=...` with exit status 2.
 """
 
+import jax
 import pytest
 from absl import flags
 
@@ -19,6 +20,8 @@ if "workdir" not in FLAGS:  # as jaxpretrain/finetune.py does at import
   flags_lib.define_train_flags(pretrain=False)
 
 NOT_A_DIR = "/etc/hostname/sub"  # a path under a regular file: no folder can be made there
+DEVICES = jax.device_count()  # 8 fake CPU devices under tests/conftest.py
+ON_CPU = jax.devices()[0].platform == "cpu"
 
 # (flags changed from the valid base command (None removes one), what the error must say)
 CASES = [
@@ -94,8 +97,12 @@ CASES = [
      "--process_id=2"),
     # Rejected at start-up, once the devices, the model or the data are known (still before
     # any step is compiled or any checkpoint written).
-    ({"cpu_devices": "3"}, "--cpu_devices=3"),  # JAX already runs with 8 (tests/conftest.py)
-    ({"batch_size": "12"}, "--batch_size=12"),  # not a multiple of the 8 devices
+    pytest.param({"cpu_devices": str(DEVICES + 1)}, f"--cpu_devices={DEVICES + 1}",
+                 marks=pytest.mark.skipif(not ON_CPU, reason="CPU device count"),
+                 id="cpu_devices after JAX started"),
+    pytest.param({"batch_size": str(DEVICES + 1)}, f"--batch_size={DEVICES + 1}",
+                 marks=pytest.mark.skipif(DEVICES == 1, reason="one device divides any batch"),
+                 id="batch_size not a multiple of the device count"),
     ({"model": "resnet999"}, "--model='resnet999'"),
     ({"model_kwargs": '{"bogus": 1}'}, "--model_kwargs"),
     ({"init_checkpoint": "/nonexistent/ckpt", "model": None},
@@ -113,9 +120,13 @@ CASES = [
 
 @pytest.fixture(autouse=True)
 def _fresh_flags():
+  """Each case parses its own argv; other tests find FLAGS as they left it."""
+  was_parsed = FLAGS.is_parsed()
   FLAGS.unparse_flags()
   yield
   FLAGS.unparse_flags()
+  if was_parsed:
+    FLAGS.mark_as_parsed()
 
 
 def _argv(npz_dataset, tmp_path, changes):
@@ -147,5 +158,6 @@ def test_bad_value_fails_at_start_up_naming_the_flag(changes, expected, npz_data
 def test_the_table_covers_every_flag():
   defined = {f.name for module, fl in FLAGS.flags_by_module_dict().items()
              if module.startswith("jaxpretrain.job:") for f in fl}
-  covered = {k for changes, _ in CASES for k, v in changes.items() if v is not None}
+  cases = [c.values if hasattr(c, "values") else c for c in CASES]
+  covered = {k for changes, _ in cases for k, v in changes.items() if v is not None}
   assert defined - covered == set(), f"flags without a bad-value case: {defined - covered}"
