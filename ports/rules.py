@@ -86,7 +86,9 @@ def _apply(table: Iterable[Rule], arrays: Mapping[str, np.ndarray], ignored: Ite
         if dst in out:
           raise PortError(f"keys '{claimed[dst]}' and '{key}' both map to '{dst}'")
         fn = rule.transform.inverse if reverse else rule.transform.forward
-        out[dst] = np.asarray(fn(np.asarray(value)), order="C")  # keeps 0-d arrays 0-d
+        # A view where the transform is a transpose (of a memory-mapped tensor, when reading
+        # safetensors): no second copy of the checkpoint in memory; writers copy as they go.
+        out[dst] = np.asarray(fn(np.asarray(value)))  # keeps 0-d arrays 0-d
         claimed[dst] = key
         break
     else:
