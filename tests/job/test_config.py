@@ -116,3 +116,35 @@ def test_cli_rejects_unknown_and_conflicting_flags(tmp_path):
   out = _cli("--model=resnet_tiny", "--dataset=digits_local", "--steps=5", "--optimizer=lamb",
              f"--workdir={tmp_path / 'w'}")
   assert out.returncode != 0 and "optimizer" in out.stderr and "adamw" in out.stderr
+
+
+def test_epochs_to_steps():
+  config = dataclasses.replace(BASE, steps=None, epochs=0.5, batch_size=16, warmup=0)
+  assert config_lib.total_steps(config, 100) == 4  # ceil(0.5 * 100 / 16)
+
+
+def _spec(family, kwargs):
+  name = {"resnet": "resnet18", "bert": "bert", "vit": "vit"}[family]
+  return task.ModelSpec(name, dict(kwargs), family, pathlib.Path("/ckpt"), [], False, {}, {})
+
+
+@pytest.mark.parametrize("family, kwargs, overrides, new_head, dont_load", [
+    # torchvision resnet18 (1000 classes) -> 10: a new fc.
+    ("resnet", {"num_classes": 1000}, {}, True, ["params/fc/.*"]),
+    # Same number of classes: the checkpoint's head is kept, unless --reset_head.
+    ("resnet", {"num_classes": 10}, {}, False, []),
+    ("resnet", {"num_classes": 10}, {"reset_head": True}, True, ["params/fc/.*"]),
+    # A Hugging Face BertModel without pooler (sentence-transformers): head and pooler are new.
+    ("bert", {"head": None, "pooler": False}, {}, True,
+     ["params/classifier/.*", "params/mlm_.*", "params/pooler/.*"]),
+    # A masked-LM checkpoint continued as masked-LM: its head is kept, no classifier loaded.
+    ("bert", {"head": "mlm", "pooler": True}, {"task": "mlm", "num_classes": None}, False,
+     ["params/classifier/.*"]),
+    # A 10-way BERT classifier fine-tuned on 10 classes: keep it, ignore an MLM head.
+    ("bert", {"head": "classification", "num_labels": 10, "pooler": True}, {}, False,
+     ["params/mlm_.*"]),
+])
+def test_head_replacement(family, kwargs, overrides, new_head, dont_load):
+  config = dataclasses.replace(BASE, **overrides)
+  spec = task.with_head(_spec(family, kwargs), config, None if config.task == "mlm" else 10)
+  assert (spec.new_head, spec.dont_load) == (new_head, dont_load)
