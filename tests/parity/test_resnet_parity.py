@@ -17,6 +17,7 @@ from jaxpretrain import params, pretrained
 from ports import rules
 from ports import torchvision_resnet as tvr
 from ports.base import check
+from tests.torch_refs import random_torchvision_resnet
 
 torch = pytest.importorskip("torch")
 torchvision = pytest.importorskip("torchvision")
@@ -42,19 +43,7 @@ HOOKS = {"conv1": "capture:conv1", "bn1": "capture:bn1", "relu": "relu", "maxpoo
 
 
 def _torch_resnet(arch, seed=0):
-  """Random init, then BN running stats and affine params randomized (seeded)."""
-  torch.manual_seed(seed)
-  model = getattr(torchvision.models, arch)(num_classes=NUM_CLASSES)
-  gen = torch.Generator().manual_seed(seed + 1)
-  with torch.no_grad():
-    for m in model.modules():
-      if isinstance(m, torch.nn.BatchNorm2d):
-        c = m.num_features
-        m.weight.copy_(torch.rand(c, generator=gen) + 0.5)
-        m.bias.copy_(torch.randn(c, generator=gen) * 0.1)
-        m.running_mean.copy_(torch.randn(c, generator=gen) * 0.1)
-        m.running_var.copy_(torch.rand(c, generator=gen) + 0.5)
-  return model
+  return random_torchvision_resnet(arch, NUM_CLASSES, seed)
 
 
 def _inputs(seed=0):

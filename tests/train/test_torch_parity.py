@@ -21,6 +21,7 @@ from jaxpretrain import models
 from jaxpretrain import params as params_lib
 from jaxpretrain.train import losses, optim, step
 from jaxpretrain.train.state import create_train_state
+from tests.torch_refs import random_torchvision_resnet
 
 torch = pytest.importorskip("torch")
 torchvision = pytest.importorskip("torchvision")
@@ -85,19 +86,7 @@ def _run_jax(model, variables, opt, batches):
 # ----------------------------------------------------------------------------- ResNet + SGD
 
 def _torch_resnet18(num_classes=10, seed=0):
-  """Random init with BN affine parameters and running statistics randomized (seeded)."""
-  torch.manual_seed(seed)
-  model = torchvision.models.resnet18(num_classes=num_classes)
-  gen = torch.Generator().manual_seed(seed + 1)
-  with torch.no_grad():
-    for m in model.modules():
-      if isinstance(m, torch.nn.BatchNorm2d):
-        c = m.num_features
-        m.weight.copy_(torch.rand(c, generator=gen) + 0.5)
-        m.bias.copy_(torch.randn(c, generator=gen) * 0.1)
-        m.running_mean.copy_(torch.randn(c, generator=gen) * 0.1)
-        m.running_var.copy_(torch.rand(c, generator=gen) + 0.5)
-  return model
+  return random_torchvision_resnet("resnet18", num_classes, seed)
 
 
 def test_sgd_momentum_step_matches_torch_on_resnet18(highest_precision):
