@@ -8,19 +8,19 @@ A variant is `NAME[:ITEM;ITEM...]` (quote it for the shell); an item `key=value`
 debug option for that compilation only (`jax.jit(...).lower(...).compile(compiler_options=...)`:
 the XLA_FLAGS name without dashes; repeated enums take full names, comma-separated, e.g.
 `xla_cpu_experimental_ynn_fusion_type=LIBRARY_FUSION_TYPE_REDUCE`), an item `@patch` applies
-a candidate model change from PATCHES while the variant is built and traced. All variants are
-compiled first, then timed in rotation (`harness.interleaved`), so machine noise hits them
-alike; the table gives each one's median wall and CPU time per step and their ratios to the
-first variant. Results go to stdout (for benchmarks/NOTES.md).
+a candidate model change from benchmarks/patches.py while the variant is built and traced.
+All variants are compiled first, then timed in rotation (`harness.interleaved`), so machine
+noise hits them alike; the table gives each one's median wall and CPU time per step and their
+ratios to the first variant. Results go to stdout (for benchmarks/NOTES.md).
 """
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Iterator
 from typing import Any
 
 from absl import app, flags
+
+from benchmarks import patches as patches_lib
 
 _SUITE = flags.DEFINE_enum("suite", "cpu", ["cpu", "gpu"], "Whose case table to use.")
 _CASE = flags.DEFINE_string("case", "resnet50_b8", "Case name from the suite's table.")
@@ -32,49 +32,14 @@ _TARGET = flags.DEFINE_float("target_s", 1.0, "Seconds per timed block.")
 
 
 
-@contextlib.contextmanager
-def _legacy_embeddings() -> Iterator[None]:
-  """BERT embeddings as before the scatter-free lookups (Flax nn.Embed for all three tables)."""
-  import jax.numpy as jnp  # noqa: PLC0415
-
-  from jaxpretrain.models import bert  # noqa: PLC0415
-
-  def call(self, input_ids, token_type_ids=None, *, train=False):
-    pos = bert.position_ids(input_ids, self.position_style, self.pad_token_id)
-    if token_type_ids is None:
-      token_type_ids = jnp.zeros_like(input_ids)
-    x = self.word_embeddings(input_ids) + self.token_type_embeddings(token_type_ids)
-    x = x + self.position_embeddings(pos)
-    return self.dropout(self.norm(x), deterministic=not train)
-
-  with _replaced(bert.Embeddings, "__call__", call):
-    yield
-
-
-@contextlib.contextmanager
-def _replaced(obj: Any, attr: str, value: Any) -> Iterator[None]:
-  old = getattr(obj, attr)
-  setattr(obj, attr, value)
-  try:
-    yield
-  finally:
-    setattr(obj, attr, old)
-
-
-# name -> a context manager factory that changes the model while a variant is built.
-PATCHES: dict[str, Callable[[], contextlib.AbstractContextManager]] = {
-    "legacy_embeddings": _legacy_embeddings,
-}
-
-
 def parse_variant(spec: str) -> tuple[str, dict[str, Any], list[str]]:
   """'name:a=1;b=x,y;@p' -> ('name', {'a': 1, 'b': 'x,y'}, ['p'])."""
   name, _, rest = spec.partition(":")
   options, patches = {}, []
   for item in filter(None, rest.split(";")):
     if item.startswith("@"):
-      if item[1:] not in PATCHES:
-        raise ValueError(f"unknown patch '{item[1:]}'; known: {sorted(PATCHES)}")
+      if item[1:] not in patches_lib.PATCHES:
+        raise ValueError(f"unknown patch '{item[1:]}'; known: {sorted(patches_lib.PATCHES)}")
       patches.append(item[1:])
       continue
     key, eq, value = item.partition("=")
@@ -93,14 +58,6 @@ def _value(text: str) -> Any:
     return text
 
 
-@contextlib.contextmanager
-def applied(patches: list[str]) -> Iterator[None]:
-  with contextlib.ExitStack() as stack:
-    for name in patches:
-      stack.enter_context(PATCHES[name]())
-    yield
-
-
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments {argv[1:]}")
@@ -114,7 +71,7 @@ def main(argv):
   fns, facts = {}, {}
   for spec in _VARIANTS.value:
     name, options, patches = parse_variant(spec)
-    with applied(patches):
+    with patches_lib.applied(patches):
       fns[name], facts[name] = build(case, compiler_options=options)
     log(f"{name}: {options} {patches} compile {facts[name]['compile_s']:.1f}s")
   share = harness.CpuShare()

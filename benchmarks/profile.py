@@ -19,6 +19,7 @@ import os
 import re
 import tempfile
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from absl import app, flags
@@ -31,6 +32,7 @@ _QUICK = flags.DEFINE_bool("quick", False, "Use the suite's --quick sizes.")
 _STEPS = flags.DEFINE_integer("steps", 3, "Profiled steps (after two warm-up steps).")
 _TOP = flags.DEFINE_integer("top", 25, "Operations to list.")
 _OUT = flags.DEFINE_string("out", None, "Folder for the trace and HLO (default: a temp dir).")
+_PATCH = flags.DEFINE_list("patch", [], "Candidate model changes from benchmarks/patches.py.")
 
 # Opcodes worth naming inside a fusion: they decide what kind of work the fusion is.
 HEAVY = ("convolution", "dot", "reduce-window", "select-and-scatter", "reduce", "scatter",
@@ -125,11 +127,11 @@ def _family(label: str) -> str:
 
 
 def profile(suite: str, case_name: str, mode: str, dtype_name: str, quick: bool, steps: int,
-            top: int, out: str | None) -> str:
+            top: int, out: str | None, patch_names: Sequence[str] = ()) -> str:
   import jax  # noqa: PLC0415
   import jax.numpy as jnp  # noqa: PLC0415
 
-  from benchmarks import cpu, gpu, harness, jax_cases  # noqa: PLC0415
+  from benchmarks import cpu, gpu, harness, jax_cases, patches  # noqa: PLC0415
 
   table = {"cpu": (cpu.QUICK_CASES if quick else cpu.CASES),
            "gpu": (gpu.QUICK_CASES if quick else gpu.CASES)}[suite]
@@ -138,7 +140,8 @@ def profile(suite: str, case_name: str, mode: str, dtype_name: str, quick: bool,
   out = out or tempfile.mkdtemp(prefix="jaxpretrain-profile-")
   os.makedirs(out, exist_ok=True)
   build = jax_cases.train if mode == "train" else jax_cases.inference
-  run, info = build(case, dtype=dtype)
+  with patches.applied(list(patch_names)):
+    run, info = build(case, dtype=dtype)
   hlo = run.compiled.as_text()
   with open(os.path.join(out, "optimized_hlo.txt"), "w") as f:
     f.write(hlo)
@@ -153,7 +156,8 @@ def profile(suite: str, case_name: str, mode: str, dtype_name: str, quick: bool,
   totals, source = op_times(xplane)
   text = (f"{case.name} {mode} {dtype_name} on {jax.devices()[0].device_kind}: "
           f"{wall * 1e3:.1f} ms/step wall (profiled), compile {info['compile_s']:.1f}s, "
-          f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}; op times from {source}\n"
+          f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}, patches {list(patch_names)}; "
+          f"op times from {source}\n"
           + report(totals, hlo_index(hlo), steps, top) + f"\ntrace and HLO in {out}")
   with open(os.path.join(out, "summary.txt"), "w") as f:
     f.write(text + "\n")
@@ -164,7 +168,7 @@ def main(argv: Any):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments {argv[1:]}")
   print(profile(_SUITE.value, _CASE.value, _MODE.value, _DTYPE.value, _QUICK.value, _STEPS.value,
-                _TOP.value, _OUT.value))
+                _TOP.value, _OUT.value, _PATCH.value))
 
 
 if __name__ == "__main__":

@@ -115,6 +115,30 @@ class BatchNorm(nn.Module):
     return mean, var
 
 
+class Conv1x1(nn.Module):
+  """A 1x1 convolution without bias as a dot over channels; kernel [1, 1, in, out] as nn.Conv.
+
+  Same parameter (name, shape, initializer) and values as `nn.Conv(features, (1, 1), stride)`,
+  but its weight gradient is a plain matmul: XLA's CPU convolutions compute it through
+  transposed copies of the activations, which cost 30% of a ResNet-50 train step
+  (benchmarks/NOTES.md).
+  """
+  features: int
+  stride: int = 1
+  dtype: Dtype | None = None
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    """x: [batch, h, w, c] -> [batch, ceil(h / stride), ceil(w / stride), features]."""
+    kernel = self.param("kernel", conv_init, (1, 1, x.shape[-1], self.features),
+                        self.param_dtype)
+    if self.stride > 1:  # a strided 1x1 conv without padding reads every stride-th pixel
+      x = x[:, ::self.stride, ::self.stride, :]
+    x, kernel = nn.dtypes.promote_dtype(x, kernel, dtype=self.dtype)
+    return jax.lax.dot_general(x, kernel[0, 0], (((x.ndim - 1,), (0,)), ((), ())))
+
+
 class _Parts(nn.Module):
   """Shared fields and constructors of the blocks and the network."""
   dtype: Dtype = jnp.float32
@@ -122,7 +146,10 @@ class _Parts(nn.Module):
   axis_name: str | None = None
 
   def conv(self, features: int, kernel: int, stride: int = 1, groups: int = 1, *,
-           name: str) -> nn.Conv:
+           name: str) -> nn.Module:
+    if kernel == 1 and groups == 1:
+      return Conv1x1(features, stride, dtype=self.dtype, param_dtype=self.param_dtype,
+                     name=name)
     # torch pads k//2 on each side (conv1 7x7: 3; 3x3: 1; 1x1: 0), not 'SAME'.
     p = kernel // 2
     return nn.Conv(features, (kernel, kernel), (stride, stride), padding=((p, p), (p, p)),

@@ -1,0 +1,105 @@
+"""Candidate model changes for `benchmarks.ab` and `benchmarks.profile`, applied by name.
+
+A patch is a context manager that changes jaxpretrain while a variant is built and traced,
+so a candidate can be measured against the library as it is, in the same process, before it
+is written into the library (and, once it is, the old behaviour can stay here as a patch).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from typing import Any
+
+
+@contextlib.contextmanager
+def _legacy_embeddings() -> Iterator[None]:
+  """BERT embeddings as before the scatter-free lookups (Flax nn.Embed for all three tables)."""
+  import jax.numpy as jnp  # noqa: PLC0415
+
+  from jaxpretrain.models import bert  # noqa: PLC0415
+
+  def call(self, input_ids, token_type_ids=None, *, train=False):
+    pos = bert.position_ids(input_ids, self.position_style, self.pad_token_id)
+    if token_type_ids is None:
+      token_type_ids = jnp.zeros_like(input_ids)
+    x = self.word_embeddings(input_ids) + self.token_type_embeddings(token_type_ids)
+    x = x + self.position_embeddings(pos)
+    return self.dropout(self.norm(x), deterministic=not train)
+
+  with _replaced(bert.Embeddings, "__call__", call):
+    yield
+
+
+@contextlib.contextmanager
+def _replaced(obj: Any, attr: str, value: Any) -> Iterator[None]:
+  old = getattr(obj, attr)
+  setattr(obj, attr, value)
+  try:
+    yield
+  finally:
+    setattr(obj, attr, old)
+
+
+@contextlib.contextmanager
+def _legacy_conv1x1() -> Iterator[None]:
+  """ResNet 1x1 convolutions as nn.Conv, as before models.resnet.Conv1x1 (a dot)."""
+  import flax.linen as nn  # noqa: PLC0415
+
+  from jaxpretrain.models import resnet  # noqa: PLC0415
+
+  def conv(self, features, kernel, stride=1, groups=1, *, name):
+    p = kernel // 2
+    return nn.Conv(features, (kernel, kernel), (stride, stride), padding=((p, p), (p, p)),
+                   feature_group_count=groups, use_bias=False, kernel_init=resnet.conv_init,
+                   dtype=self.dtype, param_dtype=self.param_dtype, name=name)
+
+  with _replaced(resnet._Parts, "conv", conv):
+    yield
+
+
+@contextlib.contextmanager
+def _maxpool_slices() -> Iterator[None]:
+  """Candidate: the ResNet stem's 3x3/2 max-pool as a maximum of 9 strided slices.
+
+  Its gradient is elementwise selects and pads, instead of reduce-window's variadic argmax
+  (four s32 iotas) and select-and-scatter. Ties split the gradient (torch: first wins); after
+  the ReLU the only ties are zeros, whose gradient the ReLU drops anyway.
+  """
+  import flax.linen as nn  # noqa: PLC0415
+  import jax.numpy as jnp  # noqa: PLC0415
+
+  old = nn.max_pool
+
+  def max_pool(x, window_shape, strides=None, padding="VALID"):
+    if tuple(window_shape) != (3, 3) or tuple(strides) != (2, 2) or padding != ((1, 1), (1, 1)):
+      return old(x, window_shape, strides, padding)
+    xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), constant_values=-jnp.inf)
+    ho, wo = (x.shape[1] - 1) // 2 + 1, (x.shape[2] - 1) // 2 + 1
+    out = None
+    for i in range(3):
+      for j in range(3):
+        s = xp[:, i:i + 2 * ho - 1:2, j:j + 2 * wo - 1:2, :]
+        out = s if out is None else jnp.maximum(out, s)
+    return out
+
+  with _replaced(nn, "max_pool", max_pool):
+    yield
+
+
+# name -> a context manager factory that changes the model while a variant is built.
+PATCHES: dict[str, Callable[[], contextlib.AbstractContextManager]] = {
+    "legacy_embeddings": _legacy_embeddings,
+    "legacy_conv1x1": _legacy_conv1x1,
+    "maxpool_slices": _maxpool_slices,
+}
+
+
+@contextlib.contextmanager
+def applied(patches: list[str]) -> Iterator[None]:
+  with contextlib.ExitStack() as stack:
+    for name in patches:
+      stack.enter_context(PATCHES[name]())
+    yield
+
+
