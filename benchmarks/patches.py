@@ -87,11 +87,37 @@ def _maxpool_slices() -> Iterator[None]:
     yield
 
 
+@contextlib.contextmanager
+def _legacy_dense_nd() -> Iterator[None]:
+  """Transformer Dense layers and ResNet 1x1 dots as N-D contractions (before `dot_2d`)."""
+  import flax.linen as nn  # noqa: PLC0415
+  import jax  # noqa: PLC0415
+
+  from jaxpretrain.models import bert, resnet, transformer  # noqa: PLC0415
+
+  class Conv1x1ND(resnet.Conv1x1):
+    @nn.compact
+    def __call__(self, x):
+      kernel = self.param("kernel", resnet.conv_init, (1, 1, x.shape[-1], self.features),
+                          self.param_dtype)
+      if self.stride > 1:
+        x = x[:, ::self.stride, ::self.stride, :]
+      x, kernel = nn.dtypes.promote_dtype(x, kernel, dtype=self.dtype)
+      return jax.lax.dot_general(x, kernel[0, 0], (((x.ndim - 1,), (0,)), ((), ())))
+
+  with contextlib.ExitStack() as stack:
+    stack.enter_context(_replaced(transformer, "dot_2d", jax.lax.dot_general))
+    stack.enter_context(_replaced(bert, "dot_2d", jax.lax.dot_general))
+    stack.enter_context(_replaced(resnet, "Conv1x1", Conv1x1ND))
+    yield
+
+
 # name -> a context manager factory that changes the model while a variant is built.
 PATCHES: dict[str, Callable[[], contextlib.AbstractContextManager]] = {
     "legacy_embeddings": _legacy_embeddings,
     "legacy_conv1x1": _legacy_conv1x1,
     "maxpool_slices": _maxpool_slices,
+    "legacy_dense_nd": _legacy_dense_nd,
 }
 
 

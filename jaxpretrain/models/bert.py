@@ -18,7 +18,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxpretrain.models.transformer import Dtype, Encoder, activation, layer_norm
+from jaxpretrain.models.transformer import Dtype, Encoder, activation, dot_2d, layer_norm
 
 HEADS = (None, "classification", "mlm")
 POSITION_STYLES = ("absolute", "roberta")
@@ -154,6 +154,7 @@ class Bert(nn.Module):
     if self.head not in HEADS:
       raise ValueError(f"unknown head {self.head!r}; known: {HEADS}")
     dense = functools.partial(nn.Dense, dtype=self.dtype, param_dtype=self.param_dtype,
+                              dot_general=dot_2d,
                               kernel_init=nn.initializers.normal(self.initializer_range))
     embeddings = Embeddings(
         self.vocab_size, self.hidden_size, self.max_position_embeddings, self.type_vocab_size,

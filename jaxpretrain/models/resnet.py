@@ -136,7 +136,10 @@ class Conv1x1(nn.Module):
     if self.stride > 1:  # a strided 1x1 conv without padding reads every stride-th pixel
       x = x[:, ::self.stride, ::self.stride, :]
     x, kernel = nn.dtypes.promote_dtype(x, kernel, dtype=self.dtype)
-    return jax.lax.dot_general(x, kernel[0, 0], (((x.ndim - 1,), (0,)), ((), ())))
+    # As a 2-D matmul [n*h*w, c] @ [c, features]: the N-D contraction's gradient costs
+    # transposed copies of the output gradient on XLA's CPU backend (NOTES.md, attempt 7).
+    y = jnp.dot(x.reshape(-1, x.shape[-1]), kernel[0, 0])
+    return y.reshape(*x.shape[:-1], self.features)
 
 
 class _Parts(nn.Module):
