@@ -112,12 +112,34 @@ def _legacy_dense_nd() -> Iterator[None]:
     yield
 
 
+@contextlib.contextmanager
+def _legacy_conv_kxk() -> Iterator[None]:
+  """ResNet k x k convolutions as nn.Conv whatever the map size (before resnet.Conv)."""
+  import flax.linen as nn  # noqa: PLC0415
+
+  from jaxpretrain.models import resnet  # noqa: PLC0415
+
+  old = resnet._Parts.conv
+
+  def conv(self, features, kernel, stride=1, groups=1, *, name):
+    if kernel == 1 and groups == 1:
+      return old(self, features, kernel, stride, groups, name=name)
+    p = kernel // 2
+    return nn.Conv(features, (kernel, kernel), (stride, stride), padding=((p, p), (p, p)),
+                   feature_group_count=groups, use_bias=False, kernel_init=resnet.conv_init,
+                   dtype=self.dtype, param_dtype=self.param_dtype, name=name)
+
+  with _replaced(resnet._Parts, "conv", conv):
+    yield
+
+
 # name -> a context manager factory that changes the model while a variant is built.
 PATCHES: dict[str, Callable[[], contextlib.AbstractContextManager]] = {
     "legacy_embeddings": _legacy_embeddings,
     "legacy_conv1x1": _legacy_conv1x1,
     "maxpool_slices": _maxpool_slices,
     "legacy_dense_nd": _legacy_dense_nd,
+    "legacy_conv_kxk": _legacy_conv_kxk,
 }
 
 

@@ -142,6 +142,49 @@ class Conv1x1(nn.Module):
     return y.reshape(*x.shape[:-1], self.features)
 
 
+class Conv(nn.Module):
+  """A k x k convolution without bias, padded k // 2 as torch; kernel [k, k, in/groups, out].
+
+  The parameter (name, shape, initializer) and the results are those of `nn.Conv` with
+  torch's padding. Feature maps smaller than the kernel (a 3x3 conv on 2x2 or 1x1 maps:
+  CIFAR-sized images in layer3/layer4) are convolved as one matmul over the k*k shifted
+  copies of the input: XLA swaps the operands of such convolutions into a form its CPU
+  backend runs 20-100x slower than the matmul (95% of a ResNet-18 step on 32x32 images;
+  benchmarks/NOTES.md).
+  """
+  features: int
+  kernel_size: int = 3
+  stride: int = 1
+  groups: int = 1
+  dtype: Dtype | None = None
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    """x: [batch, h, w, c] -> [batch, ceil(h / stride), ceil(w / stride), features]."""
+    k, s, p = self.kernel_size, self.stride, self.kernel_size // 2
+    kernel = self.param("kernel", conv_init, (k, k, x.shape[-1] // self.groups, self.features),
+                        self.param_dtype)
+    x, kernel = nn.dtypes.promote_dtype(x, kernel, dtype=self.dtype)
+    if self.groups == 1 and min(x.shape[1], x.shape[2]) < k:
+      return _conv_as_matmul(x, kernel, s, p)
+    return jax.lax.conv_general_dilated(x, kernel, (s, s), ((p, p), (p, p)),
+                                        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                                        feature_group_count=self.groups)
+
+
+def _conv_as_matmul(x: jax.Array, kernel: jax.Array, stride: int, pad: int) -> jax.Array:
+  """x [n, h, w, c] conv kernel [k, k, c, f] as [n*ho*wo, k*k*c] @ [k*k*c, f] (im2col)."""
+  k = kernel.shape[0]
+  n, h, w, c = x.shape
+  ho, wo = (h + 2 * pad - k) // stride + 1, (w + 2 * pad - k) // stride + 1
+  xp = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+  cols = [xp[:, i:i + stride * (ho - 1) + 1:stride, j:j + stride * (wo - 1) + 1:stride, :]
+          for i in range(k) for j in range(k)]  # (i, j, c) order, as the kernel's HWI
+  y = jnp.dot(jnp.concatenate(cols, axis=-1).reshape(-1, k * k * c), kernel.reshape(k * k * c, -1))
+  return y.reshape(n, ho, wo, -1)
+
+
 class _Parts(nn.Module):
   """Shared fields and constructors of the blocks and the network."""
   dtype: Dtype = jnp.float32
@@ -154,10 +197,8 @@ class _Parts(nn.Module):
       return Conv1x1(features, stride, dtype=self.dtype, param_dtype=self.param_dtype,
                      name=name)
     # torch pads k//2 on each side (conv1 7x7: 3; 3x3: 1; 1x1: 0), not 'SAME'.
-    p = kernel // 2
-    return nn.Conv(features, (kernel, kernel), (stride, stride), padding=((p, p), (p, p)),
-                   feature_group_count=groups, use_bias=False, kernel_init=conv_init,
-                   dtype=self.dtype, param_dtype=self.param_dtype, name=name)
+    return Conv(features, kernel, stride, groups, dtype=self.dtype,
+                param_dtype=self.param_dtype, name=name)
 
   def norm(self, *, name: str, zero: bool = False) -> BatchNorm:
     return BatchNorm(dtype=self.dtype, param_dtype=self.param_dtype, axis_name=self.axis_name,
