@@ -278,31 +278,53 @@ def write_csv(path: str | pathlib.Path, results: Sequence[CandidateResult],
                   *("" if _value(r, c) is None else repr(_value(r, c)) for c in cols)])
 
 
+def _axis_range(values: Sequence[float]) -> tuple[float, float]:
+  """x-limits that show differences: the data's range plus margins, not the distance to 0."""
+  lo, hi = min(values), max(values)
+  pad = 0.2 * (hi - lo) or 0.05 * max(abs(hi), 1e-3)
+  return lo - pad, hi + 0.6 * pad  # room on the right for the value labels
+
+
 def plot_scores(path: str | pathlib.Path, results: Sequence[CandidateResult],
                 names: Sequence[str], *, title: str = "") -> None:
-  """A PNG bar chart, one panel per score (and the fine-tuned accuracy), one bar per candidate."""
+  """A PNG bar chart, one panel per score (and the fine-tuned accuracy), one bar per candidate.
+
+  Each panel's axis spans its values' range (scores differ by little next to their size);
+  the best candidate's bar is orange and every bar is labelled with its value.
+  """
   import matplotlib  # noqa: PLC0415 -- heavy; only when writing reports
 
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # noqa: PLC0415
+  from matplotlib import ticker  # noqa: PLC0415
 
   cols = _columns(results, names)
   ncol = min(4, len(cols))
   nrow = -(-len(cols) // ncol)
-  fig, axes = plt.subplots(nrow, ncol, figsize=(3.6 * ncol, 0.45 * len(results) * nrow + 1.6),
+  fig, axes = plt.subplots(nrow, ncol, figsize=(3.8 * ncol, 0.45 * len(results) * nrow + 1.6),
                            squeeze=False)
   labels = [r.name for r in results]
   for ax, col in zip(list(axes.flat)[:len(cols)], cols, strict=True):
     vals = [_value(r, col) for r in results]
-    best = max((v for v in vals if v is not None), default=None)
-    ax.barh(labels, [np.nan if v is None else v for v in vals],
-            color=["tab:orange" if v is not None and v == best else "tab:blue" for v in vals])
-    ax.set_title(col, fontsize=10)
-    ax.invert_yaxis()
-    ax.tick_params(labelsize=8)
     finite = [v for v in vals if v is not None]
-    if finite and min(finite) < 0 < max(finite) or finite and max(finite) <= 0:
-      ax.axvline(0, color="k", lw=0.5)
+    ax.set_title(col, fontsize=10)
+    ax.tick_params(labelsize=8)
+    ax.set_yticks(range(len(labels)), labels)
+    ax.set_ylim(len(labels) - 0.5, -0.5)  # first candidate on top, rows without a value too
+    if not finite:
+      ax.set_xticks([])
+      ax.text(0.5, 0.5, "no values (needs a classification head)", ha="center",
+              transform=ax.transAxes, fontsize=8)
+      continue
+    lo, hi = _axis_range(finite)
+    best = max(finite)
+    ax.barh(range(len(labels)), [np.nan if v is None else v - lo for v in vals], left=lo,
+            color=["tab:orange" if v == best else "tab:blue" for v in vals])
+    for i, v in enumerate(vals):
+      ax.text(lo if v is None else v, i, " —" if v is None else f" {v:.4g}", va="center",
+              fontsize=7)
+    ax.set_xlim(lo, hi)
+    ax.xaxis.set_major_locator(ticker.MaxNLocator(4))
   for ax in list(axes.flat)[len(cols):]:
     ax.axis("off")
   if title:
