@@ -103,13 +103,16 @@ def run_case(case: Case, mode: str, *, reps: int, warmup: int, target_s: float,
       + (f"{case.image}px" if case.family == "resnet" else f"seq {case.seq}"))
   fns, facts = _variants(case, mode, compile_limit_s, log)
   share = harness.CpuShare()
-  times, iters = harness.interleaved(fns, reps=reps, warmup=warmup, target_s=target_s, log=log)
+  cpu_times: dict[str, list[float]] = {}
+  times, iters = harness.interleaved(fns, reps=reps, warmup=warmup, target_s=target_s, log=log,
+                                     cpu_times=cpu_times)
   others = share.others()
   flops = facts["jax"]["flops"]
   variants = {}
   for name, ts in times.items():
     stats = harness.summarize(ts)
     variants[name] = {**stats, "calls_per_rep": iters[name], **facts.get(name, {}),
+                      "cpu_s_per_call": harness.summarize(cpu_times[name]),
                       "items_per_s": case.batch / stats["median"],
                       "gflops": flops / stats["median"] / 1e9 if flops else None}
   for name, fact in facts.items():
