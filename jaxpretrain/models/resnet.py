@@ -146,10 +146,11 @@ class Conv(nn.Module):
   """A k x k convolution without bias, padded k // 2 as torch; kernel [k, k, in/groups, out].
 
   The parameter (name, shape, initializer) and the results are those of `nn.Conv` with
-  torch's padding. Feature maps smaller than the kernel (a 3x3 conv on 2x2 or 1x1 maps:
-  CIFAR-sized images in layer3/layer4) are convolved as one matmul over the k*k shifted
-  copies of the input: XLA swaps the operands of such convolutions into a form its CPU
-  backend runs 20-100x slower than the matmul (95% of a ResNet-18 step on 32x32 images;
+  torch's padding. When the input or the output map is smaller than the kernel (a 3x3 conv
+  on 2x2 or 1x1 maps, or from 4x4 to 2x2: CIFAR-sized images in layer3/layer4) it is one
+  matmul over the k*k shifted copies of the input: XLA swaps the operands of such
+  convolutions (and of the input gradient of a conv with a small output) into a form its
+  CPU backend runs 20-100x slower than the matmul (95% of a ResNet-18 step on 32x32 images;
   benchmarks/NOTES.md).
   """
   features: int
@@ -166,7 +167,9 @@ class Conv(nn.Module):
     kernel = self.param("kernel", conv_init, (k, k, x.shape[-1] // self.groups, self.features),
                         self.param_dtype)
     x, kernel = nn.dtypes.promote_dtype(x, kernel, dtype=self.dtype)
-    if self.groups == 1 and min(x.shape[1], x.shape[2]) < k:
+    # A small output counts too: the input gradient of such a conv is a conv on that output.
+    out = [(d + 2 * p - k) // s + 1 for d in x.shape[1:3]]
+    if self.groups == 1 and min(*x.shape[1:3], *out) < k:
       return _conv_as_matmul(x, kernel, s, p)
     return jax.lax.conv_general_dilated(x, kernel, (s, s), ((p, p), (p, p)),
                                         dimension_numbers=("NHWC", "HWIO", "NHWC"),
