@@ -11,7 +11,9 @@ the XLA_FLAGS name without dashes; repeated enums take full names, comma-separat
 a candidate model change from benchmarks/patches.py while the variant is built and traced.
 All variants are compiled first, then timed in rotation (`harness.interleaved`), so machine
 noise hits them alike; the table gives each one's median wall and CPU time per step and their
-ratios to the first variant. Results go to stdout (for benchmarks/NOTES.md).
+ratios to the first variant. Results go to stdout (for benchmarks/NOTES.md). A variant
+without options gets the library's (`jaxpretrain.perf.compiler_options`); one with options
+gets only those.
 """
 
 from __future__ import annotations
@@ -72,7 +74,7 @@ def main(argv):
   for spec in _VARIANTS.value:
     name, options, patches = parse_variant(spec)
     with patches_lib.applied(patches):
-      fns[name], facts[name] = build(case, compiler_options=options)
+      fns[name], facts[name] = build(case, compiler_options=options or None)
     log(f"{name}: {options} {patches} compile {facts[name]['compile_s']:.1f}s")
   share = harness.CpuShare()
   cpu: dict[str, list[float]] = {}

@@ -153,6 +153,14 @@ def _noise_line(share: float | None, cores: int) -> str:
   return line + "."
 
 
+def _options(report: dict[str, Any]) -> dict[str, Any]:
+  """mode -> the compiler options jaxpretrain used (from the first case of that mode)."""
+  out = {}
+  for r in report["cases"]:
+    out.setdefault(r["mode"], r["variants"]["jax"].get("compiler_options", {}))
+  return out
+
+
 def markdown(report: dict[str, Any]) -> str:
   m, peak = report["machine"], report["peak"]
   lines = [
@@ -168,6 +176,8 @@ def markdown(report: dict[str, Any]) -> str:
          if peak.get("end") else "end not measured")
       + f". Fractions of peak are against {report['peak_gflops']:.0f} GFLOP/s "
       "(the best of these).", "",
+      "jaxpretrain compiles with the XLA options of `jaxpretrain.perf.compiler_options`: "
+      + "; ".join(f"{mode} `{opts}`" for mode, opts in _options(report).items()) + ".", "",
       "Throughput is the median over interleaved repetitions (±: interquartile range / median). "
       "FLOPs per step: XLA cost analysis of the lowered JAX step, used for both frameworks. "
       "torch best: the faster of NCHW and channels_last eager.", "",

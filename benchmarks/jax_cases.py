@@ -2,7 +2,9 @@
 
 Steps are the library's own (`jaxpretrain.train.step.train_step` with `optim.make_optimizer`),
 so the numbers are what a user of the package gets, metrics (loss, accuracy, the global norms
-of grads, updates and params) included. Each function is compiled ahead of time with
+of grads, updates and params) included; each is compiled with the XLA options the library
+recommends for its kind (`jaxpretrain.perf.compiler_options`: on CPU, inference without
+YNNPACK fusions) unless `compiler_options` is given. Each function is compiled ahead of time with
 `jax.jit(...).lower(...).compile()`, which gives the compile time and the FLOPs per call from
 XLA's cost analysis of the lowered (unoptimized, platform-independent) HLO.
 
@@ -20,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxpretrain import models
+from jaxpretrain import models, perf
 from jaxpretrain.train import losses, optim
 from jaxpretrain.train import state as state_lib
 from jaxpretrain.train import step as step_lib
@@ -155,7 +157,10 @@ def inference(case: Case, dtype: Any = jnp.float32, compiler_options: dict | Non
     # returning the aux dict would make XLA keep every intermediate.
     return (out, aux["pooled"]) if "pooled" in aux else out
 
+  if compiler_options is None:  # the library's recommendation for inference (jaxpretrain.perf)
+    compiler_options = perf.compiler_options("inference", jax.devices()[0].platform)
   compiled, info = aot(forward, variables, args, kwargs, compiler_options=compiler_options)
+  info["compiler_options"] = dict(compiler_options)
 
   def run(block: bool = True):
     out = compiled(variables, args, kwargs)
@@ -177,7 +182,10 @@ def train(case: Case, dtype: Any = jnp.float32, compiler_options: dict | None = 
   batch = device_batch(case, dtype)
   step = functools.partial(step_lib.train_step, model=model, tx=opt.tx,
                            loss_fn=losses.classification_loss_fn(), lr_fn=opt.lr_fn)
+  if compiler_options is None:
+    compiler_options = perf.compiler_options("train", jax.devices()[0].platform)
   compiled, info = aot(step, state, batch, donate=(0,), compiler_options=compiler_options)
+  info["compiler_options"] = dict(compiler_options)
   holder = {"state": state}
 
   def run(block: bool = True):
