@@ -14,12 +14,15 @@ running variance. Submodule names follow torchvision's hierarchy: `conv1`, `bn1`
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from jaxpretrain.models import ops
 
 Dtype = Any
 
@@ -118,10 +121,10 @@ class BatchNorm(nn.Module):
 class Conv1x1(nn.Module):
   """A 1x1 convolution without bias as a dot over channels; kernel [1, 1, in, out] as nn.Conv.
 
-  Same parameter (name, shape, initializer) and values as `nn.Conv(features, (1, 1), stride)`,
-  but its weight gradient is a plain matmul: XLA's CPU convolutions compute it through
-  transposed copies of the activations, which cost 30% of a ResNet-50 train step
-  (benchmarks/NOTES.md).
+  Same parameter (name, shape, initializer) and values as `nn.Conv(features, (1, 1), stride)`.
+  On a CPU it is a matmul, so that its weight gradient is one too: XLA's CPU convolutions
+  compute it through transposed copies of the activations, which cost 30% of a ResNet-50
+  train step (benchmarks/NOTES.md). Other platforms run the convolution (`ops`).
   """
   features: int
   stride: int = 1
@@ -136,10 +139,10 @@ class Conv1x1(nn.Module):
     if self.stride > 1:  # a strided 1x1 conv without padding reads every stride-th pixel
       x = x[:, ::self.stride, ::self.stride, :]
     x, kernel = nn.dtypes.promote_dtype(x, kernel, dtype=self.dtype)
-    # As a 2-D matmul [n*h*w, c] @ [c, features]: the N-D contraction's gradient costs
-    # transposed copies of the output gradient on XLA's CPU backend (NOTES.md, attempt 7).
-    y = jnp.dot(x.reshape(-1, x.shape[-1]), kernel[0, 0])
-    return y.reshape(*x.shape[:-1], self.features)
+    # On a CPU as a 2-D matmul [n*h*w, c] @ [c, features]: the N-D contraction's gradient
+    # costs transposed copies of the output gradient there (NOTES.md, attempt 7). Elsewhere
+    # the plain convolution (`ops`: XLA's GPU compiler aborts on the reshaped dot).
+    return ops.cpu_or_default(_dot_1x1, _conv, x, kernel)
 
 
 class Conv(nn.Module):
@@ -147,8 +150,8 @@ class Conv(nn.Module):
 
   The parameter (name, shape, initializer) and the results are those of `nn.Conv` with
   torch's padding. When the input or the output map is smaller than the kernel (a 3x3 conv
-  on 2x2 or 1x1 maps, or from 4x4 to 2x2: CIFAR-sized images in layer3/layer4) it is one
-  matmul over the k*k shifted copies of the input: XLA swaps the operands of such
+  on 2x2 or 1x1 maps, or from 4x4 to 2x2: CIFAR-sized images in layer3/layer4) it is, on a
+  CPU (`ops`), one matmul over the k*k shifted copies of the input: XLA swaps the operands of such
   convolutions (and of the input gradient of a conv with a small output) into a form its
   CPU backend runs 20-100x slower than the matmul (95% of a ResNet-18 step on 32x32 images;
   benchmarks/NOTES.md).
@@ -169,11 +172,25 @@ class Conv(nn.Module):
     x, kernel = nn.dtypes.promote_dtype(x, kernel, dtype=self.dtype)
     # A small output counts too: the input gradient of such a conv is a conv on that output.
     out = [(d + 2 * p - k) // s + 1 for d in x.shape[1:3]]
+    conv = functools.partial(_conv, stride=s, pad=p, groups=self.groups)
     if self.groups == 1 and min(*x.shape[1:3], *out) < k:
-      return _conv_as_matmul(x, kernel, s, p)
-    return jax.lax.conv_general_dilated(x, kernel, (s, s), ((p, p), (p, p)),
-                                        dimension_numbers=("NHWC", "HWIO", "NHWC"),
-                                        feature_group_count=self.groups)
+      return ops.cpu_or_default(functools.partial(_conv_as_matmul, stride=s, pad=p), conv,
+                                x, kernel)
+    return conv(x, kernel)
+
+
+def _conv(x: jax.Array, kernel: jax.Array, stride: int = 1, pad: int = 0,
+          groups: int = 1) -> jax.Array:
+  """The plain convolution: x [n, h, w, c], kernel [k, k, c / groups, f], torch's padding."""
+  return jax.lax.conv_general_dilated(x, kernel, (stride, stride), ((pad, pad), (pad, pad)),
+                                      dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                                      feature_group_count=groups)
+
+
+def _dot_1x1(x: jax.Array, kernel: jax.Array) -> jax.Array:
+  """x [n, h, w, c] times a 1x1 kernel [1, 1, c, f] as one [n*h*w, c] @ [c, f] matmul."""
+  y = jnp.dot(x.reshape(-1, x.shape[-1]), kernel[0, 0])
+  return y.reshape(*x.shape[:-1], kernel.shape[-1])
 
 
 def _conv_as_matmul(x: jax.Array, kernel: jax.Array, stride: int, pad: int) -> jax.Array:

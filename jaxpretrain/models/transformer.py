@@ -21,6 +21,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxpretrain.models import ops
+
 Dtype = Any
 
 # Hugging Face `hidden_act` names -> functions. "gelu" is the exact erf form (torch's
@@ -45,19 +47,26 @@ def dot_2d(lhs: jax.Array, rhs: jax.Array, dimension_numbers, precision=None,
            preferred_element_type=None) -> jax.Array:
   """`lax.dot_general` for `nn.Dense(dot_general=dot_2d)`: [..., in] @ [in, out] as a 2-D matmul.
 
-  The leading dimensions are flattened first. Differentiating the N-D contraction, XLA's CPU
-  backend copies the activation gradients into transposed layouts for the weight gradients;
-  the 2-D form needs no copy (CPU time of a BERT-base MLP's gradient: 1.57x as much in 3-D;
-  benchmarks/NOTES.md). Same parameters, same values.
+  On a CPU the leading dimensions are flattened first. Differentiating the N-D contraction,
+  XLA's CPU backend copies the activation gradients into transposed layouts for the weight
+  gradients; the 2-D form needs no copy (CPU time of a BERT-base MLP's gradient: 1.57x as much
+  in 3-D; benchmarks/NOTES.md). Other platforms get the plain contraction (`ops`). Same
+  parameters, same values.
   """
   (lc, rc), (lb, rb) = dimension_numbers
+  kw = dict(precision=precision, preferred_element_type=preferred_element_type)
+
+  def plain(lhs, rhs):
+    return jax.lax.dot_general(lhs, rhs, dimension_numbers, **kw)
+
   if lhs.ndim > 2 and rhs.ndim == 2 and tuple(lc) == (lhs.ndim - 1,) and tuple(rc) == (0,) \
       and not lb and not rb:
-    out = jax.lax.dot_general(lhs.reshape(-1, lhs.shape[-1]), rhs, (((1,), (0,)), ((), ())),
-                              precision=precision, preferred_element_type=preferred_element_type)
-    return out.reshape(*lhs.shape[:-1], rhs.shape[-1])
-  return jax.lax.dot_general(lhs, rhs, dimension_numbers, precision=precision,
-                             preferred_element_type=preferred_element_type)
+    def flat(lhs, rhs):
+      out = jax.lax.dot_general(lhs.reshape(-1, lhs.shape[-1]), rhs, (((1,), (0,)), ((), ())),
+                                **kw)
+      return out.reshape(*lhs.shape[:-1], rhs.shape[-1])
+    return ops.cpu_or_default(flat, plain, lhs, rhs)
+  return plain(lhs, rhs)
 
 
 def additive_mask(mask: jax.Array | None) -> jax.Array | None:
