@@ -10,6 +10,7 @@ are written as `eval_<dataset>_<split>.md` and `.json` into `output_dir`.
 
 from __future__ import annotations
 
+import functools
 import json
 import pathlib
 import re
@@ -18,7 +19,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from jaxpretrain import pretrained
+from jaxpretrain import perf, pretrained
 from jaxpretrain.job import metrics as metrics_lib
 from jaxpretrain.job import report as report_lib
 from jaxpretrain.job import task as task_lib
@@ -41,7 +42,7 @@ def predict_source(model, variables, source, preprocess, batch_size: int):
   """(logits [n, C], labels [n]) of a whole split on the default device."""
   from jaxpretrain.data import pipeline  # noqa: PLC0415
 
-  @jax.jit
+  @functools.partial(jax.jit, compiler_options=perf.compiler_options("inference"))
   def fwd(batch):
     args, kwargs = step_lib.model_inputs(batch)
     out = model.apply(variables, *args, train=False, **kwargs)

@@ -46,7 +46,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from jaxpretrain import pretrained
+from jaxpretrain import perf, pretrained
 from jaxpretrain.job import config as config_lib
 from jaxpretrain.job import flags as flags_lib
 from jaxpretrain.job import metrics as metrics_lib
@@ -190,7 +190,7 @@ def make_predict(par: parallel.Parallel, model) -> Callable[[Any, dict], tuple]:
         outs = [np.asarray(multihost_utils.process_allgather(x, tiled=True)) for x in outs]
       return tuple(outs)
     return predict
-  compiled = jax.jit(fwd)
+  compiled = jax.jit(fwd, compiler_options=perf.compiler_options("inference"))
   return lambda state, batch: tuple(parallel.to_host(compiled(state, par.put_batch(batch))))
 
 

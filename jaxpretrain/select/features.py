@@ -35,7 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from jaxpretrain import data, models, pretrained
+from jaxpretrain import data, models, perf, pretrained
 from jaxpretrain.data import sources
 
 POOLINGS = ("pooled", "mean")  # aux["pooled"] (or ViT's pre_logits) | masked mean of tokens
@@ -328,7 +328,7 @@ def make_extract_fn(model: nn.Module, modality: str, pooling: str):
       out["probs"] = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
     return out
 
-  return jax.jit(extract)
+  return jax.jit(extract, compiler_options=perf.compiler_options("inference"))
 
 
 def extract_features(candidate: Candidate, source, *, indices: np.ndarray | None = None,

@@ -38,6 +38,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from jaxpretrain import perf
 from jaxpretrain.train import step as step_lib
 from jaxpretrain.train.state import TrainState
 
@@ -174,7 +175,8 @@ def jit_eval_step(mesh: Mesh, shardings: TrainState, **eval_kwargs) -> Callable:
   model = with_bn_axis(eval_kwargs.pop("model"), None)
   fn = functools.partial(step_lib.eval_step, model=model, axis_name=None, **eval_kwargs)
   return jax.jit(fn, in_shardings=(shardings, batch_sharding(mesh)),
-                 out_shardings=NamedSharding(mesh, P()))
+                 out_shardings=NamedSharding(mesh, P()),
+                 compiler_options=perf.compiler_options("inference"))
 
 
 # ----------------------------------------------------------------------------- pmap
