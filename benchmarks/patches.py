@@ -221,6 +221,15 @@ def _conv_matmul_input_only() -> Iterator[None]:
     yield
 
 
+@contextlib.contextmanager
+def _autodiff_bn() -> Iterator[None]:
+  """Train-mode BatchNorm differentiated by autodiff, as before its hand-written backward."""
+  from jaxpretrain.models import resnet  # noqa: PLC0415
+
+  with _replaced(resnet, "BN_CUSTOM_VJP", False):
+    yield
+
+
 # name -> a context manager factory that changes the model while a variant is built.
 PATCHES: dict[str, Callable[[], contextlib.AbstractContextManager]] = {
     "legacy_embeddings": _legacy_embeddings,
@@ -230,6 +239,7 @@ PATCHES: dict[str, Callable[[], contextlib.AbstractContextManager]] = {
     "legacy_conv_kxk": _legacy_conv_kxk,
     "conv_dw_matmul": _conv_dw_matmul,
     "conv_matmul_input_only": _conv_matmul_input_only,
+    "autodiff_bn": _autodiff_bn,
 }
 
 

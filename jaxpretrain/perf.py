@@ -3,13 +3,19 @@
     from jaxpretrain import perf
     predict = jax.jit(predict_fn, compiler_options=perf.compiler_options("inference"))
 
-Why per compilation and not XLA_FLAGS: the one CPU option that helps cuts both ways.
-Without YNNPACK fusions (`xla_cpu_experimental_ynn_fusion_type=`, jaxlib 0.10) inference is
-faster -- MiniLM-L6 b32 1.56x, ResNet-50 1.10x (b8) and 1.16x (b32), BERT-base and ResNet-18
-unchanged -- while train steps are slower: ResNet-50 0.61x, BERT-base 0.91x, MiniLM 0.96x
-(2-core AMD EPYC, interleaved A/B on a quiet machine; benchmarks/NOTES.md, attempt 11). A
-process-wide default would therefore cost training what it gives inference, so nothing is
-set globally; pass these options to the `jax.jit` of inference functions instead.
+What is set, on the CPU backend only (jaxlib 0.10, 2-core AMD EPYC, interleaved A/B on a
+quiet machine; benchmarks/NOTES.md, attempts 11 and 14):
+- inference: no YNNPACK fusions (`xla_cpu_experimental_ynn_fusion_type=`): MiniLM-L6 b32
+  1.56x, ResNet-50 1.10x (b8) and 1.16x (b32), BERT-base and ResNet-18 unchanged.
+- train: YNNPACK fusions for dots and reductions but not for convolutions (XLA's default
+  set less INDIVIDUAL_CONVOLUTION): ResNet-50 train steps 1.13x (b8) and 1.18x (b32),
+  ResNet-18 1.16x; models without convolutions compile to the same program. Turning YNN off
+  altogether, as for inference, would make them 0.61x (YNN reductions matter to training).
+
+Why per compilation and not XLA_FLAGS: the two kinds want different options, and one process
+runs both. The library's own jits pass them (the train and eval steps compiled with `jax.jit`,
+predictions, evaluation, feature extraction); `jax.pmap` takes no compiler options, so the
+pmap steps run with XLA's defaults.
 
 Options are returned only where they apply (the CPU backend), only if this jaxlib accepts
 them, and never when XLA_FLAGS already sets the same option (the user's choice wins).
@@ -28,7 +34,9 @@ KINDS = ("inference", "train")
 # kind -> XLA debug options for the CPU backend (names of XLA_FLAGS without the dashes).
 CPU_OPTIONS: dict[str, dict[str, Any]] = {
     "inference": {"xla_cpu_experimental_ynn_fusion_type": ""},  # YNNPACK fusions off
-    "train": {},  # the defaults are the fastest measured
+    # YNN for dots and reductions, not convolutions (the default set less the last).
+    "train": {"xla_cpu_experimental_ynn_fusion_type": ",".join(
+        f"LIBRARY_FUSION_TYPE_{t}" for t in ("DOT", "REDUCE", "INDIVIDUAL_DOT"))},
 }
 
 
@@ -39,7 +47,7 @@ def compiler_options(kind: str, backend: str | None = None) -> dict[str, Any]:
     kind: "inference" (forward passes, evaluation) | "train" (steps with gradients).
     backend: the platform the function will run on; default `jax.default_backend()`.
   Returns:
-    A new dict, empty where nothing measured helps (GPUs, training) or applies.
+    A new dict, empty where nothing measured helps (GPUs) or applies.
   """
   if kind not in KINDS:
     raise ValueError(f"unknown kind '{kind}'; known: {list(KINDS)}")

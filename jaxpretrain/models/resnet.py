@@ -91,7 +91,7 @@ class BatchNorm(nn.Module):
     ra_var = self.variable("batch_stats", "var", jnp.ones, (features,), stats_dtype)
     xf = x.astype(jnp.promote_types(x.dtype, jnp.float32))  # bf16 -> f32; f64 stays
     if train:
-      mean, var = self._batch_stats(xf)
+      mean, var = jax.lax.stop_gradient(self._batch_stats(xf))  # for the running statistics
       if not self.is_initializing():
         n = x.size // features
         if self.axis_name is not None:
@@ -100,6 +100,10 @@ class BatchNorm(nn.Module):
         m = self.momentum
         ra_mean.value = m * ra_mean.value + (1 - m) * mean
         ra_var.value = m * ra_var.value + (1 - m) * unbiased
+      if BN_CUSTOM_VJP:
+        return _normalize_with_batch_stats(x, scale, bias, self.epsilon, self.axis_name,
+                                           jnp.dtype(self.dtype or x.dtype))
+      mean, var = self._batch_stats(xf)  # autodiff through the statistics
     else:
       mean, var = ra_mean.value, ra_var.value
     y = (xf - mean) * (jax.lax.rsqrt(var + self.epsilon) * scale.astype(xf.dtype))
@@ -108,14 +112,69 @@ class BatchNorm(nn.Module):
 
   def _batch_stats(self, xf: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Mean and biased variance over all axes but the last, two-pass for accuracy."""
-    axes = tuple(range(xf.ndim - 1))
-    mean = xf.mean(axes)
-    if self.axis_name is not None:
-      mean = jax.lax.pmean(mean, self.axis_name)
-    var = jnp.square(xf - mean).mean(axes)
-    if self.axis_name is not None:
-      var = jax.lax.pmean(var, self.axis_name)
-    return mean, var
+    return _stats(xf, self.axis_name)
+
+
+# Train-mode BatchNorm with the hand-written backward below (False: autodiff of the forward).
+BN_CUSTOM_VJP = True
+
+
+def _stats(x: jax.Array, axis_name: str | None) -> tuple[jax.Array, jax.Array]:
+  """Mean and biased variance over all axes but the last, two-pass, synced over axis_name."""
+  axes = tuple(range(x.ndim - 1))
+  mean = x.mean(axes)
+  if axis_name is not None:
+    mean = jax.lax.pmean(mean, axis_name)
+  var = jnp.square(x - mean).mean(axes)
+  if axis_name is not None:
+    var = jax.lax.pmean(var, axis_name)
+  return mean, var
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
+def _normalize_with_batch_stats(x, scale, bias, epsilon, axis_name, out_dtype):
+  """(x - mean) / sqrt(var + eps) * scale + bias with the batch's statistics (train mode).
+
+  Computed in float32 at least (float64 stays); the result is cast to out_dtype. Only x, in
+  its own dtype, and two vectors are kept for the backward pass.
+  """
+  return _normalize_fwd(x, scale, bias, epsilon, axis_name, out_dtype)[0]
+
+
+def _normalize_fwd(x, scale, bias, epsilon, axis_name, out_dtype):
+  xf = x.astype(jnp.promote_types(x.dtype, jnp.float32))
+  mean, var = _stats(xf, axis_name)
+  rstd = jax.lax.rsqrt(var + epsilon)
+  y = (xf - mean) * (rstd * scale.astype(xf.dtype)) + bias.astype(xf.dtype)
+  return y.astype(out_dtype), (x, mean, rstd, scale, bias)
+
+
+def _normalize_bwd(epsilon, axis_name, out_dtype, residuals, dy):
+  """The textbook BatchNorm gradient: two reductions and one pass for dx.
+
+  With x_hat = (x - mean) * rstd over N values per channel (all devices on axis_name):
+  dx = scale * rstd * (dy - mean(dy) - x_hat * mean(dy * x_hat)); dscale and dbias are this
+  device's sums (the train step averages parameter gradients over devices). Autodiff of the
+  two-pass forward reaches the same values through more passes over the activations.
+  """
+  del epsilon, out_dtype
+  x, mean, rstd, scale, bias = residuals
+  xf = x.astype(mean.dtype)
+  dy = dy.astype(mean.dtype)
+  axes = tuple(range(x.ndim - 1))
+  x_hat = (xf - mean) * rstd
+  dbias = dy.sum(axes)
+  dscale = (dy * x_hat).sum(axes)
+  n = x.size // x.shape[-1]
+  mean_dy, mean_dy_xhat = dbias / n, dscale / n
+  if axis_name is not None:
+    mean_dy = jax.lax.pmean(mean_dy, axis_name)
+    mean_dy_xhat = jax.lax.pmean(mean_dy_xhat, axis_name)
+  dx = (scale.astype(xf.dtype) * rstd) * (dy - mean_dy - x_hat * mean_dy_xhat)
+  return dx.astype(x.dtype), dscale.astype(scale.dtype), dbias.astype(bias.dtype)
+
+
+_normalize_with_batch_stats.defvjp(_normalize_fwd, _normalize_bwd)
 
 
 class Conv1x1(nn.Module):

@@ -167,7 +167,8 @@ def jit_train_step(mesh: Mesh, shardings: TrainState, *, donate: bool = True,
   fn = functools.partial(step_lib.train_step, model=model, axis_name=None, **step_kwargs)
   return jax.jit(fn, in_shardings=(shardings, batch_sharding(mesh)),
                  out_shardings=(shardings, NamedSharding(mesh, P())),
-                 donate_argnums=(0,) if donate else ())
+                 donate_argnums=(0,) if donate else (),
+                 compiler_options=perf.compiler_options("train"))
 
 
 def jit_eval_step(mesh: Mesh, shardings: TrainState, **eval_kwargs) -> Callable:
