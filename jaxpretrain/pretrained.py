@@ -60,7 +60,7 @@ def save_variables(path: str | os.PathLike, variables: Mapping[str, Any]) -> Non
   most STREAM_BYTES_IN_FLIGHT of arrays (or one larger array) are written at a time, each
   made contiguous just before its write (so that tensorstore writes from it without a copy
   of its own), and the pages of a memory-mapped source are released once written (BERT-base:
-  peak RSS +0.4x the file instead of +2.9x; benchmarks/NOTES.md, attempt 2). The files are
+  peak RSS +0.5x the file instead of +2.9x; benchmarks/NOTES.md, attempt 2). The files are
   orbax's usual ones.
   """
   import orbax.checkpoint as ocp  # noqa: PLC0415 -- heavy import, only when writing
