@@ -127,6 +127,11 @@ def run_case(case: Case, mode: str, *, reps: int, warmup: int, target_s: float,
           "others_cpu_share": others, "variants": variants}
 
 
+def _allocator(machine: dict[str, Any]) -> str:
+  env = machine.get("allocator") or {}
+  return ", ".join(f"{k}=`{v}`" for k, v in env.items()) if env else "glibc malloc (default)"
+
+
 def add_ratios(record: dict[str, Any], peak_gflops: float | None) -> None:
   """torch's best eager variant, jax/torch throughput ratios and the fractions of peak."""
   v = record["variants"]
@@ -168,7 +173,8 @@ def markdown(report: dict[str, Any]) -> str:
       f"{m['cpu']}, {m['cores']} cores ({m['host_cpus']} on the host), {m['memory_gib']} GiB; "
       f"load average {m['loadavg'][0]:.2f} at the start, {report['loadavg_end'][0]:.2f} at the "
       "end. " + ", ".join(f"{k} {v}" for k, v in report["versions"].items()) + ".",
-      f"XLA_FLAGS=`{m['xla_flags']}`; torch threads {report['settings']['torch_threads']}.", "",
+      f"XLA_FLAGS=`{m['xla_flags']}`; torch threads {report['settings']['torch_threads']}; "
+      f"allocator: {_allocator(m)}.", "",
       _noise_line(report.get("others_cpu_share"), m["cores"]), "",
       f"Matmul peak ({peak['start']['n']}³ float32, median GFLOP/s): start XLA "
       f"{peak['start']['xla']['gflops']:.0f}, torch {peak['start']['torch']['gflops']:.0f}; "

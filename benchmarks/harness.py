@@ -172,6 +172,8 @@ def machine() -> dict[str, Any]:
       "cpu": cpu_model(), "cores": cores(), "host_cpus": os.cpu_count(),
       "memory_gib": memory_gib(), "os": platform.platform(), "python": platform.python_version(),
       "xla_flags": os.environ.get("XLA_FLAGS", ""), "loadavg": list(os.getloadavg()),
+      # The memory allocator changes CPU step times by up to 1.6x here (NOTES.md, attempt 16).
+      "allocator": {k: os.environ[k] for k in ("LD_PRELOAD", "MALLOC_CONF") if k in os.environ},
   }
 
 
