@@ -133,6 +133,27 @@ def _legacy_conv_kxk() -> Iterator[None]:
     yield
 
 
+def _conv_variant(body: Callable) -> type:
+  """A resnet.Conv whose convolution is `body(x, kernel, stride, pad, groups)`.
+
+  Same parameter as resnet.Conv; unlike it, no per-platform choice (these are CPU candidates).
+  """
+  import flax.linen as nn  # noqa: PLC0415
+
+  from jaxpretrain.models import resnet  # noqa: PLC0415
+
+  class Variant(resnet.Conv):
+    @nn.compact
+    def __call__(self, x):
+      k, s, p = self.kernel_size, self.stride, self.kernel_size // 2
+      kernel = self.param("kernel", resnet.conv_init,
+                          (k, k, x.shape[-1] // self.groups, self.features), self.param_dtype)
+      x, kernel = nn.dtypes.promote_dtype(x, kernel, dtype=self.dtype)
+      return body(x, kernel, s, p, self.groups)
+
+  return Variant
+
+
 @contextlib.contextmanager
 def _conv_dw_matmul() -> Iterator[None]:
   """Candidate: k x k convolutions whose weight gradient is an im2col matmul (custom VJP).
@@ -142,82 +163,50 @@ def _conv_dw_matmul() -> Iterator[None]:
   """
   import functools  # noqa: PLC0415
 
-  import flax.linen as nn  # noqa: PLC0415
   import jax  # noqa: PLC0415
   import jax.numpy as jnp  # noqa: PLC0415
 
   from jaxpretrain.models import resnet  # noqa: PLC0415
 
-  def conv(x, kernel, stride, pad):
-    return jax.lax.conv_general_dilated(x, kernel, (stride, stride), ((pad, pad), (pad, pad)),
-                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
-
-  def patches(x, k, stride, pad):
-    n, h, w, c = x.shape
-    ho, wo = (h + 2 * pad - k) // stride + 1, (w + 2 * pad - k) // stride + 1
-    xp = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
-    cols = [xp[:, i:i + stride * (ho - 1) + 1:stride, j:j + stride * (wo - 1) + 1:stride, :]
-            for i in range(k) for j in range(k)]
-    return jnp.concatenate(cols, axis=-1).reshape(-1, k * k * c)
-
   @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
   def conv_dw(x, kernel, stride, pad):
-    return conv(x, kernel, stride, pad)
+    return resnet._conv(x, kernel, stride, pad)
 
   def fwd(x, kernel, stride, pad):
-    return conv(x, kernel, stride, pad), (x, kernel)
+    return resnet._conv(x, kernel, stride, pad), (x, kernel)
 
   def bwd(stride, pad, res, dy):
     x, kernel = res
-    _, vjp_x = jax.vjp(lambda x: conv(x, kernel, stride, pad), x)
+    _, vjp_x = jax.vjp(lambda x: resnet._conv(x, kernel, stride, pad), x)
     (dx,) = vjp_x(dy)
-    k = kernel.shape[0]
-    dw = jnp.dot(patches(x, k, stride, pad).T, dy.reshape(-1, dy.shape[-1]))
+    cols = resnet._im2col(x, kernel.shape[0], stride, pad)
+    dw = jnp.dot(cols.reshape(-1, cols.shape[-1]).T, dy.reshape(-1, dy.shape[-1]))
     return dx, dw.reshape(kernel.shape)
 
   conv_dw.defvjp(fwd, bwd)
 
-  class ConvDW(resnet.Conv):
-    @nn.compact
-    def __call__(self, x):
-      k, s, p = self.kernel_size, self.stride, self.kernel_size // 2
-      kernel = self.param("kernel", resnet.conv_init,
-                          (k, k, x.shape[-1] // self.groups, self.features), self.param_dtype)
-      x, kernel = nn.dtypes.promote_dtype(x, kernel, dtype=self.dtype)
-      if self.groups == 1 and min(x.shape[1], x.shape[2]) < k:
-        return resnet._conv_as_matmul(x, kernel, s, p)
-      if self.groups != 1:
-        return jax.lax.conv_general_dilated(x, kernel, (s, s), ((p, p), (p, p)),
-                                            dimension_numbers=("NHWC", "HWIO", "NHWC"),
-                                            feature_group_count=self.groups)
-      return conv_dw(x, kernel, s, p)
+  def body(x, kernel, s, p, groups):
+    if groups == 1 and min(x.shape[1], x.shape[2]) < kernel.shape[0]:
+      return resnet._conv_as_matmul(x, kernel, s, p)
+    if groups != 1:
+      return resnet._conv(x, kernel, s, p, groups)
+    return conv_dw(x, kernel, s, p)
 
-  with _replaced(resnet, "Conv", ConvDW):
+  with _replaced(resnet, "Conv", _conv_variant(body)):
     yield
 
 
 @contextlib.contextmanager
 def _conv_matmul_input_only() -> Iterator[None]:
   """resnet.Conv's matmul path only for inputs smaller than the kernel (its first version)."""
-  import flax.linen as nn  # noqa: PLC0415
-  import jax  # noqa: PLC0415
-
   from jaxpretrain.models import resnet  # noqa: PLC0415
 
-  class ConvInputOnly(resnet.Conv):
-    @nn.compact
-    def __call__(self, x):
-      k, s, p = self.kernel_size, self.stride, self.kernel_size // 2
-      kernel = self.param("kernel", resnet.conv_init,
-                          (k, k, x.shape[-1] // self.groups, self.features), self.param_dtype)
-      x, kernel = nn.dtypes.promote_dtype(x, kernel, dtype=self.dtype)
-      if self.groups == 1 and min(x.shape[1], x.shape[2]) < k:
-        return resnet._conv_as_matmul(x, kernel, s, p)
-      return jax.lax.conv_general_dilated(x, kernel, (s, s), ((p, p), (p, p)),
-                                          dimension_numbers=("NHWC", "HWIO", "NHWC"),
-                                          feature_group_count=self.groups)
+  def body(x, kernel, s, p, groups):
+    if groups == 1 and min(x.shape[1], x.shape[2]) < kernel.shape[0]:
+      return resnet._conv_as_matmul(x, kernel, s, p)
+    return resnet._conv(x, kernel, s, p, groups)
 
-  with _replaced(resnet, "Conv", ConvInputOnly):
+  with _replaced(resnet, "Conv", _conv_variant(body)):
     yield
 
 

@@ -252,16 +252,24 @@ def _dot_1x1(x: jax.Array, kernel: jax.Array) -> jax.Array:
   return y.reshape(*x.shape[:-1], kernel.shape[-1])
 
 
-def _conv_as_matmul(x: jax.Array, kernel: jax.Array, stride: int, pad: int) -> jax.Array:
-  """x [n, h, w, c] conv kernel [k, k, c, f] as [n*ho*wo, k*k*c] @ [k*k*c, f] (im2col)."""
-  k = kernel.shape[0]
-  n, h, w, c = x.shape
+def _im2col(x: jax.Array, k: int, stride: int, pad: int) -> jax.Array:
+  """x [n, h, w, c] -> the k x k patches of a torch-padded conv, [n, ho, wo, k*k*c].
+
+  Channels are in (i, j, c) order, as a kernel [k, k, c, f] reshaped to [k*k*c, f].
+  """
+  h, w = x.shape[1:3]
   ho, wo = (h + 2 * pad - k) // stride + 1, (w + 2 * pad - k) // stride + 1
   xp = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
   cols = [xp[:, i:i + stride * (ho - 1) + 1:stride, j:j + stride * (wo - 1) + 1:stride, :]
-          for i in range(k) for j in range(k)]  # (i, j, c) order, as the kernel's HWI
-  y = jnp.dot(jnp.concatenate(cols, axis=-1).reshape(-1, k * k * c), kernel.reshape(k * k * c, -1))
-  return y.reshape(n, ho, wo, -1)
+          for i in range(k) for j in range(k)]
+  return jnp.concatenate(cols, axis=-1)
+
+
+def _conv_as_matmul(x: jax.Array, kernel: jax.Array, stride: int, pad: int) -> jax.Array:
+  """x [n, h, w, c] conv kernel [k, k, c, f] as [n*ho*wo, k*k*c] @ [k*k*c, f] (im2col)."""
+  cols = _im2col(x, kernel.shape[0], stride, pad)
+  y = jnp.dot(cols.reshape(-1, cols.shape[-1]), kernel.reshape(cols.shape[-1], -1))
+  return y.reshape(*cols.shape[:-1], -1)
 
 
 class _Parts(nn.Module):
