@@ -157,8 +157,8 @@ def with_head(spec: ModelSpec, config: JobConfig, num_classes: int | None) -> Mo
     kwargs["num_classes"] = num_classes
   else:
     kwargs.update(head="classification", num_labels=num_classes)
-    if family == "bert":
-      kwargs["pooler"] = True
+    if family == "bert":  # RoBERTa's head reads <s> itself: no pooler, as Hugging Face's
+      kwargs["pooler"] = kwargs.get("classifier", "pooler") == "pooler"
   dont_load, new_head = [], False
   if spec.checkpoint is not None:
     if config.task == "mlm":
@@ -169,8 +169,8 @@ def with_head(spec: ModelSpec, config: JobConfig, num_classes: int | None) -> Mo
       dont_load = list(HEADS[family])
     elif family == "bert":  # keep the run's own head; drop the other one if present
       dont_load = ["params/classifier/.*"] if config.task == "mlm" else ["params/mlm_.*"]
-    if family in ("bert", "vit") and kwargs.get("pooler") and not before.get("pooler"):
-      dont_load.append(POOLER)
+    if family in ("bert", "vit") and bool(kwargs.get("pooler")) != bool(before.get("pooler")):
+      dont_load.append(POOLER)  # a pooler the checkpoint lacks, or one the new head drops
   return dataclasses.replace(spec, kwargs=kwargs, dont_load=dont_load, new_head=new_head)
 
 
