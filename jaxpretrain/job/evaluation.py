@@ -80,8 +80,8 @@ def label_mapping(data_names, model_names, *, what: str, warn=print) -> np.ndarr
   if unknown:
     shown = ", ".join(repr(n) for n in model_names[:20])
     more = f", ... ({len(model_names)} in all)" if len(model_names) > 20 else ""
-    raise ConfigError(f"{what} has label {unknown[0]!r}, which the model does not know"
-                      f"{f' (and {len(unknown) - 1} more unknown labels)' if len(unknown) > 1 else ''}"
+    others = f" (and {len(unknown) - 1} more unknown labels)" if len(unknown) > 1 else ""
+    raise ConfigError(f"{what} has label {unknown[0]!r}, which the model does not know{others}"
                       f"; the model's classes: {shown}{more}")
   ambiguous = [n for n in data_names if n in twice]
   if ambiguous:

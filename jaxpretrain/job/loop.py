@@ -48,8 +48,8 @@ import numpy as np
 
 from jaxpretrain import perf, pretrained
 from jaxpretrain.job import config as config_lib
-from jaxpretrain.job import flags as flags_lib
 from jaxpretrain.job import evaluation as evaluation_lib
+from jaxpretrain.job import flags as flags_lib
 from jaxpretrain.job import metrics as metrics_lib
 from jaxpretrain.job import model_record
 from jaxpretrain.job import report as report_lib
