@@ -124,6 +124,8 @@ def evaluate_checkpoint(checkpoint: str | pathlib.Path, dataset: str, *, split: 
     model_names = pretrained.read_class_names(cfg, str(model_dir / pretrained.CONFIG))
   except ValueError as e:
     raise ConfigError(str(e)) from None
+  if model_names and all(n == f"LABEL_{i}" for i, n in enumerate(model_names)):
+    model_names = None  # Hugging Face's placeholders for a classifier without label names
   model, variables = pretrained.load_pretrained(model_dir)
   prep = dict(cfg.get("preprocessing", {}))
   if (model_dir / "tokenizer.json").is_file():
@@ -140,7 +142,8 @@ def evaluate_checkpoint(checkpoint: str | pathlib.Path, dataset: str, *, split: 
     to_model = label_mapping(data.test_meta.class_names, model_names,
                              what=f"--dataset={dataset!r}", warn=log)
   else:
-    log(f"warning: {model_dir} records no class names (config.json 'class_names'), so the "
+    log(f"warning: {model_dir} records no class names (config.json 'class_names', or only "
+        "Hugging Face's LABEL_<i> placeholders), so the "
         f"dataset's label ids are taken as the model's class ids; the scores are wrong if "
         f"--dataset={dataset!r} orders or numbers its classes differently from the training "
         "data")

@@ -169,8 +169,10 @@ def with_head(spec: ModelSpec, config: JobConfig, num_classes: int | None) -> Mo
       dont_load = list(HEADS[family])
     elif family == "bert":  # keep the run's own head; drop the other one if present
       dont_load = ["params/classifier/.*"] if config.task == "mlm" else ["params/mlm_.*"]
-    if family in ("bert", "vit") and bool(kwargs.get("pooler")) != bool(before.get("pooler")):
-      dont_load.append(POOLER)  # a pooler the checkpoint lacks, or one the new head drops
+    if family in ("bert", "vit") and kwargs.get("pooler") and not before.get("pooler"):
+      dont_load.append(POOLER)
+    elif family == "bert" and not kwargs.get("pooler", True) and before.get("pooler", True):
+      dont_load.append(POOLER)  # RoBERTa's classifier has no pooler: the checkpoint's is dropped
   return dataclasses.replace(spec, kwargs=kwargs, dont_load=dont_load, new_head=new_head)
 
 

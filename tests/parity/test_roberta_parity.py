@@ -7,12 +7,13 @@ bit-exact and reloaded by transformers with no missing or unexpected keys.
 """
 
 import json
+import pathlib
 
-import jax
 import numpy as np
 import pytest
 
 import jaxpretrain
+from jaxpretrain import pretrained
 from jaxpretrain.job import task as task_lib
 from jaxpretrain.job.config import JobConfig
 from ports import convert, export, readers
@@ -131,16 +132,39 @@ def test_classifier_layout_and_class_names(ported):
   assert ported("XLMRobertaForMaskedLM")[3].classifier == "roberta"
 
 
-def test_fine_tuning_a_roberta_checkpoint_builds_robertas_head(ported, tmp_path):
-  """task.with_head: RobertaClassificationHead, no pooler (as RobertaForSequenceClassification)."""
+def test_fine_tuned_roberta_exports_as_a_sequence_classifier(ported, tmp_path,
+                                                            highest_precision):
+  """A RoBERTa backbone fine-tuned by the job gets RobertaClassificationHead and no pooler (as
+  RobertaForSequenceClassification), and its run exports as XLMRobertaForSequenceClassification."""
   ckpt = ported("XLMRobertaForMaskedLM")[2]
   config = JobConfig(workdir=str(tmp_path), dataset="x", init_checkpoint=str(ckpt))
   spec = task_lib.with_head(task_lib.model_spec(config, tmp_path, log=lambda _: None), config, 4)
   assert spec.kwargs["classifier"] == "roberta" and spec.kwargs["pooler"] is False
   assert spec.new_head and "params/classifier/.*" in spec.dont_load
-  model, ids = spec.build(), np.full((2, 5), 5, np.int32)
-  out, _ = jax.eval_shape(lambda: model.apply(model.init(jax.random.key(0), ids), ids))
-  assert out.shape == (2, 4)
+  variables = task_lib.init_variables(spec, seed=0, log=lambda _: None)
+  names = ["w", "x", "y", "z"]
+  pretrained.save_pretrained(
+      tmp_path / "run/model", spec.name, spec.kwargs, variables, class_names=names,
+      source={"format": "jaxpretrain-run", "dataset": "x", "task": "classification",
+              "base": pretrained.read_config(ckpt)["source"]})
+  out = export.export(tmp_path / "run", tmp_path / "hf")
+  ref, info = transformers.XLMRobertaForSequenceClassification.from_pretrained(
+      out, output_loading_info=True)
+  assert not info["missing_keys"] and not info["unexpected_keys"], info
+  assert ref.config.id2label == dict(enumerate(names))
+  ids, mask = _inputs(CASES["XLMRobertaForMaskedLM"][2])
+  ours, _ = spec.build().apply(variables, ids, attention_mask=mask)
+  with torch.no_grad():
+    theirs = ref.eval()(torch.tensor(ids, dtype=torch.long),
+                        attention_mask=torch.tensor(mask)).logits.numpy()
+  assert rel_err(ours, theirs) <= RTOL
+
+
+def test_roberta_classifier_drops_a_checkpoints_pooler():
+  spec = task_lib.ModelSpec("bert", {"head": None, "pooler": True, "classifier": "roberta"},
+                            "bert", pathlib.Path("/ckpt"), [], False, {}, {})
+  out = task_lib.with_head(spec, JobConfig(workdir="w", dataset="d"), 3)
+  assert out.kwargs["pooler"] is False and "params/pooler/.*" in out.dont_load
 
 
 def test_bad_id2label_is_named(tmp_path):
