@@ -63,8 +63,16 @@ def find_run(path: str | pathlib.Path) -> tuple[pathlib.Path, pathlib.Path | Non
     config = pretrained.read_config(model_dir)
   except ValueError:
     return None  # not a jaxpretrain folder: ports.export names the problem
-  if (config.get("source") or {}).get("format") != RUN_FORMAT:
+  source = config.get("source")
+  if not isinstance(source, Mapping) or source.get("format") != RUN_FORMAT:
     return None
+  where = model_dir / "config.json"
+  if not isinstance(config.get("model"), str) or not isinstance(
+      config.get("model_kwargs", {}), Mapping):
+    raise PortError(f"{where}: 'model' must be a name and 'model_kwargs' an object")
+  files = config.get("files", [])
+  if not isinstance(files, list) or not all(isinstance(f, str) for f in files):
+    raise PortError(f"{where}: 'files' must be a list of file names")
   return model_dir, workdir, config
 
 
