@@ -6,6 +6,10 @@ r"""Evaluate a classifier checkpoint on a dataset split.
 Prints accuracy, top-5, macro-F1 and MCC; writes eval_<dataset>_<split>.md (metrics, per-class
 precision/recall/F1/support with class names, confusion matrix) and .json next to the
 checkpoint (or into --output_dir).
+
+The dataset's label names are mapped onto the class names the checkpoint records, so a file
+holding only some of the model's classes is scored correctly, with a row for every class of
+the model; a label the model does not know stops with a one-line error naming it (exit 2).
 """
 
 import sys

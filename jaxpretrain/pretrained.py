@@ -2,7 +2,8 @@
 
     DST/
       config.json        {"format": "jaxpretrain", "model": "resnet50", "model_kwargs": {...},
-                          "source": {...}, "preprocessing": {...}, "files": [...]}
+                          "source": {...}, "preprocessing": {...}, "files": [...],
+                          "class_names": [...]}   (classifiers; index = class id)
       variables/         orbax checkpoint of {"params": ..., "batch_stats": ...}
       tokenizer.json ... files that travel with the model (listed under "files")
 
@@ -18,7 +19,7 @@ import os
 import pathlib
 import shutil
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -152,7 +153,8 @@ def save_pretrained(dst: str | os.PathLike, model: str, model_kwargs: Mapping[st
                     variables: Mapping[str, Any], *, source: Mapping[str, Any] | None = None,
                     preprocessing: Mapping[str, Any] | None = None,
                     files: Mapping[str, str | os.PathLike] | None = None,
-                    overwrite: bool = False) -> pathlib.Path:
+                    overwrite: bool = False,
+                    class_names: Sequence[str] | None = None) -> pathlib.Path:
   """Writes a checkpoint folder atomically.
 
   Args:
@@ -164,6 +166,7 @@ def save_pretrained(dst: str | os.PathLike, model: str, model_kwargs: Mapping[st
     preprocessing: what inputs the model expects (mean/std/image_size, max_len...).
     files: name in dst -> existing file to copy (tokenizer.json, vocab.txt...).
     overwrite: replace an existing dst.
+    class_names: a classifier's class names, index = class id (one per head output).
   Returns:
     The path of the folder.
   """
@@ -172,6 +175,8 @@ def save_pretrained(dst: str | os.PathLike, model: str, model_kwargs: Mapping[st
       "model_kwargs": dict(model_kwargs), "source": dict(source or {}),
       "preprocessing": dict(preprocessing or {}), "files": sorted(files or {}),
   }
+  if class_names is not None:
+    config["class_names"] = [str(c) for c in class_names]
   with atomic_folder(dst, overwrite) as tmp:
     (tmp / CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     for name, src in (files or {}).items():
@@ -199,6 +204,28 @@ def read_config(path: str | os.PathLike) -> dict[str, Any]:
     raise ValueError(f"{cfg_path}: format_version {config['format_version']} is newer than this "
                      f"jaxpretrain reads ({FORMAT_VERSION}); upgrade jaxpretrain")
   return config
+
+
+# Longest class name read from a checkpoint (a label is a word or a phrase, not a document).
+MAX_CLASS_NAME_CHARS = 1000
+
+
+def read_class_names(config: Mapping[str, Any], where: str = "config.json") -> list[str] | None:
+  """A checkpoint's class names (index = class id), checked; None when it records none.
+
+  `class_names` at the top of config.json; runs exported before it existed kept them under
+  `preprocessing`. Untrusted: must be a list of strings.
+  """
+  names = config.get("class_names")
+  if names is None:
+    names = (config.get("preprocessing") or {}).get("class_names")
+  if names is None:
+    return None
+  if not isinstance(names, list) or not all(
+      isinstance(c, str) and len(c) <= MAX_CLASS_NAME_CHARS for c in names):
+    raise ValueError(f"{where}: class_names must be a list of strings of at most "
+                     f"{MAX_CLASS_NAME_CHARS} characters; got {str(names)[:120]}")
+  return list(names)
 
 
 def load_pretrained(path: str | os.PathLike):

@@ -23,7 +23,8 @@ from ports.base import Converted, check
 from ports.rules import PortError
 
 # Hugging Face model_type -> port module.
-HF_PORTS = {"bert": "ports.hf_bert", "roberta": "ports.hf_bert", "vit": "ports.hf_vit"}
+HF_PORTS = {"bert": "ports.hf_bert", "roberta": "ports.hf_bert", "xlm-roberta": "ports.hf_bert",
+            "vit": "ports.hf_vit"}
 # Files that travel from a Hugging Face folder into the checkpoint (tokenizers, processors).
 TRAVELLING_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt",
                     "special_tokens_map.json", "preprocessor_config.json", "merges.txt",
@@ -74,7 +75,7 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, *, arch: str | None 
   return pretrained.save_pretrained(
       dst, converted.model, converted.model_kwargs, params.unflatten(converted.flat_variables),
       source=converted.source, preprocessing=converted.preprocessing, files=files,
-      overwrite=overwrite)
+      overwrite=overwrite, class_names=converted.class_names)
 
 
 _ARCH = flags.DEFINE_string("arch", None, "Architecture of a single weights file (resnet50...).")

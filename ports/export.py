@@ -2,6 +2,7 @@
 
     python -m ports.export out/resnet50 resnet50.safetensors      # torchvision state dict
     python -m ports.export out/minilm exported_folder/            # HF folder transformers loads
+    python -m ports.export workdirs/run hf_out/                   # a fine-tuned run (run_export)
 
 The same rule table that converted the weights is read backwards, so the round trip is
 bit-exact.
@@ -16,7 +17,7 @@ import sys
 
 from absl import app, flags
 
-from ports import readers
+from ports import readers, run_export
 from ports.convert import HF_PORTS, port_module
 from ports.rules import PortError
 
@@ -32,7 +33,7 @@ def _port_for(config: dict):
   if fmt == "huggingface":
     return port_module(HF_PORTS[config["source"]["model_type"]])
   raise PortError(f"checkpoint source format {fmt!r} has no exporter; known: torchvision, "
-                  "huggingface")
+                  f"huggingface, {run_export.RUN_FORMAT} (a fine-tuned run)")
 
 
 def export(ckpt: str, out: str, *, overwrite: bool = False) -> pathlib.Path:
@@ -40,6 +41,8 @@ def export(ckpt: str, out: str, *, overwrite: bool = False) -> pathlib.Path:
   from jaxpretrain import params, pretrained  # noqa: PLC0415
 
   ckpt, out = pathlib.Path(ckpt), pathlib.Path(out)
+  if run_export.find_run(ckpt) is not None:  # a run's workdir or model/: its base's format
+    return run_export.export_run(ckpt, out, overwrite=overwrite)
   config = pretrained.read_config(ckpt)
   flat = params.flatten(pretrained.load_variables(ckpt / pretrained.VARIABLES))
   exported = _port_for(config).from_jaxpretrain(config, flat)

@@ -1,13 +1,18 @@
-"""Hugging Face BERT and RoBERTa checkpoints <-> jaxpretrain `bert` (models/bert.py).
+"""Hugging Face BERT, RoBERTa and XLM-RoBERTa checkpoints <-> jaxpretrain `bert` (models/bert.py).
 
     python -m ports.convert path/to/all-MiniLM-L6-v2 out/minilm
     python -m ports.export out/minilm exported/      # transformers.AutoModel loads it
 
 Architectures (config.json `architectures`): BertModel, BertForSequenceClassification,
 BertForMaskedLM, BertForPreTraining (its next-sentence head is dropped), RobertaModel,
-RobertaForMaskedLM. Backbone tensors may or may not carry the `bert.` / `roberta.` prefix;
+RobertaForSequenceClassification, RobertaForMaskedLM and the same three XLMRoberta… ones
+(model_type "xlm-roberta": RoBERTa's architecture under another name; its tensors carry the
+`roberta.` prefix). Backbone tensors may or may not carry the `bert.` / `roberta.` prefix;
 the port detects which and export writes it back. The masked-LM decoder weight is the word
-embedding matrix (tied): a stored copy is checked to be equal and skipped.
+embedding matrix (tied): a stored copy is checked to be equal and skipped. RoBERTa models get
+RobertaClassificationHead (classifier="roberta") as their classifier, also when converted
+without one, so that a fine-tuned RoBERTa exports as RobertaForSequenceClassification.
+config.json's id2label becomes the checkpoint's `class_names`.
 """
 
 from __future__ import annotations
@@ -22,7 +27,12 @@ from ports.base import Converted, Exported, expected_shapes
 from ports.rules import LINEAR, PortError, Rule, convert, export
 
 MODEL = "bert"  # registry name (jaxpretrain/models/bert.py)
-MODEL_TYPES = ("bert", "roberta")
+MODEL_TYPES = ("bert", "roberta", "xlm-roberta")
+# model_type -> the base-model prefix of its head checkpoints (transformers' base_model_prefix).
+PREFIX = {"bert": "bert", "roberta": "roberta", "xlm-roberta": "roberta"}
+ROBERTA_TYPES = ("roberta", "xlm-roberta")  # RoBERTa's positions, LM head and classifier
+# Class-name prefix of each model_type's architectures.
+ARCH_PREFIX = {"bert": "Bert", "roberta": "Roberta", "xlm-roberta": "XLMRoberta"}
 
 # Hugging Face architecture -> jaxpretrain head.
 ARCHITECTURES = {
@@ -31,13 +41,20 @@ ARCHITECTURES = {
     "BertForMaskedLM": "mlm",
     "BertForPreTraining": "mlm",
     "RobertaModel": None,
+    "RobertaForSequenceClassification": "classification",
     "RobertaForMaskedLM": "mlm",
+    "XLMRobertaModel": None,
+    "XLMRobertaForSequenceClassification": "classification",
+    "XLMRobertaForMaskedLM": "mlm",
 }
 # (model_type, head) -> the architecture written on export.
 EXPORT_ARCHITECTURE = {
     ("bert", None): "BertModel", ("bert", "classification"): "BertForSequenceClassification",
     ("bert", "mlm"): "BertForMaskedLM", ("roberta", None): "RobertaModel",
     ("roberta", "mlm"): "RobertaForMaskedLM",
+    ("roberta", "classification"): "RobertaForSequenceClassification",
+    ("xlm-roberta", None): "XLMRobertaModel", ("xlm-roberta", "mlm"): "XLMRobertaForMaskedLM",
+    ("xlm-roberta", "classification"): "XLMRobertaForSequenceClassification",
 }
 # config.json fields that are Bert module fields under the same name.
 CONFIG_FIELDS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
@@ -48,7 +65,7 @@ CONFIG_FIELDS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attentio
 
 def rules(model_type: str, prefixed: bool) -> list[Rule]:
   """The rule table: Hugging Face names (with the base prefix if `prefixed`) <-> Flax paths."""
-  p = f"{model_type}." if prefixed else ""
+  p = f"{PREFIX[model_type]}." if prefixed else ""
   layer, dst = p + "encoder.layer.{i}.", "params/encoder/layer_{i}/"
   table = [
       Rule(p + "embeddings.word_embeddings.weight", "params/embeddings/word_embeddings/embedding"),
@@ -66,13 +83,16 @@ def rules(model_type: str, prefixed: bool) -> list[Rule]:
       *_dense(layer + "output.dense", dst + "mlp/fc2"),
       *_norm(layer + "output.LayerNorm", dst + "mlp_norm"),
       *_dense(p + "pooler.dense", "params/pooler"),
-      *_dense("classifier", "params/classifier"),
   ]
-  if model_type == "roberta":  # RobertaLMHead: dense, gelu, layer_norm, tied decoder + bias
+  if model_type in ROBERTA_TYPES:  # RobertaLMHead: dense, gelu, layer_norm, tied decoder + bias
     return table + [*_dense("lm_head.dense", "params/mlm_transform"),
                     *_norm("lm_head.layer_norm", "params/mlm_norm"),
-                    Rule("lm_head.bias", "params/mlm_bias")]
-  return table + [*_dense("cls.predictions.transform.dense", "params/mlm_transform"),
+                    Rule("lm_head.bias", "params/mlm_bias"),
+                    # RobertaClassificationHead: dense + tanh, out_proj (classifier="roberta")
+                    *_dense("classifier.dense", "params/classifier/dense"),
+                    *_dense("classifier.out_proj", "params/classifier/out_proj")]
+  return table + [*_dense("classifier", "params/classifier"),
+                  *_dense("cls.predictions.transform.dense", "params/mlm_transform"),
                   *_norm("cls.predictions.transform.LayerNorm", "params/mlm_norm"),
                   Rule("cls.predictions.bias", "params/mlm_bias")]
 
@@ -87,7 +107,7 @@ def _norm(src: str, dst: str) -> list[Rule]:
 
 def ignored(model_type: str, prefixed: bool) -> list[str]:
   """Source keys (regexes) deliberately not converted."""
-  p = f"{model_type}\\." if prefixed else ""
+  p = f"{PREFIX[model_type]}\\." if prefixed else ""
   return [
       p + r"embeddings\.position_ids", p + r"embeddings\.token_type_ids",  # arange/zero buffers
       r"cls\.seq_relationship\.(weight|bias)",  # BertForPreTraining's next-sentence head
@@ -97,12 +117,13 @@ def ignored(model_type: str, prefixed: bool) -> list[str]:
 
 # Tied copies some checkpoints store: decoder weight = word embeddings, decoder bias = bias.
 _TIED = {"bert": [r"cls\.predictions\.decoder\.weight", r"cls\.predictions\.decoder\.bias"],
-         "roberta": [r"lm_head\.decoder\.weight", r"lm_head\.decoder\.bias"]}
+         "roberta": [r"lm_head\.decoder\.weight", r"lm_head\.decoder\.bias"],
+         "xlm-roberta": [r"lm_head\.decoder\.weight", r"lm_head\.decoder\.bias"]}
 
 
 def _check_tied(weights: Mapping[str, Any], model_type: str, prefixed: bool, where: str) -> None:
-  p = f"{model_type}." if prefixed else ""
-  head = "lm_head" if model_type == "roberta" else "cls.predictions"
+  p = f"{PREFIX[model_type]}." if prefixed else ""
+  head = "lm_head" if model_type in ROBERTA_TYPES else "cls.predictions"
   pairs = [(f"{head}.decoder.weight", p + "embeddings.word_embeddings.weight"),
            (f"{head}.decoder.bias", f"{head}.bias")]
   for copy, original in pairs:
@@ -118,10 +139,10 @@ def architecture(hf_config: Mapping[str, Any], weights: Mapping[str, Any],
   model_type = hf_config["model_type"]
   name = arch or (hf_config.get("architectures") or [None])[0]
   if name is None:
-    prefix = "Roberta" if model_type == "roberta" else "Bert"
-    if "classifier.weight" in weights:
+    prefix = ARCH_PREFIX[model_type]
+    if "classifier.weight" in weights or "classifier.out_proj.weight" in weights:
       return prefix + "ForSequenceClassification"
-    mlm = "lm_head.bias" if model_type == "roberta" else "cls.predictions.bias"
+    mlm = "lm_head.bias" if model_type in ROBERTA_TYPES else "cls.predictions.bias"
     return prefix + ("ForMaskedLM" if mlm in weights else "Model")
   if name not in ARCHITECTURES:
     raise PortError(f"config.json: architecture '{name}' is not supported; known: "
@@ -145,9 +166,10 @@ def model_kwargs(hf_config: Mapping[str, Any], head: str | None, pooler: bool) -
                     f"{hf_config['position_embedding_type']!r} is not supported; known: absolute")
   if hf_config.get("is_decoder"):
     raise PortError("config.json: is_decoder=true (causal BERT) is not supported; only encoders")
-  roberta = hf_config["model_type"] == "roberta"
+  roberta = hf_config["model_type"] in ROBERTA_TYPES
   kw["position_style"] = "roberta" if roberta else "absolute"
   kw["mlm_act"] = "gelu" if roberta else None  # RobertaLMHead calls gelu, not hidden_act
+  kw["classifier"] = "roberta" if roberta else "pooler"
   kw.update(pooler=pooler, head=head,
             num_labels=hf_common.num_labels(hf_config) if head == "classification" else 2)
   return kw
@@ -164,16 +186,18 @@ def to_jaxpretrain(weights: Mapping[str, np.ndarray], *, hf_config: Mapping[str,
                     f"{list(MODEL_TYPES)}")
   where = hf_common.describe(weights)
   name = architecture(hf_config, weights, arch)
-  if name.startswith("Roberta") != (model_type == "roberta"):
+  if _model_type_of(name) != model_type:
     raise PortError(f"config.json: architecture '{name}' does not fit model_type '{model_type}'")
-  prefixed = hf_common.detect_prefix(weights, f"{model_type}.", "embeddings.word_embeddings.weight")
-  p = f"{model_type}." if prefixed else ""
+  prefix = f"{PREFIX[model_type]}."
+  prefixed = hf_common.detect_prefix(weights, prefix, "embeddings.word_embeddings.weight")
+  p = prefix if prefixed else ""
   kw = model_kwargs(hf_config, ARCHITECTURES[name], pooler=p + "pooler.dense.weight" in weights)
   table, skip = rules(model_type, prefixed), ignored(model_type, prefixed)
   expected = hf_common.source_shapes(table, expected_shapes(MODEL, kw))
   hf_common.check_against_config(weights, expected, skip, where)
   _check_tied(weights, model_type, prefixed, where)
-  offset = kw["pad_token_id"] + 1 if model_type == "roberta" else 0
+  offset = kw["pad_token_id"] + 1 if model_type in ROBERTA_TYPES else 0
+  head = ARCHITECTURES[name]
   return Converted(
       model=MODEL, model_kwargs=kw, flat_variables=convert(table, weights, skip),
       source={"format": "huggingface", "model_type": model_type,
@@ -181,22 +205,37 @@ def to_jaxpretrain(weights: Mapping[str, np.ndarray], *, hf_config: Mapping[str,
               "hf_config": dict(hf_config), "prefixed": prefixed},
       preprocessing={"tokenizer": "tokenizer.json",
                      "max_len": kw["max_position_embeddings"] - offset,
-                     "pad_token_id": kw["pad_token_id"]})
+                     "pad_token_id": kw["pad_token_id"]},
+      class_names=hf_common.class_names(hf_config, kw["num_labels"])
+      if head == "classification" else None)
 
 
-def hf_config_for(model_kwargs: Mapping[str, Any], source: Mapping[str, Any]) -> dict[str, Any]:
+def _model_type_of(architecture_name: str) -> str:
+  """The model_type whose architectures `architecture_name` belongs to (by class prefix)."""
+  return max((t for t, p in ARCH_PREFIX.items() if architecture_name.startswith(p)),
+             key=lambda t: len(ARCH_PREFIX[t]), default="?")
+
+
+def hf_config_for(model_kwargs: Mapping[str, Any], source: Mapping[str, Any],
+                  class_names: list[str] | None = None) -> dict[str, Any]:
   """config.json for a `bert` model: the source's config updated with the model's fields."""
   model_type = source.get("model_type", "bert")
   head = model_kwargs.get("head")
   if (model_type, head) not in EXPORT_ARCHITECTURE:
     raise PortError(f"no Hugging Face architecture for model_type '{model_type}' with head "
                     f"{head!r}; known: {sorted(EXPORT_ARCHITECTURE, key=str)}")
+  want = "roberta" if model_type in ROBERTA_TYPES else "pooler"
+  if head == "classification" and model_kwargs.get("classifier", "pooler") != want:
+    raise PortError(f"a '{model_type}' model with classifier "
+                    f"{model_kwargs.get('classifier', 'pooler')!r} has no Hugging Face "
+                    f"architecture; {EXPORT_ARCHITECTURE[(model_type, head)]} has classifier "
+                    f"{want!r} (convert the base checkpoint again and fine-tune from it)")
   cfg = dict(source.get("hf_config") or {})
   cfg.update({f: model_kwargs[f] for f in CONFIG_FIELDS})
   cfg["model_type"] = model_type
   cfg["architectures"] = [EXPORT_ARCHITECTURE[(model_type, head)]]
   if head == "classification":
-    hf_common.set_num_labels(cfg, model_kwargs["num_labels"])
+    hf_common.set_num_labels(cfg, model_kwargs["num_labels"], class_names)
   return cfg
 
 
@@ -211,4 +250,5 @@ def from_jaxpretrain(config: Mapping[str, Any], flat_variables: Mapping[str, np.
   # Head models need the base prefix for transformers to find the backbone.
   prefixed = bool(source.get("prefixed")) or kw["head"] is not None
   state = export(rules(model_type, prefixed), flat_variables)
-  return Exported(state_dict=state, hf_config=hf_config_for(kw, source))
+  return Exported(state_dict=state,
+                  hf_config=hf_config_for(kw, source, config.get("class_names")))

@@ -106,9 +106,50 @@ def num_labels(hf_config: Mapping[str, Any]) -> int:
   return int(hf_config.get("num_labels", 2))
 
 
-def set_num_labels(hf_config: dict[str, Any], n: int) -> None:
-  """Keeps id2label/label2id when they have n entries, else writes LABEL_i ones (as HF)."""
-  if len(hf_config.get("id2label") or {}) != n:
+def set_num_labels(hf_config: dict[str, Any], n: int,
+                   class_names: list[str] | None = None) -> None:
+  """id2label/label2id for n labels: `class_names` when given (a checkpoint's own), else the
+  config's when they have n entries, else LABEL_i ones (as HF)."""
+  if class_names is not None:
+    if (not isinstance(class_names, (list, tuple)) or len(class_names) != n
+        or not all(isinstance(c, str) for c in class_names)):
+      raise PortError(f"class_names must be {n} strings (the head's outputs); got "
+                      f"{len(class_names)}: {list(class_names)[:8]}")
+    hf_config["id2label"] = {str(i): c for i, c in enumerate(class_names)}
+    hf_config["label2id"] = {c: i for i, c in reversed(list(enumerate(class_names)))}
+  elif len(hf_config.get("id2label") or {}) != n:
     hf_config["id2label"] = {str(i): f"LABEL_{i}" for i in range(n)}
     hf_config["label2id"] = {f"LABEL_{i}": i for i in range(n)}
   hf_config.pop("num_labels", None)
+
+
+# Longest class name kept from a config (a label is a word or a phrase, not a document).
+MAX_CLASS_NAME_CHARS = 1000
+
+
+def class_names(hf_config: Mapping[str, Any], n: int) -> list[str] | None:
+  """config.json's id2label as n names in id order, checked; None when it has none.
+
+  Keys must be exactly the ids 0..n-1 (as strings or ints), values strings: a malformed
+  id2label is an error naming it, never silently renumbered.
+  """
+  id2label = hf_config.get("id2label")
+  if not id2label:
+    return None
+  if not isinstance(id2label, Mapping):
+    raise PortError(f"config.json: id2label is a {type(id2label).__name__}; expected an object "
+                    '{"0": "name", ...}')
+  names = {}
+  for key, value in id2label.items():
+    try:
+      i = int(key)
+    except (TypeError, ValueError):
+      raise PortError(f"config.json: id2label key {key!r} is not a class id") from None
+    if not isinstance(value, str) or len(value) > MAX_CLASS_NAME_CHARS:
+      raise PortError(f"config.json: id2label[{key!r}] is not a string of at most "
+                      f"{MAX_CLASS_NAME_CHARS} characters: {str(value)[:80]!r}")
+    names[i] = value
+  if sorted(names) != list(range(n)):
+    raise PortError(f"config.json: id2label has ids {sorted(names)[:10]}; the head has {n} "
+                    f"outputs, so it needs exactly the ids 0..{n - 1}")
+  return [names[i] for i in range(n)]

@@ -7,7 +7,8 @@ Architectures: ViTModel (with or without its pooler) and ViTForImageClassificati
 names are those transformers writes (`encoder.layer.{i}.attention.attention.query`, …; it
 renames them to `layers.{i}.attention.q_proj` only in memory). Backbone tensors may carry the
 `vit.` prefix (head models) or not (ViTModel); export writes back what came in. The patch
-projection is a torch Conv2d (OIHW -> HWIO).
+projection is a torch Conv2d (OIHW -> HWIO). A classifier's id2label becomes the checkpoint's
+`class_names`, and export writes a checkpoint's class_names back as id2label/label2id.
 """
 
 from __future__ import annotations
@@ -118,7 +119,8 @@ def to_jaxpretrain(weights: Mapping[str, np.ndarray], *, hf_config: Mapping[str,
               "hf_config": dict(hf_config), "prefixed": prefixed},
       preprocessing={"image_size": [size, size] if isinstance(size, int) else list(size),
                      "mean": DEFAULT_MEAN, "std": DEFAULT_STD, "rescale": 1 / 255,
-                     "layout": "NHWC"})
+                     "layout": "NHWC"},
+      class_names=hf_common.class_names(hf_config, kw["num_labels"]) if kw["head"] else None)
 
 
 def folder_preprocessing(folder: str | os.PathLike) -> dict[str, Any]:
@@ -147,7 +149,8 @@ def folder_preprocessing(folder: str | os.PathLike) -> dict[str, Any]:
   return out
 
 
-def hf_config_for(model_kwargs: Mapping[str, Any], source: Mapping[str, Any]) -> dict[str, Any]:
+def hf_config_for(model_kwargs: Mapping[str, Any], source: Mapping[str, Any],
+                  class_names: list[str] | None = None) -> dict[str, Any]:
   """config.json for a `vit` model: the source's config updated with the model's fields."""
   head = model_kwargs.get("head")
   cfg = dict(source.get("hf_config") or {})
@@ -157,7 +160,7 @@ def hf_config_for(model_kwargs: Mapping[str, Any], source: Mapping[str, Any]) ->
   cfg["model_type"] = "vit"
   cfg["architectures"] = [EXPORT_ARCHITECTURE[head]]
   if head == "classification":
-    hf_common.set_num_labels(cfg, model_kwargs["num_labels"])
+    hf_common.set_num_labels(cfg, model_kwargs["num_labels"], class_names)
   return cfg
 
 
@@ -171,4 +174,5 @@ def from_jaxpretrain(config: Mapping[str, Any], flat_variables: Mapping[str, np.
   # ViTForImageClassification needs `vit.` for transformers to find the backbone.
   prefixed = bool(source.get("prefixed")) or kw["head"] is not None
   state = export(rules(prefixed), flat_variables)
-  return Exported(state_dict=state, hf_config=hf_config_for(kw, source))
+  return Exported(state_dict=state,
+                  hf_config=hf_config_for(kw, source, config.get("class_names")))

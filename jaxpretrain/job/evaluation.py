@@ -6,6 +6,13 @@ The checkpoint folder is one written by `ports.convert`, `finetune` or `pretrain
 workdir is accepted too: its `model/` is used). Preprocessing (image size, mean/std, tokenizer,
 max_len) comes from the checkpoint's config.json; flags may override size and length. Results
 are written as `eval_<dataset>_<split>.md` and `.json` into `output_dir`.
+
+Labels are the model's: the dataset's label *names* are mapped onto the class names the
+checkpoint records (`class_names` in config.json), so a file holding some of the classes, in
+any order, is scored against the right outputs, and the per-class table lists every class of
+the model (support 0 for those absent from the data). A label the model does not know is an
+error naming it. Only a checkpoint that records no class names falls back to taking the
+dataset's label ids as the model's class ids, with a warning.
 """
 
 from __future__ import annotations
@@ -38,6 +45,51 @@ def resolve_model_dir(path: str | pathlib.Path) -> pathlib.Path:
                     "nor a workdir with model/config.json")
 
 
+def _is_id_names(names) -> bool:
+  """Names a loader made up from integer labels ("0", "1", ...): the data has no names."""
+  return all(n == str(i) for i, n in enumerate(names))
+
+
+def label_mapping(data_names, model_names, *, what: str, warn=print) -> np.ndarray:
+  """int64 [len(data_names)]: the model's class id of each dataset label id, by name.
+
+  Args:
+    data_names: the dataset's class names (index = its label id).
+    model_names: the model's class names (index = output).
+    what: names the dataset in messages (e.g. "--dataset='csv:x.csv'").
+    warn: prints a warning (labels given as integers are taken as class ids).
+  Raises:
+    ConfigError: a dataset label the model does not know, or one that matches two classes.
+  """
+  data_names, model_names = list(data_names), list(model_names)
+  index: dict[str, int] = {}
+  twice = set()
+  for i, name in enumerate(model_names):
+    if name in index:
+      twice.add(name)
+    index.setdefault(name, i)
+  unknown = [n for n in data_names if n not in index]
+  if unknown and _is_id_names(data_names):
+    if len(data_names) > len(model_names):
+      raise ConfigError(f"{what} has integer labels up to {len(data_names) - 1} but the model "
+                        f"has {len(model_names)} classes")
+    warn(f"warning: {what} has integer labels, not names: taken as the model's class ids "
+         f"({', '.join(f'{i}={n}' for i, n in enumerate(model_names[:len(data_names)][:10]))}"
+         f"{', ...' if len(data_names) > 10 else ''})")
+    return np.arange(len(data_names), dtype=np.int64)
+  if unknown:
+    shown = ", ".join(repr(n) for n in model_names[:20])
+    more = f", ... ({len(model_names)} in all)" if len(model_names) > 20 else ""
+    others = f" (and {len(unknown) - 1} more unknown labels)" if len(unknown) > 1 else ""
+    raise ConfigError(f"{what} has label {unknown[0]!r}, which the model does not know{others}"
+                      f"; the model's classes: {shown}{more}")
+  ambiguous = [n for n in data_names if n in twice]
+  if ambiguous:
+    raise ConfigError(f"{what} has label {ambiguous[0]!r}, which names more than one of the "
+                      "model's classes; cannot tell which it means")
+  return np.asarray([index[n] for n in data_names], np.int64)
+
+
 def predict_source(model, variables, source, preprocess, batch_size: int):
   """(logits [n, C], labels [n]) of a whole split on the default device."""
   from jaxpretrain.data import pipeline  # noqa: PLC0415
@@ -68,6 +120,12 @@ def evaluate_checkpoint(checkpoint: str | pathlib.Path, dataset: str, *, split: 
   """Evaluates a classifier checkpoint; writes markdown + JSON; returns the metrics dict."""
   model_dir = resolve_model_dir(checkpoint)
   cfg = pretrained.read_config(model_dir)
+  try:
+    model_names = pretrained.read_class_names(cfg, str(model_dir / pretrained.CONFIG))
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
+  if model_names and all(n == f"LABEL_{i}" for i, n in enumerate(model_names)):
+    model_names = None  # Hugging Face's placeholders for a classifier without label names
   model, variables = pretrained.load_pretrained(model_dir)
   prep = dict(cfg.get("preprocessing", {}))
   if (model_dir / "tokenizer.json").is_file():
@@ -79,17 +137,39 @@ def evaluate_checkpoint(checkpoint: str | pathlib.Path, dataset: str, *, split: 
   if task_lib.MODALITY[family] != data.test_meta.modality:
     raise ConfigError(f"--dataset={dataset!r} holds {data.test_meta.modality}s but the "
                       f"checkpoint's model '{cfg['model']}' takes {task_lib.MODALITY[family]}s")
+  to_model = None
+  if model_names is not None:
+    to_model = label_mapping(data.test_meta.class_names, model_names,
+                             what=f"--dataset={dataset!r}", warn=log)
+  else:
+    log(f"warning: {model_dir} records no class names (config.json 'class_names', or only "
+        "Hugging Face's LABEL_<i> placeholders), so the "
+        f"dataset's label ids are taken as the model's class ids; the scores are wrong if "
+        f"--dataset={dataset!r} orders or numbers its classes differently from the training "
+        "data")
   logits, labels = predict_source(model, variables, data.test, data.eval_preprocess, batch_size)
   if logits.ndim != 2:
     raise ConfigError(f"--checkpoint={str(checkpoint)!r}: the model has no classification head "
                       f"(output shape {logits.shape[1:]} per example); fine-tune it first")
-  if labels.max(initial=0) >= logits.shape[-1]:
-    raise ConfigError(f"--dataset={dataset!r} has labels up to {labels.max()} but the "
-                      f"checkpoint's head has {logits.shape[-1]} outputs")
-  names = list(data.test_meta.class_names)
-  names += [f"class_{i}" for i in range(len(names), logits.shape[-1])]
-  result = metrics_lib.classification_metrics(logits, labels, names[:logits.shape[-1]])
-  result.update(checkpoint=str(model_dir), dataset=dataset, split=split)
+  if model_names is not None:
+    if len(model_names) > logits.shape[-1]:
+      raise ConfigError(f"{model_dir / pretrained.CONFIG}: {len(model_names)} class_names for "
+                        f"a head of {logits.shape[-1]} outputs")
+    # Runs exported before class_names was written kept only the dataset's names, also when
+    # --num_classes gave the head more outputs: those extra outputs are unnamed.
+    names = model_names + [f"class_{i}" for i in range(len(model_names), logits.shape[-1])]
+    labels = to_model[labels]
+  else:
+    if labels.max(initial=0) >= logits.shape[-1]:
+      raise ConfigError(f"--dataset={dataset!r} has labels up to {labels.max()} but the "
+                        f"checkpoint's head has {logits.shape[-1]} outputs")
+    names = list(data.test_meta.class_names)
+    names += [f"class_{i}" for i in range(len(names), logits.shape[-1])]
+    names = names[:logits.shape[-1]]
+  result = metrics_lib.classification_metrics(logits, labels, names)
+  result.update(checkpoint=str(model_dir), dataset=dataset, split=split,
+                labels="mapped by name onto the model's class names" if model_names is not None
+                else "dataset label ids taken as class ids (the checkpoint has no class names)")
   out_dir = pathlib.Path(output_dir or model_dir)
   out_dir.mkdir(parents=True, exist_ok=True)
   stem = f"eval_{re.sub(r'[^A-Za-z0-9_.-]+', '_', dataset)}_{split}"

@@ -48,8 +48,10 @@ import numpy as np
 
 from jaxpretrain import perf, pretrained
 from jaxpretrain.job import config as config_lib
+from jaxpretrain.job import evaluation as evaluation_lib
 from jaxpretrain.job import flags as flags_lib
 from jaxpretrain.job import metrics as metrics_lib
+from jaxpretrain.job import model_record
 from jaxpretrain.job import report as report_lib
 from jaxpretrain.job import task as task_lib
 from jaxpretrain.job import workdir as workdir_lib
@@ -341,6 +343,10 @@ def _train(config, wd, stop, hooks, log, lead, t_start, spec, data, model, par, 
     mlog.truncate_after(0)
 
   predict = make_predict(par, model) if config.task == "classification" else None
+  if predict is not None:  # the test split's label names -> the train split's class ids
+    test_to_train = evaluation_lib.label_mapping(
+        data.test_meta.class_names, data.meta.class_names,
+        what=f"--dataset={config.dataset!r} (test split)", warn=log)
 
   def evaluate(state_now):
     if predict is None:
@@ -348,9 +354,8 @@ def _train(config, wd, stop, hooks, log, lead, t_start, spec, data, model, par, 
                           config.batch_size, config.seed)
     logits, labels = predict_split(predict, state_now, data.test, data.eval_preprocess,
                                    config.batch_size)
-    names = list(data.meta.class_names) + [f"class_{i}" for i in range(
-        len(data.meta.class_names), logits.shape[-1])]
-    return metrics_lib.classification_metrics(logits, labels, names)
+    names = model_record.class_names(data.meta.class_names, logits.shape[-1])
+    return metrics_lib.classification_metrics(logits, test_to_train[labels], names)
 
   progress = report_lib.Progress(step, total, config.progress)
   sums, count, t_log = {}, 0, time.perf_counter()
@@ -431,7 +436,7 @@ def _train(config, wd, stop, hooks, log, lead, t_start, spec, data, model, par, 
       "loss", "accuracy", "macro_f1", "perplexity") if k in final}, "time": time.time()})
   export = pathlib.Path(config.export_dir or wd / "model").absolute()
   if lead:
-    _export(config, spec, data, par, state, export)
+    _export(config, spec, data, par, state, export, final, step)
   steps_per_s = train_steps / train_time if train_time > 0 else float("nan")
   summary = {
       "title": f"{_kind(config, spec)}: {spec.name} on {config.dataset}",
@@ -463,18 +468,23 @@ def _kind(config: JobConfig, spec: task_lib.ModelSpec) -> str:
   return "Fine-tuning" if spec.checkpoint else "Training from scratch"
 
 
-def _export(config, spec, data, par, state, export: pathlib.Path) -> None:
+def _export(config, spec, data, par, state, export: pathlib.Path, final, step) -> None:
+  """<workdir>/model: weights, class names, tokenizer files and what ports.export needs."""
   host = par.get_state(state)
   variables = {"params": host.params}
   if jax.tree.leaves(host.batch_stats):
     variables["batch_stats"] = host.batch_stats
   preprocessing = {**data.preprocessing, "dataset": config.dataset}
+  names = None
   if config.task == "classification":
-    preprocessing["class_names"] = list(data.meta.class_names)
-  files = {"tokenizer.json": data.tokenizer} if data.tokenizer else {}
+    names = model_record.class_names(data.meta.class_names,
+                                     config.num_classes or data.meta.num_classes)
   pretrained.save_pretrained(
       export, spec.name, spec.kwargs, variables,
       source={"format": "jaxpretrain-run", "workdir": str(pathlib.Path(config.workdir).absolute()),
               "init_checkpoint": str(spec.checkpoint) if spec.checkpoint else None,
-              "dataset": config.dataset, "task": config.task},
-      preprocessing=preprocessing, files=files, overwrite=True)
+              "dataset": config.dataset, "task": config.task,
+              "base": model_record.base_source(spec.checkpoint),
+              "run": model_record.run_record(config.to_json(), step, final)},
+      preprocessing=preprocessing, files=model_record.carried_files(spec.files, data.tokenizer),
+      overwrite=True, class_names=names)

@@ -157,8 +157,8 @@ def with_head(spec: ModelSpec, config: JobConfig, num_classes: int | None) -> Mo
     kwargs["num_classes"] = num_classes
   else:
     kwargs.update(head="classification", num_labels=num_classes)
-    if family == "bert":
-      kwargs["pooler"] = True
+    if family == "bert":  # RoBERTa's head reads <s> itself: no pooler, as Hugging Face's
+      kwargs["pooler"] = kwargs.get("classifier", "pooler") == "pooler"
   dont_load, new_head = [], False
   if spec.checkpoint is not None:
     if config.task == "mlm":
@@ -171,6 +171,8 @@ def with_head(spec: ModelSpec, config: JobConfig, num_classes: int | None) -> Mo
       dont_load = ["params/classifier/.*"] if config.task == "mlm" else ["params/mlm_.*"]
     if family in ("bert", "vit") and kwargs.get("pooler") and not before.get("pooler"):
       dont_load.append(POOLER)
+    elif family == "bert" and not kwargs.get("pooler", True) and before.get("pooler", True):
+      dont_load.append(POOLER)  # RoBERTa's classifier has no pooler: the checkpoint's is dropped
   return dataclasses.replace(spec, kwargs=kwargs, dont_load=dont_load, new_head=new_head)
 
 

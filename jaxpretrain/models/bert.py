@@ -2,8 +2,10 @@
 
 Fields carry the names of Hugging Face's BertConfig, so a config.json maps onto them one to one.
 Heads follow Hugging Face: `BertModel` (head None), `BertForSequenceClassification`
-(head "classification": dropout + dense on the pooled [CLS]) and `BertForMaskedLM` (head "mlm":
-dense + activation + LayerNorm, then the word embeddings as the decoder plus a bias).
+(head "classification": dropout + dense on the pooled [CLS]), `RobertaForSequenceClassification`
+(head "classification" with classifier="roberta": dense + tanh + out_proj on <s>, no pooler) and
+`BertForMaskedLM` (head "mlm": dense + activation + LayerNorm, then the word embeddings as the
+decoder plus a bias).
 
     model = bert.build("minilm_l6")
     out, aux = model.apply(variables, input_ids, attention_mask=mask)  # out: [b, s, d]
@@ -21,6 +23,7 @@ import jax.numpy as jnp
 from jaxpretrain.models.transformer import Dtype, Encoder, activation, dot_2d, layer_norm
 
 HEADS = (None, "classification", "mlm")
+CLASSIFIERS = ("pooler", "roberta")  # BertForSequenceClassification's | RobertaClassificationHead
 POSITION_STYLES = ("absolute", "roberta")
 
 # Literal variant table; every other field keeps the Bert default.
@@ -34,8 +37,10 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "minilm_l6": dict(vocab_size=30522, hidden_size=384, num_hidden_layers=6,
                       num_attention_heads=12, intermediate_size=1536),
     # roberta-base config.json: positions start after padding_idx=1, one token type, eps 1e-5.
+    # Its classifier is RobertaForSequenceClassification's (dense + tanh + out_proj on <s>).
     "roberta_base": dict(vocab_size=50265, max_position_embeddings=514, type_vocab_size=1,
-                         pad_token_id=1, layer_norm_eps=1e-5, position_style="roberta"),
+                         pad_token_id=1, layer_norm_eps=1e-5, position_style="roberta",
+                         classifier="roberta"),
 }
 
 
@@ -110,6 +115,27 @@ class Embeddings(nn.Module):
     return self.word_embeddings.attend(h)
 
 
+class RobertaClassificationHead(nn.Module):
+  """Hugging Face's RobertaClassificationHead: dropout, dense + tanh, dropout, out_proj on <s>."""
+  hidden_size: int
+  num_labels: int
+  dropout_rate: float
+  init_std: float = 0.02
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
+    """[batch, seq, hidden_size] -> [batch, num_labels] logits from the first token."""
+    dense = functools.partial(nn.Dense, dtype=self.dtype, param_dtype=self.param_dtype,
+                              dot_general=dot_2d,
+                              kernel_init=nn.initializers.normal(self.init_std))
+    h = nn.Dropout(self.dropout_rate)(x[:, 0], deterministic=not train)
+    h = jnp.tanh(dense(self.hidden_size, name="dense")(h))
+    h = nn.Dropout(self.dropout_rate)(h, deterministic=not train)
+    return dense(self.num_labels, name="out_proj")(h)
+
+
 class Bert(nn.Module):
   """BERT / RoBERTa encoder with optional pooler and classification or masked-LM head."""
   vocab_size: int = 30522
@@ -129,6 +155,8 @@ class Bert(nn.Module):
   head: str | None = None  # None | "classification" | "mlm"
   num_labels: int = 2
   classifier_dropout: float | None = None  # None: hidden_dropout_prob, as Hugging Face
+  # "pooler": dropout + dense on the pooled [CLS] (BERT); "roberta": RobertaClassificationHead.
+  classifier: str = "pooler"
   mlm_act: str | None = None  # None: hidden_act (BERT); RoBERTa's LM head is always "gelu"
   initializer_range: float = 0.02
   dtype: Dtype = jnp.float32
@@ -177,12 +205,19 @@ class Bert(nn.Module):
     if self.head is None:
       return x, aux
     if self.head == "classification":
-      if not self.pooler:
-        raise ValueError("head 'classification' reads the pooler output; set pooler=True")
       rate = self.classifier_dropout
       rate = self.hidden_dropout_prob if rate is None else rate
-      h = nn.Dropout(rate)(aux["pooled"], deterministic=not train)
-      logits = dense(self.num_labels, name="classifier")(h)  # [b, num_labels]
+      if self.classifier == "roberta":
+        logits = RobertaClassificationHead(
+            self.hidden_size, self.num_labels, rate, self.initializer_range, dtype=self.dtype,
+            param_dtype=self.param_dtype, name="classifier")(x, train=train)  # [b, num_labels]
+      elif self.classifier != "pooler":
+        raise ValueError(f"unknown classifier {self.classifier!r}; known: {CLASSIFIERS}")
+      elif not self.pooler:
+        raise ValueError("head 'classification' reads the pooler output; set pooler=True")
+      else:
+        h = nn.Dropout(rate)(aux["pooled"], deterministic=not train)
+        logits = dense(self.num_labels, name="classifier")(h)  # [b, num_labels]
     else:  # "mlm": the decoder is the word embedding matrix (tied), plus its own bias.
       act = activation(self.mlm_act or self.hidden_act)
       h = act(dense(self.hidden_size, name="mlm_transform")(x))
