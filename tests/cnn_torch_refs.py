@@ -43,7 +43,10 @@ def small_vgg(batch_norm: bool, num_classes: int = 10, seed: int = 0):
   from torchvision.models import vgg  # noqa: PLC0415
 
   torch.manual_seed(seed)
-  model = vgg.VGG(vgg.make_layers(list(VGG_CFG), batch_norm), num_classes=num_classes)
+  # On the meta device: VGG's own 25,088 x 4,096 classifier is replaced below, never allocated.
+  with torch.device("meta"):
+    model = vgg.VGG(torch.nn.Identity(), num_classes=num_classes, init_weights=False)
+  model.features = vgg.make_layers(list(VGG_CFG), batch_norm)
   c = [v for v in VGG_CFG if v != "M"][-1]
   nn = torch.nn
   model.classifier = nn.Sequential(
