@@ -127,13 +127,13 @@ class ConvNeXt(_Parts):
     x = self.conv(self.dims[0], 4, 4, 0, name="features_0_0")(x)
     x = aux["stem"] = self.layer_norm("features_0_1")(x)
     total, block_id = sum(self.depths), 0
-    for i, (dim, depth) in enumerate(zip(self.dims, self.depths, strict=True)):
+    for i, depth in enumerate(self.depths):
       s = 2 * i + 1  # index of the stage in torchvision's `features`
       for j in range(depth):
         # torchvision: sd_prob = stochastic_depth_prob * stage_block_id / (total - 1.0)
         p = self.stochastic_depth_prob * block_id / max(total - 1.0, 1.0)
-        x = CNBlock(layer_scale=self.layer_scale, stochastic_depth_prob=p, dtype=self.dtype, param_dtype=self.param_dtype,
-                    name=f"features_{s}_{j}")(x, train=train)
+        x = CNBlock(layer_scale=self.layer_scale, stochastic_depth_prob=p, dtype=self.dtype,
+                    param_dtype=self.param_dtype, name=f"features_{s}_{j}")(x, train=train)
         block_id += 1
       aux[f"stage{i + 1}"] = x
       if i + 1 < len(self.dims):
