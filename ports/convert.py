@@ -25,6 +25,9 @@ from ports.rules import PortError
 # Hugging Face model_type -> port module.
 HF_PORTS = {"bert": "ports.hf_bert", "roberta": "ports.hf_bert", "xlm-roberta": "ports.hf_bert",
             "vit": "ports.hf_vit"}
+# torchvision families other than ResNet, by --arch prefix -> port module (single files).
+TORCHVISION_PORTS = {"vgg": "ports.torchvision_vgg", "convnext": "ports.torchvision_convnext",
+                     "efficientnet": "ports.torchvision_efficientnet"}
 # Files that travel from a Hugging Face folder into the checkpoint (tokenizers, processors).
 TRAVELLING_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt",
                     "special_tokens_map.json", "preprocessor_config.json", "merges.txt",
@@ -33,6 +36,12 @@ TRAVELLING_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt",
 
 def port_module(name: str):
   return importlib.import_module(name)
+
+
+def torchvision_port(arch: str | None) -> str:
+  """The port module of a torchvision architecture name (ResNet unless another matches)."""
+  return next((m for p, m in TORCHVISION_PORTS.items() if (arch or "").startswith(p)),
+              "ports.torchvision_resnet")
 
 
 def read_source(src: str | os.PathLike, arch: str | None = None) -> tuple[Converted, dict]:
@@ -53,7 +62,7 @@ def read_source(src: str | os.PathLike, arch: str | None = None) -> tuple[Conver
   elif src.is_file():
     if not arch:
       raise PortError(f"{src}: a single weights file needs --arch (e.g. --arch resnet50)")
-    converted = port_module("ports.torchvision_resnet").to_jaxpretrain(
+    converted = port_module(torchvision_port(arch)).to_jaxpretrain(
         readers.load_state_dict(src), arch=arch)
     files = {}
   else:

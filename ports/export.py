@@ -18,7 +18,7 @@ import sys
 from absl import app, flags
 
 from ports import readers, run_export
-from ports.convert import HF_PORTS, port_module
+from ports.convert import HF_PORTS, port_module, torchvision_port
 from ports.rules import PortError
 
 # ports.convert (imported above) defines --overwrite too; allow_override lets both modules load
@@ -29,10 +29,12 @@ _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace OUT if it exists.", 
 def _port_for(config: dict):
   fmt = config.get("source", {}).get("format")
   if fmt == "torchvision":
-    return port_module("ports.torchvision_resnet")
+    return port_module(torchvision_port(config["source"].get("arch")))
+  if fmt == "efficientnet_pytorch":
+    return port_module("ports.efficientnet_pytorch")
   if fmt == "huggingface":
     return port_module(HF_PORTS[config["source"]["model_type"]])
-  raise PortError(f"checkpoint source format {fmt!r} has no exporter; known: torchvision, "
+  raise PortError(f"checkpoint source format {fmt!r} has no exporter; known: torchvision, efficientnet_pytorch, "
                   f"huggingface, {run_export.RUN_FORMAT} (a fine-tuned run)")
 
 

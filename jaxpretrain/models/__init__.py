@@ -20,6 +20,9 @@ _FAMILIES = {
     "resnet": "jaxpretrain.models.resnet",
     "bert": "jaxpretrain.models.bert",
     "vit": "jaxpretrain.models.vit",
+    "vgg": "jaxpretrain.models.vgg",
+    "convnext": "jaxpretrain.models.convnext",
+    "efficientnet": "jaxpretrain.models.efficientnet",
 }
 
 
