@@ -34,8 +34,8 @@ def _port_for(config: dict):
     return port_module("ports.efficientnet_pytorch")
   if fmt == "huggingface":
     return port_module(HF_PORTS[config["source"]["model_type"]])
-  raise PortError(f"checkpoint source format {fmt!r} has no exporter; known: torchvision, efficientnet_pytorch, "
-                  f"huggingface, {run_export.RUN_FORMAT} (a fine-tuned run)")
+  raise PortError(f"checkpoint source format {fmt!r} has no exporter; known: torchvision, "
+                  f"efficientnet_pytorch, huggingface, {run_export.RUN_FORMAT} (a fine-tuned run)")
 
 
 def export(ckpt: str, out: str, *, overwrite: bool = False) -> pathlib.Path:
