@@ -30,7 +30,7 @@ from ports.rules import PortError
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace OUT if it exists.", allow_override=True)
 
 
-def _port_for(config: dict):
+def _port_for(config: dict, where: str):
   source = config.get("source", {})
   fmt = source.get("format")
   if fmt == "torchvision":
@@ -38,10 +38,10 @@ def _port_for(config: dict):
   if fmt == "huggingface":
     model_type = source.get("model_type")
     if not isinstance(model_type, str) or model_type not in HF_PORTS:
-      raise PortError(f"checkpoint source model_type {safe_io.short(model_type)} has no "
+      raise PortError(f"{where}: source model_type {safe_io.short(model_type)} has no "
                       f"exporter; known: {sorted(HF_PORTS)}")
     return port_module(HF_PORTS[model_type])
-  raise PortError(f"checkpoint source format {safe_io.short(fmt)} has no exporter; known: "
+  raise PortError(f"{where}: source format {safe_io.short(fmt)} has no exporter; known: "
                   "torchvision, huggingface")
 
 
@@ -79,7 +79,7 @@ def export(ckpt: str, out: str, *, overwrite: bool = False) -> pathlib.Path:
 
   ckpt, out = pathlib.Path(ckpt), pathlib.Path(out)
   config = pretrained.read_config(ckpt)
-  port = _port_for(config)
+  port = _port_for(config, str(ckpt / pretrained.CONFIG))
   files = read_files(ckpt, config.get("files", []))
   if out.exists() and not overwrite:
     raise FileExistsError(f"{out} already exists; pass --overwrite to replace it")

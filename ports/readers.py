@@ -291,7 +291,7 @@ def _pickle_imports(real, is_zip: bool) -> list[str] | None:
           data = m.read(MAX_PICKLE_SCAN_BYTES)
     else:
       with open(real, "rb") as f:
-        data = f.read(MAX_PICKLE_SCAN_BYTES)
+        data = f.read(min(MAX_PICKLE_SCAN_BYTES, os.fstat(f.fileno()).st_size))
   except Exception:  # noqa: BLE001 -- a corrupt archive is reported by the caller
     return None
   stream, names, strings = io.BytesIO(data), [], []
