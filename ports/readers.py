@@ -18,6 +18,7 @@ conversion streams from disk.
 from __future__ import annotations
 
 import io
+import math
 import os
 import pathlib
 import pickletools
@@ -89,6 +90,14 @@ class SafetensorsFile(Mapping):
   def shape(self, key: str) -> tuple[int, ...]:
     return self._entries[key][1]
 
+  def close(self) -> None:
+    """Closes the file; arrays already returned stay valid (each holds its own mapping)."""
+    self._file.close()
+
+  def __del__(self):
+    if getattr(self, "_file", None) is not None:
+      self._file.close()
+
   def __iter__(self) -> Iterator[str]:
     return iter(self._entries)
 
@@ -141,9 +150,10 @@ def _validate_entry(path, key, info, data_len):
   name, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
   dtype = SAFETENSORS_DTYPES.get(name) if isinstance(name, str) else None
   if dtype is None:
-    known = "a dtype no port converts" if name in OTHER_SAFETENSORS_DTYPES else "unknown"
-    raise CheckpointError(f"{path}: tensor {short(key)} has dtype {short(name)} ({known}); "
-                          f"supported: {sorted(SAFETENSORS_DTYPES)}")
+    known = ("a safetensors dtype no port converts" if name in OTHER_SAFETENSORS_DTYPES
+             else "not a safetensors dtype")
+    raise CheckpointError(f"{path}: tensor {short(key)} has unsupported dtype {short(name)} "
+                          f"({known}); supported: {sorted(SAFETENSORS_DTYPES)}")
   if not isinstance(shape, list) or len(shape) > MAX_RANK or not all(map(_is_u64, shape)):
     raise CheckpointError(f"{path}: tensor {short(key)} has an invalid shape {short(shape)} "
                           f"(a list of at most {MAX_RANK} non-negative integers)")
@@ -151,7 +161,7 @@ def _validate_entry(path, key, info, data_len):
           and offsets[0] <= offsets[1] <= data_len):
     raise CheckpointError(f"{path}: tensor {short(key)} has offsets {short(offsets)} outside the "
                           f"{data_len} data bytes; the file is truncated or corrupt")
-  nbytes = int(np.prod(shape, dtype=object)) * dtype.itemsize
+  nbytes = math.prod(shape) * dtype.itemsize  # Python ints: no overflow
   if offsets[1] - offsets[0] != nbytes:
     raise CheckpointError(f"{path}: tensor {short(key)} of shape {short(shape)} {name} needs "
                           f"{nbytes} bytes but its offsets span {offsets[1] - offsets[0]}")
@@ -351,7 +361,8 @@ class ShardedTensors(Mapping):
     names = sorted(set(weight_map.values()))
     missing = [n for n in names if not os.path.lexists(folder / n)]
     if missing:
-      raise CheckpointError(f"{index_path}: missing shard file(s): {short(', '.join(missing))}")
+      more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+      raise CheckpointError(f"{index_path}: missing shard file(s): {', '.join(missing[:5])}{more}")
     real = {n: safe_io.resolve_inside(folder, n, CheckpointError) for n in names}
     self._folder = folder
     self._map = dict(weight_map)

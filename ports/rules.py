@@ -152,9 +152,10 @@ def check_shapes(flat: Mapping[str, np.ndarray], expected: Mapping[str, tuple]) 
         + "\n  ".join(listing(sorted(missing)) + listing(sorted(extra)) + listing(sorted(wrong))))
 
 
-# Lines of one kind an error lists before it says how many more there are: a checkpoint of a
-# million stray keys gives a message of a few lines, not of megabytes.
-MAX_LISTED = 20
+# Lines of one kind an error lists before it says how many more there are: every key of a
+# wrong --arch (resnet34's 80 extra tensors against resnet18), but a checkpoint of a million
+# stray keys gives a message of 100 lines, not of megabytes.
+MAX_LISTED = 100
 # Characters of a key name shown in a message.
 MAX_KEY_CHARS = 200
 
