@@ -303,6 +303,17 @@ def test_config_values_range_checked_before_anything_is_built(bert, tmp_path, fi
   refused(convert, bert, tmp_path / "out", "config.json", field)
 
 
+@pytest.mark.parametrize("change,needle", [
+    ({"num_attention_heads": 5}, "num_heads 5"),
+    ({"model_type": "roberta", "architectures": ["RobertaModel"], "pad_token_id": 100},
+     "position 101"),
+])
+def test_config_values_in_range_that_contradict_each_other(bert, tmp_path, change, needle):
+  """Each value in range, together no model: the model's own check, as one line."""
+  edit_json(bert / "config.json", **change)
+  refused(convert, bert, tmp_path / "out", "config.json describes no valid 'bert'", needle)
+
+
 @pytest.mark.parametrize("field,value", [
     ("image_size", 10**6), ("image_size", [16, 16, 16]), ("patch_size", 0), ("num_channels", 10**4),
     ("qkv_bias", "yes"), ("pooler_act", ["tanh"]),
@@ -445,9 +456,13 @@ def test_pickled_tensors_numpy_cannot_hold(tmp_path, make, needle):
   assert "'conv1.weight'" in err and needle in err
 
 
-@pytest.mark.parametrize("content", [os.urandom(4096), b"\x80\x02" + os.urandom(200),
-                                     b"PK\x03\x04" + os.urandom(200), b"", pathlib.Path(
-                                         "/etc/passwd").read_bytes()])
+_RNG = np.random.default_rng(17)
+
+
+@pytest.mark.parametrize("content", [_RNG.bytes(4096), b"\x80\x02" + _RNG.bytes(200),
+                                     b"PK\x03\x04" + _RNG.bytes(200), b"",
+                                     pathlib.Path("/etc/passwd").read_bytes()],
+                         ids=["random", "pickle_header", "zip_header", "empty", "etc_passwd"])
 def test_random_bytes_are_not_called_a_code_running_pickle(tmp_path, content):
   pytest.importorskip("torch")
   path = tmp_path / "w.pth"
