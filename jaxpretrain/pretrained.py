@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import pathlib
 import shutil
@@ -23,6 +24,8 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
+
+from jaxpretrain import safe_io
 
 FORMAT = "jaxpretrain"
 FORMAT_VERSION = 1
@@ -164,7 +167,8 @@ def save_pretrained(dst: str | os.PathLike, model: str, model_kwargs: Mapping[st
     variables: {'params': ..., 'batch_stats': ...} nested dicts of arrays.
     source: provenance (format, original file, original config), kept for export.
     preprocessing: what inputs the model expects (mean/std/image_size, max_len...).
-    files: name in dst -> existing file to copy (tokenizer.json, vocab.txt...).
+    files: name in dst -> existing file to copy, or its bytes (tokenizer.json, vocab.txt...);
+      names are plain file names.
     overwrite: replace an existing dst.
     class_names: a classifier's class names, index = class id (one per head output).
   Returns:
@@ -180,29 +184,36 @@ def save_pretrained(dst: str | os.PathLike, model: str, model_kwargs: Mapping[st
   with atomic_folder(dst, overwrite) as tmp:
     (tmp / CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     for name, src in (files or {}).items():
-      shutil.copyfile(src, tmp / name)
+      safe_io.plain_name(name, f"{dst}: files")
+      if isinstance(src, bytes):
+        (tmp / name).write_bytes(src)
+      else:
+        shutil.copyfile(src, tmp / name)
     save_variables(tmp / VARIABLES, variables)
   return pathlib.Path(dst)
 
 
 def read_config(path: str | os.PathLike) -> dict[str, Any]:
-  """config.json of a converted checkpoint, checked for the jaxpretrain format."""
+  """config.json of a converted checkpoint, checked for the jaxpretrain format.
+
+  A checkpoint folder may come from anyone, so the file is read through jaxpretrain.safe_io
+  (a regular file inside the folder, at most MAX_CONFIG_BYTES, strict JSON) and every field
+  used later is checked here (`check_config`): errors are one UntrustedInputError (a
+  ValueError) naming the file and field.
+  """
   path = pathlib.Path(path)
   cfg_path = path / CONFIG
-  try:
-    config = json.loads(cfg_path.read_text())
-  except FileNotFoundError:
+  if not os.path.lexists(cfg_path):
     raise FileNotFoundError(
         f"{path} is not a jaxpretrain checkpoint (no {CONFIG}); convert a torchvision file or a "
-        "Hugging Face folder first: python -m ports.convert SRC DST") from None
-  except json.JSONDecodeError as e:
-    raise ValueError(f"{cfg_path}: invalid JSON: {e}") from None
+        "Hugging Face folder first: python -m ports.convert SRC DST")
+  real = safe_io.resolve_inside(path, CONFIG)
+  config = safe_io.read_json(real, safe_io.MAX_CONFIG_BYTES, where=str(cfg_path))
   if not isinstance(config, dict) or config.get("format") != FORMAT:
-    raise ValueError(f"{cfg_path}: not a jaxpretrain checkpoint config (format != '{FORMAT}'); "
-                     "convert it first: python -m ports.convert SRC DST")
-  if config.get("format_version", 0) > FORMAT_VERSION:
-    raise ValueError(f"{cfg_path}: format_version {config['format_version']} is newer than this "
-                     f"jaxpretrain reads ({FORMAT_VERSION}); upgrade jaxpretrain")
+    raise safe_io.UntrustedInputError(
+        f"{cfg_path}: not a jaxpretrain checkpoint config (format != '{FORMAT}'); convert it "
+        "first: python -m ports.convert SRC DST")
+  check_config(config, str(cfg_path))
   return config
 
 
@@ -226,6 +237,67 @@ def read_class_names(config: Mapping[str, Any], where: str = "config.json") -> l
     raise ValueError(f"{where}: class_names must be a list of strings of at most "
                      f"{MAX_CLASS_NAME_CHARS} characters; got {str(names)[:120]}")
   return list(names)
+
+
+# Files listed under "files" (tokenizer.json, vocab.txt...; real ones list <= 7).
+MAX_FILES = 64
+# Items of a list-valued model kwarg (ResNet's stage_sizes has 4).
+MAX_KWARG_ITEMS = 64
+
+
+def check_config(config: Mapping[str, Any], where: str) -> None:
+  """Raises UntrustedInputError unless a checkpoint config's fields have their kinds and ranges.
+
+  model: a name; model_kwargs: constructor arguments whose sizes lie within safe_io.FIELDS'
+  ranges, scalars or short lists; files: plain file names (no '/', '..'); preprocessing: sizes
+  and per-channel mean/std checked, and no "*path" field (a checkpoint never names a path to
+  read); source: an object.
+  """
+  err = safe_io.UntrustedInputError
+  version = config.get("format_version", 0)
+  if not (isinstance(version, int) and not isinstance(version, bool) and version >= 0):
+    raise err(f"{where}: format_version={safe_io.short(version)}; allowed: an integer >= 0")
+  if version > FORMAT_VERSION:
+    raise err(f"{where}: format_version {version} is newer than this jaxpretrain reads "
+              f"({FORMAT_VERSION}); upgrade jaxpretrain")
+  model = config.get("model")
+  if not (isinstance(model, str) and 0 < len(model) <= safe_io.MAX_STR_CHARS):
+    raise err(f"{where}: model={safe_io.short(model)}; allowed: a model name (string)")
+  for field in ("model_kwargs", "source", "preprocessing"):
+    if not isinstance(config.get(field, {}), dict):
+      raise err(f"{where}: {field}={safe_io.short(config[field])}; allowed: an object")
+  kwargs = config.get("model_kwargs", {})
+  safe_io.check_fields(kwargs, f"{where}: model_kwargs", err)
+  for key, value in kwargs.items():
+    items = value if isinstance(value, list) else [value]
+    if len(items) > MAX_KWARG_ITEMS or not all(
+        v is None or isinstance(v, (bool, int, float, str)) for v in items):
+      raise err(f"{where}: model_kwargs.{safe_io.short(key)}={safe_io.short(value)}; allowed: "
+                f"a number, string, bool, null or a list of at most {MAX_KWARG_ITEMS} of them")
+  _check_preprocessing(config.get("preprocessing", {}), f"{where}: preprocessing")
+  files = config.get("files", [])
+  if not isinstance(files, list) or len(files) > MAX_FILES:
+    raise err(f"{where}: files={safe_io.short(files)}; allowed: a list of at most {MAX_FILES} "
+              "file names")
+  for name in files:
+    safe_io.plain_name(name, f"{where}: files", err)
+
+
+def _check_preprocessing(prep: Mapping[str, Any], where: str) -> None:
+  err = safe_io.UntrustedInputError
+  safe_io.check_fields(prep, where, err)
+  for key, value in prep.items():
+    if key == "path" or key.endswith("_path"):
+      raise err(f"{where}: field {safe_io.short(key)}: a checkpoint never names a path to read")
+    if key in ("mean", "std") and not (
+        isinstance(value, list) and 1 <= len(value) <= 4
+        and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+                for v in value)):
+      raise err(f"{where}: {key}={safe_io.short(value)}; allowed: a list of 1-4 finite numbers")
+    if key in ("scale", "rescale") and not (
+        isinstance(value, (int, float)) and not isinstance(value, bool)
+        and math.isfinite(value) and value > 0):
+      raise err(f"{where}: {key}={safe_io.short(value)}; allowed: a positive finite number")
 
 
 def load_pretrained(path: str | os.PathLike):

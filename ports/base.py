@@ -43,9 +43,11 @@ def expected_shapes(model: str, model_kwargs: Mapping[str, Any]) -> dict[str, tu
 
   try:
     module = models.build_model(model, **model_kwargs)
+    shapes = models.variable_shapes(model, module)
   except TypeError as e:
     raise PortError(f"model '{model}' does not take arguments {dict(model_kwargs)}: {e}") from None
-  shapes = models.variable_shapes(model, module)
+  except ValueError as e:  # the model's own invariants (hidden size a multiple of the heads...)
+    raise PortError(f"config.json describes no valid '{model}': {str(e)[:300]}") from None
   return {k: tuple(v.shape) for k, v in params.flatten(dict(shapes)).items()}
 
 

@@ -7,6 +7,12 @@ A Hugging Face folder (config.json + model.safetensors, a sharded index, or pyto
 names its architecture in config.json; a torchvision file needs --arch. Safetensors never
 needs torch; pickles load with torch.load(weights_only=True). DST is written atomically and
 is never left half-written.
+
+Everything read from SRC goes through ports.readers and jaxpretrain.safe_io: files resolve to
+regular files inside SRC (or its Hugging Face cache's blob store), side files are size-capped,
+config values are range-checked, and the files that travel into DST are read and validated
+(tokenizer.json must load with `tokenizers`) before anything is written. Any failure is one
+`error: ...` line naming the file and field, exit status 2, and no DST.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import sys
 
 from absl import app, flags
 
+from jaxpretrain import safe_io
 from ports import readers
 from ports.base import Converted, check
 from ports.rules import PortError
@@ -32,6 +39,8 @@ TORCHVISION_PORTS = {"vgg": "ports.torchvision_vgg", "convnext": "ports.torchvis
 TRAVELLING_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt",
                     "special_tokens_map.json", "preprocessor_config.json", "merges.txt",
                     "vocab.json")
+# Exit status of the CLIs on a refused input (absl's usage errors use it too).
+EXIT_BAD_INPUT = 2
 
 
 def port_module(name: str):
@@ -58,8 +67,9 @@ def read_source(src: str | os.PathLike, arch: str | None = None) -> tuple[Conver
     # Processor files the weights do not carry (ViT's preprocessor_config.json: mean, std, size).
     if hasattr(port, "folder_preprocessing"):
       converted.preprocessing.update(port.folder_preprocessing(src))
-    files = {n: src / n for n in TRAVELLING_FILES if (src / n).is_file()}
-  elif src.is_file():
+    files = {n: read_travelling_file(src, n) for n in TRAVELLING_FILES
+             if readers.side_file(src, n) is not None}
+  elif os.path.lexists(src):  # a weights file (load_state_dict refuses FIFOs, devices...)
     if not arch:
       raise PortError(f"{src}: a single weights file needs --arch (e.g. --arch resnet50)")
     converted = port_module(torchvision_port(arch)).to_jaxpretrain(
@@ -70,6 +80,31 @@ def read_source(src: str | os.PathLike, arch: str | None = None) -> tuple[Conver
   converted.source.setdefault("path", str(src.absolute()))
   check(converted)
   return converted, files
+
+
+def read_travelling_file(folder: str | os.PathLike, name: str) -> bytes:
+  """A tokenizer or processor file's bytes, read once and validated before DST is written.
+
+  JSON files must parse (tokenizer.json must also load with `tokenizers`, or fine-tuning would
+  fail on it much later), text files must be UTF-8; each is capped at MAX_TOKENIZER_BYTES.
+  """
+  real = readers.side_file(folder, name)
+  where = str(pathlib.Path(folder) / name)
+  data = safe_io.read_bytes(real, safe_io.MAX_TOKENIZER_BYTES, readers.CheckpointError, where)
+  if name.endswith(".json"):
+    safe_io.parse_json(data, where, readers.CheckpointError)
+  else:
+    safe_io.decode_utf8(data, where, readers.CheckpointError)
+  if name == "tokenizer.json":
+    from tokenizers import Tokenizer  # noqa: PLC0415
+
+    try:
+      Tokenizer.from_str(data.decode("utf-8"))
+    except Exception as e:  # noqa: BLE001 -- the tokenizers library raises its own types
+      raise readers.CheckpointError(
+          f"{where}: not a tokenizer the tokenizers library loads: {safe_io.short(str(e), 160)}"
+      ) from None
+  return data
 
 
 def convert(src: str | os.PathLike, dst: str | os.PathLike, *, arch: str | None = None,
@@ -93,12 +128,13 @@ _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace DST if it exists.")
 
 def main(argv):
   if len(argv) != 3:
-    raise app.UsageError("usage: python -m ports.convert SRC DST [--arch NAME] [--overwrite]")
+    raise app.UsageError("usage: python -m ports.convert SRC DST [--arch NAME] [--overwrite]",
+                         exitcode=EXIT_BAD_INPUT)
   try:
     dst = convert(argv[1], argv[2], arch=_ARCH.value, overwrite=_OVERWRITE.value)
-  except (PortError, FileExistsError, FileNotFoundError) as e:
+  except (PortError, safe_io.UntrustedInputError, FileExistsError, FileNotFoundError) as e:
     print(f"error: {e}", file=sys.stderr)
-    return 1
+    return EXIT_BAD_INPUT
   print(f"wrote {dst}")
   return 0
 

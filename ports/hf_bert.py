@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from jaxpretrain.safe_io import short
 from ports import hf_common
 from ports.base import Converted, Exported, expected_shapes
 from ports.rules import LINEAR, PortError, Rule, convert, export
@@ -159,11 +160,12 @@ def model_kwargs(hf_config: Mapping[str, Any], head: str | None, pooler: bool) -
   if kw["pad_token_id"] is None:
     kw["pad_token_id"] = 0
   if kw["hidden_act"] not in transformer.ACTIVATIONS:
-    raise PortError(f"config.json: hidden_act {kw['hidden_act']!r} is not supported; known: "
+    raise PortError(f"config.json: hidden_act {short(kw['hidden_act'])} is not supported; known: "
                     f"{sorted(transformer.ACTIVATIONS)}")
   if hf_config.get("position_embedding_type", "absolute") != "absolute":
     raise PortError(f"config.json: position_embedding_type "
-                    f"{hf_config['position_embedding_type']!r} is not supported; known: absolute")
+                    f"{short(hf_config['position_embedding_type'])} is not supported; known: "
+                    "absolute")
   if hf_config.get("is_decoder"):
     raise PortError("config.json: is_decoder=true (causal BERT) is not supported; only encoders")
   roberta = hf_config["model_type"] in ROBERTA_TYPES

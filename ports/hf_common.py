@@ -15,7 +15,14 @@ from typing import Any
 
 import numpy as np
 
-from ports.rules import PortError, Rule, _template_regex
+from jaxpretrain import safe_io
+from jaxpretrain.safe_io import short
+from ports.rules import PortError, Rule, _key, _template_regex
+
+# config.json lists at most this many architectures (real ones list one).
+MAX_ARCHITECTURES = 16
+# Characters of a label name in id2label (real ones are words; ImageNet's longest is ~120).
+MAX_LABEL_CHARS = 1024
 
 
 def detect_prefix(weights: Mapping[str, Any], base_prefix: str, backbone_key: str) -> bool:
@@ -33,7 +40,7 @@ def detect_prefix(weights: Mapping[str, Any], base_prefix: str, backbone_key: st
                     "cannot tell which is the model")
   if not (prefixed or bare):
     raise PortError(f"weights lack '{backbone_key}' (with or without the '{base_prefix}' "
-                    f"prefix); first keys: {sorted(weights)[:8]}")
+                    f"prefix); first keys: {[_key(k) for k in sorted(weights)[:8]]}")
   return prefixed
 
 
@@ -71,7 +78,7 @@ def check_against_config(weights: Mapping[str, Any], expected: Mapping[str, tupl
   have = {k: tuple(np.shape(weights[k])) for k in weights
           if not any(p.fullmatch(k) for p in ignore)}
   missing = [f"- {k} {tuple(s)}" for k, s in expected.items() if k not in have]
-  extra = [f"+ {k} {s}" for k, s in have.items() if k not in expected]
+  extra = [f"+ {_key(k)} {s}" for k, s in have.items() if k not in expected]
   wrong = [f"~ {k}: weights {have[k]} vs config.json {tuple(s)}"
            for k, s in expected.items() if k in have and have[k] != tuple(s)]
   if missing or extra or wrong:
@@ -97,6 +104,38 @@ def describe(weights: Mapping[str, Any]) -> str:
   # SafetensorsFile knows its file; ShardedTensors its folder; a pickle's dict nothing.
   path = getattr(weights, "path", None) or getattr(weights, "_folder", None)
   return str(path) if path is not None else "weights"
+
+
+def check_hf_config(config: Any, where: str) -> None:
+  """Raises PortError unless a config.json's fields a port reads have their kinds and ranges.
+
+  Sizes (hidden_size, num_hidden_layers, ...) are positive integers below safe_io.FIELDS'
+  maxima (a bool is not an integer; a float, string or list is refused, naming the field);
+  model_type and hidden_act are strings; architectures a short list of strings; id2label
+  an object of integer-named labels. Checked before anything is built from the config.
+  """
+  if not isinstance(config, dict):
+    raise PortError(f"{where}: a JSON {type(config).__name__}, not an object of settings")
+  safe_io.check_fields(config, where, PortError)
+  archs = config.get("architectures")
+  if archs is not None and not (
+      isinstance(archs, list) and len(archs) <= MAX_ARCHITECTURES
+      and all(isinstance(a, str) and 0 < len(a) <= safe_io.MAX_STR_CHARS for a in archs)):
+    raise PortError(f"{where}: architectures={short(archs)}; allowed: a list of at most "
+                    f"{MAX_ARCHITECTURES} class names (strings)")
+  labels = config.get("id2label")
+  if labels is not None and not (
+      isinstance(labels, dict) and len(labels) <= safe_io.FIELDS["num_labels"][2]
+      and all(k.isdigit() and len(k) <= 8 for k in labels)
+      and all(isinstance(v, str) and len(v) <= MAX_LABEL_CHARS for v in labels.values())):
+    raise PortError(f"{where}: id2label={short(labels)}; allowed: an object of label index "
+                    f"(\"0\", \"1\", ...) -> label name of at most {MAX_LABEL_CHARS} characters")
+  label2id = config.get("label2id")
+  if label2id is not None and not (
+      isinstance(label2id, dict) and len(label2id) <= safe_io.FIELDS["num_labels"][2]
+      and all(isinstance(v, int) and not isinstance(v, bool) for v in label2id.values())):
+    raise PortError(f"{where}: label2id={short(label2id)}; allowed: an object of label name -> "
+                    "index")
 
 
 def num_labels(hf_config: Mapping[str, Any]) -> int:

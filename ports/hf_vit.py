@@ -13,7 +13,7 @@ projection is a torch Conv2d (OIHW -> HWIO). A classifier's id2label becomes the
 
 from __future__ import annotations
 
-import json
+import math
 import os
 import pathlib
 from collections.abc import Mapping
@@ -21,6 +21,8 @@ from typing import Any
 
 import numpy as np
 
+from jaxpretrain import safe_io
+from jaxpretrain.safe_io import short
 from ports import hf_common
 from ports.base import Converted, Exported, expected_shapes
 from ports.rules import CONV, LINEAR, PortError, Rule, convert, export
@@ -34,6 +36,7 @@ CONFIG_FIELDS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "int
                  "pooler_output_size", "pooler_act", "initializer_range")
 # ViTImageProcessor's defaults when a folder has no preprocessor_config.json.
 DEFAULT_MEAN, DEFAULT_STD = [0.5, 0.5, 0.5], [0.5, 0.5, 0.5]
+PREPROCESSOR_CONFIG = "preprocessor_config.json"
 
 
 def rules(prefixed: bool) -> list[Rule]:
@@ -89,7 +92,7 @@ def model_kwargs(hf_config: Mapping[str, Any], head: str | None, pooler: bool) -
   kw = {f: hf_config[f] if f in hf_config else getattr(defaults, f) for f in CONFIG_FIELDS}
   for field in ("hidden_act", "pooler_act"):
     if kw[field] not in transformer.ACTIVATIONS:
-      raise PortError(f"config.json: {field} {kw[field]!r} is not supported; known: "
+      raise PortError(f"config.json: {field} {short(kw[field])} is not supported; known: "
                       f"{sorted(transformer.ACTIVATIONS)}")
   kw.update(pooler=pooler, head=head,
             num_labels=hf_common.num_labels(hf_config) if head else defaults.num_labels)
@@ -124,29 +127,48 @@ def to_jaxpretrain(weights: Mapping[str, np.ndarray], *, hf_config: Mapping[str,
 
 
 def folder_preprocessing(folder: str | os.PathLike) -> dict[str, Any]:
-  """mean/std/image_size/rescale from a folder's preprocessor_config.json ({} without one)."""
-  path = pathlib.Path(folder) / "preprocessor_config.json"
-  if not path.is_file():
+  """mean/std/image_size/rescale from a folder's preprocessor_config.json ({} without one).
+
+  Read through the same validating layer as config.json; every value used is checked.
+  """
+  from ports import readers  # noqa: PLC0415
+
+  real = readers.side_file(folder, PREPROCESSOR_CONFIG)
+  if real is None:
     return {}
-  try:
-    cfg = json.loads(path.read_text())
-  except json.JSONDecodeError as e:
-    raise PortError(f"{path}: invalid JSON: {e}") from None
+  where = str(pathlib.Path(folder) / PREPROCESSOR_CONFIG)
+  cfg = safe_io.read_json(real, safe_io.MAX_CONFIG_BYTES, readers.CheckpointError, where=where)
+  if not isinstance(cfg, dict):
+    raise PortError(f"{where}: a JSON {type(cfg).__name__}, not an object of settings")
   out = {}
-  if "image_mean" in cfg:
-    out["mean"] = list(cfg["image_mean"])
-  if "image_std" in cfg:
-    out["std"] = list(cfg["image_std"])
+  for src, dst in (("image_mean", "mean"), ("image_std", "std")):
+    if src in cfg:
+      out[dst] = _channel_values(cfg[src], f"{where}: {src}")
   if cfg.get("do_normalize") is False:
     out["mean"], out["std"] = [0.0] * 3, [1.0] * 3
   size = cfg.get("size")
   if isinstance(size, dict) and {"height", "width"} <= set(size):
     out["image_size"] = [size["height"], size["width"]]
-  elif isinstance(size, int):
+  elif size is not None and not isinstance(size, dict):
     out["image_size"] = [size, size]
+  if "image_size" in out:
+    safe_io.check_value("image_size", out["image_size"], f"{where}: size", PortError)
   if "rescale_factor" in cfg:
-    out["rescale"] = cfg["rescale_factor"] if cfg.get("do_rescale", True) else 1.0
+    factor = cfg["rescale_factor"]
+    if not (isinstance(factor, (int, float)) and not isinstance(factor, bool)
+            and math.isfinite(factor) and 0 < factor <= 1):
+      raise PortError(f"{where}: rescale_factor={short(factor)}; allowed: a number in (0, 1]")
+    out["rescale"] = factor if cfg.get("do_rescale", True) else 1.0
   return out
+
+
+def _channel_values(values: Any, where: str) -> list[float]:
+  """image_mean / image_std: 1 to 4 finite numbers (one per channel)."""
+  if not (isinstance(values, list) and 1 <= len(values) <= 4
+          and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+                  for v in values)):
+    raise PortError(f"{where}={short(values)}; allowed: a list of 1-4 finite numbers")
+  return [float(v) for v in values]
 
 
 def hf_config_for(model_kwargs: Mapping[str, Any], source: Mapping[str, Any],

@@ -1,29 +1,56 @@
 """Reading checkpoints from strangers: safetensors (validated, no torch) and pickles (weights only).
 
-Safetensors files are checked before any large allocation: the header size against the file,
-the JSON, every dtype and shape, and every byte range (inside the data, exactly the bytes the
-shape needs, no overlaps). Tensors are then memory-mapped, so conversion streams from disk.
+Every file goes through one validating layer (jaxpretrain.safe_io): names from a checkpoint
+(shard files in an index) are plain names resolving to regular files inside the folder (or a
+Hugging Face cache's blob store), side files are size-capped strict JSON, and every failure is
+a CheckpointError naming the file.
+
+Safetensors files are validated as the official reader validates them, before any large
+allocation: the header size against the file and MAX_HEADER_BYTES, the JSON (an object of
+tensor objects and an optional `__metadata__` of strings), every dtype and shape, and the
+byte ranges, which must tile the data region exactly (sorted, starting at 0, no gaps or
+overlaps, ending at the file's end: a header length nudged into the header's padding shifts
+every tensor, and only this catches it). The official `safetensors` parser then reads the same
+header as a second opinion, so no file it rejects is ever read. Tensors are memory-mapped, so
+conversion streams from disk.
 """
 
 from __future__ import annotations
 
-import json
+import io
+import math
 import os
 import pathlib
+import pickletools
 import struct
 from collections.abc import Iterator, Mapping
 
 import ml_dtypes
 import numpy as np
 
+from jaxpretrain import safe_io
+from jaxpretrain.safe_io import short
 from ports.rules import PortError
 
-MAX_HEADER_BYTES = 100 * 2**20  # safetensors' own reader refuses larger headers too
+# The header is ~100 bytes per tensor (all-MiniLM-L6-v2: 104 tensors in 11,408 bytes; BERT-base
+# ~200 tensors, ~20 KB); 16 MiB admits ~160,000 tensors in one file, more than any real
+# checkpoint holds, and bounds what parsing a hostile header may cost (the official reader
+# allows 100 MB: a 100 MiB header took 2.6 GB to parse in Python).
+MAX_HEADER_BYTES = 16 << 20
+# Tensor rank: the ported models' tensors have rank <= 4; the format sets no limit.
+MAX_RANK = 8
+# Dtypes this reader maps to NumPy.
 SAFETENSORS_DTYPES = {
     "F64": np.dtype("<f8"), "F32": np.dtype("<f4"), "F16": np.dtype("<f2"),
     "BF16": np.dtype(ml_dtypes.bfloat16), "I64": np.dtype("<i8"), "I32": np.dtype("<i4"),
-    "I16": np.dtype("<i2"), "I8": np.dtype("i1"), "U8": np.dtype("u1"), "BOOL": np.dtype("?"),
+    "I16": np.dtype("<i2"), "I8": np.dtype("i1"), "U64": np.dtype("<u8"),
+    "U32": np.dtype("<u4"), "U16": np.dtype("<u2"), "U8": np.dtype("u1"), "BOOL": np.dtype("?"),
 }
+# Dtypes the format defines (safetensors 0.8, tensor.rs `Dtype`) that no port converts.
+OTHER_SAFETENSORS_DTYPES = ("F4", "F6_E2M3", "F6_E3M2", "F8_E5M2", "F8_E4M3", "F8_E8M0",
+                            "F8_E4M3FNUZ", "F8_E5M2FNUZ", "C64")
+# Bytes of a pickle scanned for the names it imports, to explain a refusal.
+MAX_PICKLE_SCAN_BYTES = 16 << 20
 
 
 class CheckpointError(PortError):
@@ -31,22 +58,45 @@ class CheckpointError(PortError):
 
 
 class SafetensorsFile(Mapping):
-  """A validated, memory-mapped safetensors file: a read-only mapping key -> np.ndarray."""
+  """A validated, memory-mapped safetensors file: a read-only mapping key -> np.ndarray.
 
-  def __init__(self, path: str | os.PathLike):
+  Args:
+    path: the file as the user or the folder names it (used in messages, as `.path`).
+    real_path: the file to open when `path` is a link already resolved and checked by the
+      caller (a Hugging Face cache blob); default `path`.
+  """
+
+  def __init__(self, path: str | os.PathLike, *, real_path: str | os.PathLike | None = None):
     self.path = pathlib.Path(path)
-    self.metadata, self._entries, self._data_start = _read_safetensors_header(self.path)
+    real = os.path.realpath(real_path if real_path is not None else path)
+    self._file = safe_io.open_regular(real, CheckpointError, where=str(self.path))
+    try:
+      self.metadata, self._entries, self._data_start = _read_safetensors_header(
+          self._file, self.path)
+      _official_check(real, self.path)
+    except BaseException:
+      self._file.close()
+      raise
 
   def __getitem__(self, key: str) -> np.ndarray:
     dtype, shape, (begin, end) = self._entries[key]
     if end == begin:
       return np.zeros(shape, dtype)
-    mm = np.memmap(self.path, dtype=np.uint8, mode="r", offset=self._data_start + begin,
+    # Mapped from the validated file's descriptor, never reopened by name.
+    mm = np.memmap(self._file, dtype=np.uint8, mode="r", offset=self._data_start + begin,
                    shape=(end - begin,))
     return mm.view(dtype).reshape(shape)
 
   def shape(self, key: str) -> tuple[int, ...]:
     return self._entries[key][1]
+
+  def close(self) -> None:
+    """Closes the file; arrays already returned stay valid (each holds its own mapping)."""
+    self._file.close()
+
+  def __del__(self):
+    if getattr(self, "_file", None) is not None:
+      self._file.close()
 
   def __iter__(self) -> Iterator[str]:
     return iter(self._entries)
@@ -55,91 +105,133 @@ class SafetensorsFile(Mapping):
     return len(self._entries)
 
 
-def _read_safetensors_header(path: pathlib.Path):
+def _read_safetensors_header(f, path: pathlib.Path):
+  """(metadata, {key: (dtype, shape, (begin, end))}, data start) of an open file, validated."""
   try:
-    size = path.stat().st_size
-    with open(path, "rb") as f:
-      head = f.read(8)
-      if len(head) < 8:
-        raise CheckpointError(f"{path}: not a safetensors file ({size} bytes, no header size)")
-      (n,) = struct.unpack("<Q", head)
-      if n > MAX_HEADER_BYTES or n > size - 8:
-        raise CheckpointError(
-            f"{path}: safetensors header declares {n} bytes but the file has {size - 8} after "
-            f"the size field (limit {MAX_HEADER_BYTES}); the file is truncated or corrupt")
-      raw = f.read(n)
+    size = os.fstat(f.fileno()).st_size
+    head = f.read(8)
+    if len(head) < 8:
+      raise CheckpointError(f"{path}: not a safetensors file ({size} bytes, no header size)")
+    (n,) = struct.unpack("<Q", head)
+    if n > MAX_HEADER_BYTES or n > size - 8:
+      raise CheckpointError(
+          f"{path}: safetensors header declares {n} bytes but the file has {size - 8} after "
+          f"the size field (limit {MAX_HEADER_BYTES}); the file is truncated or corrupt")
+    raw = f.read(n)
   except OSError as e:
-    raise CheckpointError(f"{path}: cannot read: {e}") from None
-  try:
-    header = json.loads(raw.decode("utf-8"))
-  except (UnicodeDecodeError, json.JSONDecodeError) as e:
-    raise CheckpointError(f"{path}: safetensors header is not valid JSON: {e}") from None
+    raise CheckpointError(f"{path}: cannot read: {e.strerror or e}") from None
+  if len(raw) != n:
+    raise CheckpointError(f"{path}: the file shrank while being read")
+  header = safe_io.parse_json(raw, f"{path}: safetensors header", CheckpointError, strict=True)
   if not isinstance(header, dict):
-    raise CheckpointError(f"{path}: safetensors header is not a JSON object")
-  metadata = header.pop("__metadata__", {}) or {}
+    raise CheckpointError(f"{path}: safetensors header is a {type(header).__name__}, not a JSON "
+                          "object of tensors")
+  metadata = header.pop("__metadata__", None)
+  if metadata is None:
+    metadata = {}
+  if not (isinstance(metadata, dict)
+          and all(isinstance(v, str) for v in metadata.values())):
+    raise CheckpointError(f"{path}: safetensors __metadata__ {short(metadata)} is not an object "
+                          "of strings")
   data_len = size - 8 - n
-  entries, ranges = {}, []
-  for key, info in header.items():
-    entries[key] = _validate_entry(path, key, info, data_len)
-    ranges.append((*entries[key][2], key))
-  ranges.sort()
-  for (_b0, e0, k0), (b1, _e1, k1) in zip(ranges, ranges[1:], strict=False):
-    if b1 < e0:
-      raise CheckpointError(f"{path}: tensors '{k0}' and '{k1}' overlap in the data")
+  entries = {key: _validate_entry(path, key, info, data_len) for key, info in header.items()}
+  _check_coverage(path, entries, data_len)
   return metadata, entries, 8 + n
 
 
+def _is_u64(x) -> bool:
+  return isinstance(x, int) and not isinstance(x, bool) and 0 <= x < 2**64
+
+
 def _validate_entry(path, key, info, data_len):
+  """(dtype, shape, offsets) of one header entry, checked as the official reader checks it."""
   if not isinstance(info, dict) or not {"dtype", "shape", "data_offsets"} <= set(info):
-    raise CheckpointError(f"{path}: tensor '{key}' lacks dtype, shape or data_offsets")
-  dtype = SAFETENSORS_DTYPES.get(info["dtype"])
+    raise CheckpointError(f"{path}: tensor {short(key)} lacks dtype, shape or data_offsets")
+  name, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
+  dtype = SAFETENSORS_DTYPES.get(name) if isinstance(name, str) else None
   if dtype is None:
-    raise CheckpointError(f"{path}: tensor '{key}' has unsupported dtype {info['dtype']!r}; "
-                          f"known: {sorted(SAFETENSORS_DTYPES)}")
-  shape, offsets = info["shape"], info["data_offsets"]
-  if (not isinstance(shape, list) or len(shape) > 8
-      or not all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d < 2**40
-                 for d in shape)):
-    raise CheckpointError(f"{path}: tensor '{key}' has an invalid shape {shape!r}")
-  if (not isinstance(offsets, list) or len(offsets) != 2
-      or not all(isinstance(o, int) and not isinstance(o, bool) for o in offsets)
-      or not 0 <= offsets[0] <= offsets[1] <= data_len):
-    raise CheckpointError(f"{path}: tensor '{key}' has offsets {offsets!r} outside the "
+    known = ("a safetensors dtype no port converts" if name in OTHER_SAFETENSORS_DTYPES
+             else "not a safetensors dtype")
+    raise CheckpointError(f"{path}: tensor {short(key)} has unsupported dtype {short(name)} "
+                          f"({known}); supported: {sorted(SAFETENSORS_DTYPES)}")
+  if not isinstance(shape, list) or len(shape) > MAX_RANK or not all(map(_is_u64, shape)):
+    raise CheckpointError(f"{path}: tensor {short(key)} has an invalid shape {short(shape)} "
+                          f"(a list of at most {MAX_RANK} non-negative integers)")
+  if not (isinstance(offsets, list) and len(offsets) == 2 and all(map(_is_u64, offsets))
+          and offsets[0] <= offsets[1] <= data_len):
+    raise CheckpointError(f"{path}: tensor {short(key)} has offsets {short(offsets)} outside the "
                           f"{data_len} data bytes; the file is truncated or corrupt")
-  nbytes = int(np.prod(shape, dtype=object)) * dtype.itemsize
+  nbytes = math.prod(shape) * dtype.itemsize  # Python ints: no overflow
   if offsets[1] - offsets[0] != nbytes:
-    raise CheckpointError(f"{path}: tensor '{key}' of shape {shape} {info['dtype']} needs "
+    raise CheckpointError(f"{path}: tensor {short(key)} of shape {short(shape)} {name} needs "
                           f"{nbytes} bytes but its offsets span {offsets[1] - offsets[0]}")
   return dtype, tuple(shape), tuple(offsets)
 
 
-def load_pickle(path: str | os.PathLike) -> dict[str, np.ndarray]:
+def _check_coverage(path, entries, data_len):
+  """The tensors' byte ranges, sorted, tile [0, data_len) exactly: no gap, overlap or tail."""
+  end, prev = 0, None
+  for key, (_, _, (b, e)) in sorted(entries.items(), key=lambda kv: kv[1][2]):
+    if b != end:
+      what = (f"overlaps '{short(prev)}'" if b < end else
+              f"leaves a gap of {b - end} bytes after {short(prev) if prev else 'the header'}")
+      raise CheckpointError(f"{path}: tensor {short(key)} at bytes {b}-{e} {what}; the tensors "
+                            "must cover the data exactly (a corrupt or shifted file)")
+    end, prev = e, key
+  if end != data_len:
+    raise CheckpointError(
+        f"{path}: the tensors cover {end} of the {data_len} data bytes; the header size or the "
+        "offsets are wrong (a shifted or padded file), so every tensor would be misread")
+
+
+def _official_check(real: str, path: pathlib.Path) -> None:
+  """The `safetensors` package's own parser must accept the file too."""
+  try:
+    from safetensors import safe_open  # noqa: PLC0415
+  except ImportError:  # a dependency; without it this reader's own checks stand alone
+    return
+  try:
+    with safe_open(real, framework="numpy") as f:
+      f.keys()
+  except Exception as e:  # noqa: BLE001 -- any refusal by the reference parser is one error
+    raise CheckpointError(f"{path}: the safetensors library rejects the file: "
+                          f"{short(str(e), 200)}") from None
+
+
+# torch dtypes a pickled tensor may have: those NumPy holds (bfloat16 through ml_dtypes).
+# Quantized (qint8...), float8, complex, sparse and meta tensors are refused by name.
+PICKLE_DTYPES = ("float64", "float32", "float16", "bfloat16", "int64", "int32", "int16", "int8",
+                 "uint8", "bool")
+
+
+def load_pickle(path: str | os.PathLike, *, real_path: str | os.PathLike | None = None
+                ) -> dict[str, np.ndarray]:
   """A torch .pth/.pt/.bin file loaded with weights_only=True (no code runs), as NumPy.
 
   Accepts a bare state dict, a {'state_dict': ...} or {'model': ...} wrapper, and strips a
-  DataParallel 'module.' prefix.
+  DataParallel 'module.' prefix. Only dense CPU tensors of PICKLE_DTYPES are accepted.
   """
   path = pathlib.Path(path)
+  real = os.path.realpath(real_path if real_path is not None else path)
+  with safe_io.open_regular(real, CheckpointError, where=str(path)) as f:
+    magic = f.read(4)
+  import zipfile  # noqa: PLC0415
+
+  is_zip = zipfile.is_zipfile(real)
+  if not is_zip and not (len(magic) >= 2 and magic[0] == 0x80 and 2 <= magic[1] <= 5):
+    raise CheckpointError(f"{path}: not a torch checkpoint (neither a zip archive nor a pickle; "
+                          f"it starts with {magic!r})")
   try:
     import torch  # noqa: PLC0415 -- torch only for pickled checkpoints
   except ImportError:
     raise CheckpointError(
         f"{path}: pickled checkpoints need torch (pip install 'jaxpretrain[torch]'), or "
         "convert them to .safetensors first") from None
-  import pickle  # noqa: PLC0415
-  import zipfile  # noqa: PLC0415
-
   try:
     # mmap streams tensors from disk, but only the zip format (torch >= 1.6) supports it.
-    obj = torch.load(path, map_location="cpu", weights_only=True,
-                     mmap=zipfile.is_zipfile(path))
-  except pickle.UnpicklingError as e:
-    raise CheckpointError(
-        f"{path}: refused: the pickle needs more than tensors, and loading it would run code "
-        f"from the file (torch.load weights_only=True rejected it: {str(e).splitlines()[0]})"
-    ) from None
-  except (RuntimeError, EOFError, OSError, ValueError) as e:
-    raise CheckpointError(f"{path}: cannot read as a torch checkpoint: {e}") from None
+    obj = torch.load(real, map_location="cpu", weights_only=True, mmap=is_zip)
+  except Exception as e:  # noqa: BLE001 -- any failure to unpickle a stranger's file is one error
+    raise _pickle_refusal(path, real, is_zip, e) from None
   for wrapper in ("state_dict", "model", "model_state_dict"):
     if isinstance(obj, dict) and isinstance(obj.get(wrapper), dict):
       obj = obj[wrapper]
@@ -148,51 +240,139 @@ def load_pickle(path: str | os.PathLike) -> dict[str, np.ndarray]:
     raise CheckpointError(f"{path}: holds a {type(obj).__name__}, not a state dict")
   out = {}
   for key, value in obj.items():
-    if not isinstance(value, torch.Tensor):
-      raise CheckpointError(f"{path}: entry '{key}' is a {type(value).__name__}, not a tensor")
-    key = key.removeprefix("module.")
-    value = value.detach().cpu()
-    if value.dtype == torch.bfloat16:
-      out[key] = value.view(torch.int16).numpy().view(ml_dtypes.bfloat16)
-    else:
-      out[key] = value.numpy()
+    if not isinstance(key, str):
+      raise CheckpointError(f"{path}: key {short(key)} is a {type(key).__name__}, not a string")
+    out[key.removeprefix("module.")] = _tensor_to_numpy(path, key, value, torch)
   return out
 
 
-def load_state_dict(path: str | os.PathLike) -> Mapping[str, np.ndarray]:
-  """A single weights file: .safetensors (no torch) or a torch pickle (weights only)."""
+def _tensor_to_numpy(path, key: str, value, torch) -> np.ndarray:
+  """A dense CPU tensor of PICKLE_DTYPES as NumPy; anything else is refused by name."""
+  if not isinstance(value, torch.Tensor):
+    raise CheckpointError(f"{path}: entry {short(key)} is a {type(value).__name__}, not a tensor")
+  dtype = str(value.dtype).removeprefix("torch.")
+  problem = None
+  if value.layout != torch.strided:
+    problem = f"a {str(value.layout).removeprefix('torch.')} tensor (only dense ones are read)"
+  elif value.device.type != "cpu":
+    problem = f"a tensor on device '{value.device.type}' (it holds no data)"
+  elif value.is_quantized or dtype not in PICKLE_DTYPES:
+    problem = f"a {dtype} tensor; supported dtypes: {', '.join(PICKLE_DTYPES)}"
+  if problem:
+    raise CheckpointError(f"{path}: entry {short(key)} is {problem}")
+  value = value.detach()
+  if value.dtype == torch.bfloat16:
+    return value.view(torch.int16).numpy().view(ml_dtypes.bfloat16)
+  return value.numpy()
+
+
+def _pickle_refusal(path, real, is_zip: bool, error: Exception) -> CheckpointError:
+  """Why torch.load refused a file: a pickle that imports code, or a corrupt file."""
+  imports = _pickle_imports(real, is_zip)
+  reason = str(error).strip().splitlines()
+  reason = short(next((line for line in reason if "GLOBAL" in line or "operand" in line),
+                      reason[0] if reason else type(error).__name__), 160)
+  unsafe = [n for n in imports or () if not n.startswith(("torch.", "collections.OrderedDict"))]
+  if unsafe:
+    return CheckpointError(
+        f"{path}: refused: the pickle needs more than tensors ({', '.join(unsafe[:3])}), and "
+        f"loading it would run code from the file (torch.load weights_only=True: {reason})")
+  if imports is None:
+    return CheckpointError(f"{path}: not a readable torch checkpoint (corrupt or not a pickle: "
+                           f"{reason})")
+  return CheckpointError(f"{path}: cannot read as a torch checkpoint: {reason}")
+
+
+def _pickle_imports(real, is_zip: bool) -> list[str] | None:
+  """The names the file's pickles import (GLOBAL, STACK_GLOBAL, INST), without running any.
+
+  None when the bytes are not a pickle stream. Reads at most MAX_PICKLE_SCAN_BYTES: a torch
+  zip's data.pkl, or the leading pickles of the legacy format (magic, version, info, data).
+  """
+  import zipfile  # noqa: PLC0415
+
+  try:
+    if is_zip:
+      with zipfile.ZipFile(real) as z:
+        member = next((i for i in z.infolist() if i.filename.endswith("data.pkl")), None)
+        if member is None:
+          return None
+        with z.open(member) as m:
+          data = m.read(MAX_PICKLE_SCAN_BYTES)
+    else:
+      with open(real, "rb") as f:
+        data = f.read(min(MAX_PICKLE_SCAN_BYTES, os.fstat(f.fileno()).st_size))
+  except Exception:  # noqa: BLE001 -- a corrupt archive is reported by the caller
+    return None
+  stream, names, strings = io.BytesIO(data), [], []
+  try:
+    for _ in range(4):  # legacy torch files: magic number, protocol, sys info, then the data
+      if stream.tell() >= len(data):
+        break
+      for op, arg, _pos in pickletools.genops(stream):
+        if op.name in ("GLOBAL", "INST"):
+          names.append(str(arg).replace(" ", "."))
+        elif op.name == "STACK_GLOBAL":
+          names.append(".".join(strings[-2:]))
+        elif isinstance(arg, str):
+          strings = [*strings[-1:], arg]
+  except Exception:  # noqa: BLE001 -- pickletools raises ValueError (and others) on junk
+    if not names:
+      return None
+  return names
+
+
+def load_state_dict(path: str | os.PathLike, *, real_path: str | os.PathLike | None = None
+                    ) -> Mapping[str, np.ndarray]:
+  """A single weights file: .safetensors (no torch) or a torch pickle (weights only).
+
+  `path` names the file (its suffix picks the format); `real_path` is the file to open when
+  the caller resolved a link (a Hugging Face cache blob has no suffix).
+  """
   path = pathlib.Path(path)
-  if not path.is_file():
+  if not os.path.lexists(path) and real_path is None:
     raise CheckpointError(f"{path}: no such file")
   if path.suffix == ".safetensors":
-    sf = SafetensorsFile(path)
+    sf = SafetensorsFile(path, real_path=real_path)
     if any(k.startswith("module.") for k in sf):
       return {k.removeprefix("module."): sf[k] for k in sf}
     return sf
-  return load_pickle(path)
+  return load_pickle(path, real_path=real_path)
 
 
 class ShardedTensors(Mapping):
-  """Several weights files seen as one mapping, as a *.index.json weight_map lists them."""
+  """Several weights files seen as one mapping, as a *.index.json weight_map lists them.
 
-  def __init__(self, index_path: pathlib.Path):
-    try:
-      index = json.loads(index_path.read_text())
-      weight_map = index["weight_map"]
-    except (OSError, json.JSONDecodeError, KeyError, TypeError) as e:
-      raise CheckpointError(f"{index_path}: not a valid shard index: {e}") from None
+  Shard names are plain file names resolving to regular files inside the index's folder (or
+  a Hugging Face cache's blob store); anything else is refused before a file is opened.
+  """
+
+  def __init__(self, index_path: pathlib.Path, *, real_path: pathlib.Path | None = None):
+    index_path = pathlib.Path(index_path)
+    index = safe_io.read_json(real_path or index_path, safe_io.MAX_INDEX_BYTES, CheckpointError,
+                              where=str(index_path))
+    weight_map = index.get("weight_map") if isinstance(index, dict) else None
+    if not isinstance(weight_map, dict) or not weight_map:
+      raise CheckpointError(f"{index_path}: not a shard index (no 'weight_map' object of "
+                            "tensor name -> file)")
     folder = index_path.parent
-    missing = sorted({f for f in weight_map.values() if not (folder / f).is_file()})
+    for key, name in weight_map.items():
+      safe_io.plain_name(name, f"{index_path}: weight_map[{short(key)}]", CheckpointError)
+    names = sorted(set(weight_map.values()))
+    missing = [n for n in names if not os.path.lexists(folder / n)]
     if missing:
-      raise CheckpointError(f"{index_path}: missing shard file(s): {', '.join(missing)}")
-    self._files = {f: None for f in sorted(set(weight_map.values()))}
+      more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+      raise CheckpointError(f"{index_path}: missing shard file(s): {', '.join(missing[:5])}{more}")
+    real = {n: safe_io.resolve_inside(folder, n, CheckpointError) for n in names}
     self._folder = folder
     self._map = dict(weight_map)
-    for f in self._files:  # validate every shard's header up front
-      self._files[f] = load_state_dict(folder / f)
+    self._files = {}
+    for f in names:  # validate every shard's header up front
+      self._files[f] = load_state_dict(folder / f, real_path=real[f])
       absent = sorted(k for k, v in self._map.items() if v == f and k not in self._files[f])
       if absent:
-        raise CheckpointError(f"{folder / f}: lacks key(s) the index assigns to it: {absent[:5]}")
+        raise CheckpointError(f"{folder / f}: lacks key(s) the index assigns to it: "
+                              f"{short(absent[:5])}")
 
   def __getitem__(self, key):
     return self._files[self._map[key]][key]
@@ -204,27 +384,48 @@ class ShardedTensors(Mapping):
     return len(self._map)
 
 
+# Weights files of a Hugging Face folder, in the order they are looked for.
+HF_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+              "pytorch_model.bin.index.json")
+
+
+def side_file(folder: str | os.PathLike, name: str) -> pathlib.Path | None:
+  """The resolved path of FOLDER/NAME if it exists (checked to lie inside), else None."""
+  if not os.path.lexists(pathlib.Path(folder) / name):
+    return None
+  return safe_io.resolve_inside(folder, name, CheckpointError)
+
+
+def read_hf_config(folder: str | os.PathLike) -> dict:
+  """A Hugging Face folder's config.json: bounded, strict JSON, its fields type- and range-checked.
+  """
+  from ports import hf_common  # noqa: PLC0415
+
+  folder = pathlib.Path(folder)
+  real = side_file(folder, "config.json")
+  if real is None:
+    raise CheckpointError(f"{folder}: no config.json; not a Hugging Face model folder")
+  where = str(folder / "config.json")
+  config = safe_io.read_json(real, safe_io.MAX_CONFIG_BYTES, CheckpointError, where=where)
+  hf_common.check_hf_config(config, where)
+  return config
+
+
 def load_hf_folder(folder: str | os.PathLike) -> tuple[dict, Mapping[str, np.ndarray]]:
   """A Hugging Face model folder -> (config.json as a dict, weights mapping).
 
   Weights are looked for in this order: model.safetensors, model.safetensors.index.json
-  (sharded), pytorch_model.bin, pytorch_model.bin.index.json.
+  (sharded), pytorch_model.bin, pytorch_model.bin.index.json. Every file must resolve to a
+  regular file inside the folder (or its Hugging Face cache's blob store).
   """
   folder = pathlib.Path(folder)
-  cfg_path = folder / "config.json"
-  try:
-    config = json.loads(cfg_path.read_text())
-  except FileNotFoundError:
-    raise CheckpointError(f"{folder}: no config.json; not a Hugging Face model folder") from None
-  except json.JSONDecodeError as e:
-    raise CheckpointError(f"{cfg_path}: invalid JSON: {e}") from None
-  if not isinstance(config, dict):
-    raise CheckpointError(f"{cfg_path}: not a JSON object")
-  for name in ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
-               "pytorch_model.bin.index.json"):
-    path = folder / name
-    if path.is_file():
-      return config, (ShardedTensors(path) if name.endswith(".json") else load_state_dict(path))
+  config = read_hf_config(folder)
+  for name in HF_WEIGHTS:
+    real = side_file(folder, name)
+    if real is not None:
+      if name.endswith(".json"):
+        return config, ShardedTensors(folder / name, real_path=real)
+      return config, load_state_dict(folder / name, real_path=real)
   raise CheckpointError(f"{folder}: no weights (model.safetensors, its index, or "
                         "pytorch_model.bin)")
 

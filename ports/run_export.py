@@ -300,9 +300,12 @@ def _md(value: Any, limit: int = 200) -> str:
 
 
 def _read_json(path: pathlib.Path) -> dict[str, Any]:
+  """A run's JSON side file (final.json, flags.json), bounded; {} when absent or unreadable."""
+  from jaxpretrain import safe_io  # noqa: PLC0415
+
   try:
-    data = json.loads(path.read_text())
-  except (OSError, ValueError):
+    data = safe_io.read_json(path)
+  except (OSError, ValueError):  # UntrustedInputError is a ValueError
     return {}
   return data if isinstance(data, dict) else {}
 

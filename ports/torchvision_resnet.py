@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from jaxpretrain.safe_io import check_value
 from ports.base import Converted, Exported
 from ports.rules import CONV, LINEAR, PortError, Rule, check_shapes, convert, export
 
@@ -68,10 +69,11 @@ def to_jaxpretrain(weights: Mapping[str, np.ndarray], *, hf_config: dict | None 
     raise PortError("torchvision state dicts have no Hugging Face config")
   if arch not in ARCHS:
     raise PortError(f"unknown torchvision arch {arch!r}; known: {', '.join(ARCHS)}")
+  flat = convert(TABLE, weights, IGNORED)  # checks every tensor's dtype and rank first
   num_classes = int(np.shape(weights["fc.weight"])[0]) if "fc.weight" in weights else None
+  check_value("num_classes", num_classes, "'fc.weight' rows", PortError)
   converted = Converted(
-      model=arch, model_kwargs={"num_classes": num_classes},
-      flat_variables=convert(TABLE, weights, IGNORED),
+      model=arch, model_kwargs={"num_classes": num_classes}, flat_variables=flat,
       source={"format": "torchvision", "arch": arch}, preprocessing=dict(PREPROCESSING))
   _check_structure(weights, converted)
   return converted
@@ -105,6 +107,8 @@ def describe(weights: Mapping[str, np.ndarray]) -> dict[str, Any] | None:
   groups, width_per_group = 1, 64
   if block == "bottleneck":
     out, in_per_group = np.shape(weights["layer1.0.conv2.weight"])[:2]
+    if not in_per_group:
+      return None
     groups = out // in_per_group
     width_per_group = out // groups  # layer1's planes are 64: width = 64 * wpg / 64 * groups
   return {"block": block, "stage_sizes": tuple(last_block[i] + 1 for i in (1, 2, 3, 4)),

@@ -151,6 +151,6 @@ def test_cli_prints_the_error_and_writes_nothing(tmp_path):
   env = {**os.environ, "JAX_PLATFORMS": "cpu"}
   proc = subprocess.run([sys.executable, "-m", "ports.convert", str(src), str(dst)],
                         capture_output=True, text=True, env=env, timeout=300)
-  assert proc.returncode == 1
+  assert proc.returncode == 2  # bad input: status 2, as absl's usage errors
   assert "error:" in proc.stderr and "embeddings.word_embeddings.weight" in proc.stderr
   assert not dst.exists()

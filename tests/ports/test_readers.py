@@ -93,5 +93,5 @@ def test_hf_folder_without_weights(tmp_path):
   with pytest.raises(CheckpointError, match="no weights"):
     readers.load_hf_folder(tmp_path)
   (tmp_path / "config.json").write_text("{not json")
-  with pytest.raises(CheckpointError, match="invalid JSON"):
+  with pytest.raises(CheckpointError, match="not valid JSON"):
     readers.load_hf_folder(tmp_path)
