@@ -204,6 +204,14 @@ def check_min_per_class(y: np.ndarray, k: int, score: str, why: str) -> None:
     )
 
 
+def _finite(value: Any, score: str) -> float:
+  """float(value), or ScoreUnavailable when it is NaN or infinite (never reported as a score)."""
+  v = float(value)
+  if not np.isfinite(v):
+    raise ScoreUnavailable(f"{score}: the computation gave {v} (numerically degenerate input)")
+  return v
+
+
 def _compact(y: np.ndarray) -> tuple[np.ndarray, int]:
   """Labels renumbered 0..C-1 over the classes present, and C."""
   present, yc = np.unique(y, return_inverse=True)
@@ -659,7 +667,7 @@ def nleep(
       padded, u, k=k, reg_covar=GMM_REG_COVAR, tol=GMM_TOL, max_iter=GMM_MAX_ITER,
       kmeans_iter=KMEANS_MAX_ITER,
     )
-    score = float(_leep_from_posteriors(post, jnp.asarray(y), c=c))
+    score = _finite(_leep_from_posteriors(post, jnp.asarray(y), c=c), "nleep")
   if not return_details:
     return score
   return {
@@ -713,7 +721,7 @@ def gbc(features: Any, labels: Any, *, pca_dim: int = GBC_PCA_DIM) -> float:
   check_min_per_class(y, 2, "gbc", "a per-class variance")
   with jax.enable_x64(True):
     z = pca_reduce(f, int(pca_dim))
-    return float(_gbc_core(z, jnp.asarray(y), c=c, var_floor=GBC_VAR_FLOOR))
+    return _finite(_gbc_core(z, jnp.asarray(y), c=c, var_floor=GBC_VAR_FLOOR), "gbc")
 
 
 # ------------------------------------------------------------------------------------------
@@ -774,7 +782,8 @@ def transrate(features: Any, labels: Any, *, eps: float = TRANSRATE_EPS) -> floa
   if eps <= 0:
     raise ValueError(f"eps must be > 0; got {eps}")
   with jax.enable_x64(True):
-    return float(_transrate_core(jnp.asarray(f), jnp.asarray(y), c=c, eps=float(eps)))
+    value = _transrate_core(jnp.asarray(f), jnp.asarray(y), c=c, eps=float(eps))
+  return _finite(value, "transrate")
 
 
 # ------------------------------------------------------------------------------------------
@@ -847,7 +856,7 @@ def sfda(features: Any, labels: Any, *, return_shrinkage: bool = False) -> float
   f, y, c = _prepare(features, labels, "sfda")
   with jax.enable_x64(True):
     score, lam = _sfda_core(jnp.asarray(f), jnp.asarray(y), c=c)
-    score, lam = float(score), float(lam)
+    score, lam = _finite(score, "sfda"), float(lam)
   return (score, lam) if return_shrinkage else score
 
 
@@ -910,7 +919,7 @@ def shrinkage_h_score(features: Any, labels: Any, *, return_shrinkage: bool = Fa
   f, y, c = _prepare(features, labels, "shrinkage_h_score")
   with jax.enable_x64(True):
     score, alpha = _shrinkage_h_core(jnp.asarray(f), jnp.asarray(y), c=c, rcond=H_SCORE_RCOND)
-    score, alpha = float(score), float(alpha)
+    score, alpha = _finite(score, "shrinkage_h_score"), float(alpha)
   return (score, alpha) if return_shrinkage else score
 
 

@@ -10,10 +10,6 @@ from jaxpretrain import models
 from jaxpretrain.select import cost
 from jaxpretrain.select import features as features_lib
 
-# XLA's FLOP count of a forward pass is linear in the batch except for a few ops done once
-# per call (BatchNorm's rsqrt of the running variance: ~140 FLOPs of ~330k per example).
-PER_EXAMPLE_RTOL = 1e-3
-
 
 def _dense(v, x):
   return x @ v["params"]["w"]
@@ -53,20 +49,17 @@ def test_cost_of_a_tiny_resnet():
   model = models.build_model("resnet_tiny", num_classes=None)
   variables = models.init_variables("resnet_tiny", model, jax.random.key(0))
   fn = features_lib.make_extract_fn(model, "image", "pooled")
-
-  def measure(batch, size):
-    images = jnp.zeros((batch, size, size, 3))
-    return cost.measure_cost(fn, (variables, {"image": images}), batch_size=batch, repeats=2)
-
-  small, big = measure(4, 16), measure(8, 16)
+  images = jnp.zeros((4, 16, 16, 3))
+  c = cost.measure_cost(fn, (variables, {"image": images}), batch_size=4, repeats=2)
   n = sum(np.size(x) for x in jax.tree.leaves(variables["params"]))
-  assert small.params == big.params == n  # batch_stats are not parameters
-  assert small.flops_per_example > 0 and small.latency_ms > 0 and small.throughput > 0
-  assert small.peak_memory_bytes >= 4 * n  # float32 parameters are arguments of the call
-  assert big.peak_memory_bytes > small.peak_memory_bytes  # a larger batch and activations
-  np.testing.assert_allclose(big.flops_per_example, small.flops_per_example,
-                             rtol=PER_EXAMPLE_RTOL)  # per example: independent of the batch
-  assert cost.Cost.from_json(small.to_json()) == small
+  assert c.params == n  # batch_stats are not parameters
+  # At least the stem convolution's multiply-adds at every output pixel, counted twice (the
+  # whole network does more; XLA counts it all): 7 x 7 x 3 x 8 weights, stride 2 -> 8 x 8.
+  stem = variables["params"]["conv1"]["kernel"]
+  assert c.flops_per_example >= 2 * np.size(stem) * 8 * 8
+  assert c.latency_ms > 0 and c.throughput == pytest.approx(4e3 / c.latency_ms)
+  assert c.peak_memory_bytes >= 4 * n  # float32 parameters are arguments of the call
+  assert cost.Cost.from_json(c.to_json()) == c
 
 
 def _cost(**kw):

@@ -679,3 +679,4 @@ def test_too_few_examples_for_the_mixture_or_neighbours():
     select.SCORES["nleep"](f, y)
   with pytest.raises(scores.ScoreUnavailable, match="knn: 12 examples; needs more than 20"):
     select.SCORES["knn"](f, y)
+
