@@ -338,6 +338,10 @@ def _fmt_g(v: float | None) -> str:
   return "n/a" if v is None else f"{v:.3g}"
 
 
+def _fmt_rate(v: float) -> str:
+  return f"{v:,.0f}" if v >= 100 else f"{v:.3g}"
+
+
 def _fmt_ci(ci: Sequence[float] | None) -> str:
   return "" if ci is None else f" [{ci[0]:.2f}, {ci[1]:.2f}]"
 
@@ -394,7 +398,7 @@ def _cost_table(results: Sequence[CandidateResult]) -> list[str]:
     mem = c["peak_memory_bytes"]
     lines.append(
         f"| {r.name} | {c['params']:,} | {_fmt_g(c['gflops_per_example'])} | "
-        f"{c['latency_ms']:.3g} | {c['throughput']:.4g} | "
+        f"{c['latency_ms']:.3g} | {_fmt_rate(c['throughput'])} | "
         f"{'n/a' if mem is None else f'{mem / 2**20:.1f}'} | {r.status} |")
   lines += ["", "Peak memory: XLA's memory analysis of one compiled call (arguments + outputs + "
             "temporaries); on CPU no device statistics exist."]

@@ -208,6 +208,7 @@ def test_reports_written(tmp_path):
   assert "Recommended: **good**, the best logme (1.0000) of 3 candidate(s) within budget " \
          "(budgets: max_params=1e+06)." in md
   assert "| huge | 1,000,000,000 | 0.002 | 2 | 500 | 1.0 | over_budget |" in md
+  assert "| good | 1,000 | 0.002 | 2 | 100 | 1.0 | ok |" in md
   assert "| broken | n/a | n/a | n/a | n/a | n/a | failed |" in md
   feats = md.index("### Scores that need only features")
   head = md.index("### Scores that need a source classification head")
