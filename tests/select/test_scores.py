@@ -437,14 +437,14 @@ def _identical_classes(m=50, d=10, c=4, seed=10):
 
 
 def _pca_ref(f, n_components):
-  from sklearn.decomposition import PCA
+  PCA = pytest.importorskip("sklearn.decomposition").PCA  # noqa: N806 -- the data extra
 
   return PCA(n_components=n_components, svd_solver="full").fit_transform(f)
 
 
 def _nleep_ref(f, y, init_labels, k):
   """Li et al. 2021 with scikit-learn: PCA(0.8), GaussianMixture from a given partition, LEEP."""
-  from sklearn.mixture import GaussianMixture
+  GaussianMixture = pytest.importorskip("sklearn.mixture").GaussianMixture  # noqa: N806
 
   z = _pca_ref(f, 0.8)
   resp = np.eye(k)[init_labels]
@@ -536,7 +536,7 @@ def _sfda_ref(x, y):
 
 def _shrinkage_h_ref(f, y):
   """Ibrahim et al. 2022: tr(cov_alpha^-1 (1 - alpha) cov(E[f | y])), scikit-learn's LedoitWolf."""
-  from sklearn.covariance import LedoitWolf
+  LedoitWolf = pytest.importorskip("sklearn.covariance").LedoitWolf  # noqa: N806
 
   lw = LedoitWolf().fit(f)
   g = np.zeros_like(f)
