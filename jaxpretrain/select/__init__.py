@@ -2,26 +2,38 @@
 
 from jaxpretrain.select.scores import (
   SCORES,
+  ScoreUnavailable,
   few_shot_linear_probe,
+  gbc,
   h_score,
   knn_accuracy,
   leep,
   linear_probe,
   logme,
   nce,
+  nleep,
   pseudo_labels,
+  sfda,
+  shrinkage_h_score,
+  transrate,
 )
 
 __all__ = [
   "SCORES",
+  "ScoreUnavailable",
   "few_shot_linear_probe",
+  "gbc",
   "h_score",
   "knn_accuracy",
   "leep",
   "linear_probe",
   "logme",
   "nce",
+  "nleep",
   "pseudo_labels",
+  "sfda",
+  "shrinkage_h_score",
+  "transrate",
 ]
 
 # Model ranking: candidates, features and the selection report.

@@ -3,18 +3,26 @@
     python -m jaxpretrain.select --candidates=minilm,random:minilm_l6 \
         --dataset=tweets_sentiment --max_examples=2000 --workdir=/tmp/select
 
-Writes ranking.md, ranking.csv, scores.png and results.json to --workdir (see
-`jaxpretrain.select.rank`). With --finetune_check, every candidate is also fine-tuned for
+Writes ranking.md, ranking.csv, scores.png, pareto.png and results.json to --workdir (see
+`jaxpretrain.select.rank`): each candidate's cost (parameters, FLOPs, latency, throughput,
+peak memory on this device), its transferability scores, and the recommended candidate (the
+best --recommend_by score within the --max_* budgets). With --finetune_check (or
+--finetune_seeds > 1), every candidate is also fine-tuned --finetune_seeds times for
 --finetune_steps on the train split (the project's fine-tuning job, a fresh head each), and
-each score's ranking is compared with the ranking by test accuracy (Kendall's tau and
-weighted tau).
+each score's ranking is compared with the ranking by mean test accuracy (Kendall's tau and
+weighted tau with bootstrap intervals over seeds, and the score's regret).
+
+Exit status: 0 done; 1 no candidate could be scored (or one failed under --strict); 2 a bad
+flag. Errors are one line.
 """
 
 from __future__ import annotations
 
+import sys
+
 from absl import app, flags
 
-from jaxpretrain.select import features, rank
+from jaxpretrain.select import cost, features, rank
 from jaxpretrain.select.scores import SCORES
 
 # Candidates and data.
@@ -30,23 +38,47 @@ _MAX_EXAMPLES = flags.DEFINE_integer(
     lower_bound=0)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output folder (reports and caches).",
                                required=True)
-_SEED = flags.DEFINE_integer("seed", 0, "Subset draw and random-init seed.")
+_SEED = flags.DEFINE_integer("seed", 0, "Subset draw, random-init, first fine-tuning and "
+                             "bootstrap seed.")
+_STRICT = flags.DEFINE_bool("strict", False, "Stop at the first candidate that fails to load, "
+                            "measure, extract or fine-tune (default: report it, go on).")
 
 # Features and scores.
 _SCORES = flags.DEFINE_list("scores", [], f"Scores to compute (empty: all); known: "
                             f"{sorted(SCORES)}.")
+_RECOMMEND_BY = flags.DEFINE_string("recommend_by", None, "Score the recommendation maximizes "
+                                    "(default: logme if computed, else the first score).")
 _POOLING = flags.DEFINE_enum("pooling", "pooled", features.POOLINGS,
                              "'pooled': aux['pooled']; 'mean': mean of the last hidden state "
                              "over the attention mask (text).")
-_BATCH_SIZE = flags.DEFINE_integer("batch_size", 64, "Extraction batch size.", lower_bound=1)
+_BATCH_SIZE = flags.DEFINE_integer("batch_size", 64, "Extraction batch size (also the batch "
+                                   "the cost is measured at).", lower_bound=1)
 _IMAGE_SIZE = flags.DEFINE_integer("image_size", 0, "Image size (0: the checkpoint's).",
                                    lower_bound=0)
 _MAX_LEN = flags.DEFINE_integer("max_len", 128, "Tokens per text (at most the checkpoint's).",
                                 lower_bound=2)
 
+# Cost and budgets.
+_MEASURE_COST = flags.DEFINE_bool("measure_cost", True, "Measure parameters, FLOPs, latency, "
+                                  "throughput and peak memory of each candidate.")
+_COST_REPEATS = flags.DEFINE_integer("cost_repeats", cost.DEFAULT_REPEATS, "Timed calls per "
+                                     "candidate (the median is reported).", lower_bound=1)
+_COST_WARMUP = flags.DEFINE_integer("cost_warmup", cost.DEFAULT_WARMUP, "Untimed calls before "
+                                    "them.", lower_bound=0)
+_MAX_LATENCY_MS = flags.DEFINE_float("max_latency_ms", None, "Drop candidates slower than this "
+                                     "per batch of --batch_size on this device.")
+_MAX_PARAMS = flags.DEFINE_float("max_params", None, "Drop candidates with more parameters.")
+_MAX_GFLOPS = flags.DEFINE_float("max_gflops", None, "Drop candidates with more GFLOPs per "
+                                 "example.")
+
 # Fine-tuning check.
 _FINETUNE_CHECK = flags.DEFINE_bool("finetune_check", False,
                                     "Fine-tune every candidate and correlate scores with it.")
+_FT_SEEDS = flags.DEFINE_integer("finetune_seeds", 1, "Fine-tuning runs per candidate (seeds "
+                                 "--seed, --seed+1...); above 1 implies --finetune_check.",
+                                 lower_bound=1)
+_BOOTSTRAP = flags.DEFINE_integer("bootstrap", rank.DEFAULT_BOOTSTRAP, "Bootstrap resamples "
+                                  "over seeds for the tau intervals (0: none).", lower_bound=0)
 _FT_STEPS = flags.DEFINE_integer("finetune_steps", 200, "Fine-tuning steps per candidate.",
                                  lower_bound=1)
 _FT_LR = flags.DEFINE_float("finetune_lr", 1e-3, "Fine-tuning peak learning rate.")
@@ -60,25 +92,56 @@ _FT_WARMUP = flags.DEFINE_integer("finetune_warmup", 0, "Fine-tuning warmup step
                                   lower_bound=0)
 
 
-def main(argv):
+def main(argv) -> int:
   if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments {argv[1:]}; everything is a flag")
-  rank.check_scores(_SCORES.value)
+    print(f"error: unexpected arguments {argv[1:]}; everything is a flag", file=sys.stderr)
+    return 2
+  budgets = {"max_latency_ms": _MAX_LATENCY_MS.value, "max_params": _MAX_PARAMS.value,
+             "max_gflops": _MAX_GFLOPS.value}
+  try:  # flag values that absl cannot check alone: nothing runs or is written before this
+    names = rank.check_scores(_SCORES.value)
+    rank.check_recommend_by(_RECOMMEND_BY.value, names)
+    if cost.check_budgets(budgets) and not _MEASURE_COST.value:
+      raise ValueError("--max_latency_ms/--max_params/--max_gflops need --measure_cost")
+  except ValueError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
   rank.quiet_library_logs()
   finetune_fn, settings = None, None
-  if _FINETUNE_CHECK.value:
-    settings = dict(dataset=_DATASET.value, data_dir=_DATA_DIR.value, steps=_FT_STEPS.value,
-                    learning_rate=_FT_LR.value, batch_size=_FT_BATCH.value,
-                    optimizer=_FT_OPTIMIZER.value, schedule=_FT_SCHEDULE.value,
-                    warmup=_FT_WARMUP.value, image_size=_IMAGE_SIZE.value or None,
-                    max_len=_MAX_LEN.value, seed=_SEED.value)
-    finetune_fn = rank.make_finetune_fn(workdir=_WORKDIR.value, **settings)
-  rank.select_models(
-      _CANDIDATES.value, dataset=_DATASET.value, workdir=_WORKDIR.value,
-      data_dir=_DATA_DIR.value, split=_SPLIT.value, max_examples=_MAX_EXAMPLES.value or None,
-      scores=_SCORES.value, pooling=_POOLING.value, batch_size=_BATCH_SIZE.value,
-      image_size=_IMAGE_SIZE.value or None, max_len=_MAX_LEN.value, seed=_SEED.value,
-      finetune_fn=finetune_fn, finetune_settings=settings)
+  if _FINETUNE_CHECK.value or _FT_SEEDS.value > 1:
+    recipe = dict(dataset=_DATASET.value, data_dir=_DATA_DIR.value, steps=_FT_STEPS.value,
+                  learning_rate=_FT_LR.value, batch_size=_FT_BATCH.value,
+                  optimizer=_FT_OPTIMIZER.value, schedule=_FT_SCHEDULE.value,
+                  warmup=_FT_WARMUP.value, image_size=_IMAGE_SIZE.value or None,
+                  max_len=_MAX_LEN.value)
+    finetune_fn = rank.make_finetune_fn(workdir=_WORKDIR.value, **recipe)
+    settings = recipe
+  try:
+    report = rank.select_models(
+        _CANDIDATES.value, dataset=_DATASET.value, workdir=_WORKDIR.value,
+        data_dir=_DATA_DIR.value, split=_SPLIT.value, max_examples=_MAX_EXAMPLES.value or None,
+        scores=names, pooling=_POOLING.value, batch_size=_BATCH_SIZE.value,
+        image_size=_IMAGE_SIZE.value or None, max_len=_MAX_LEN.value, seed=_SEED.value,
+        finetune_fn=finetune_fn, finetune_settings=settings, finetune_seeds=_FT_SEEDS.value,
+        bootstrap=_BOOTSTRAP.value, measure_cost=_MEASURE_COST.value,
+        cost_repeats=_COST_REPEATS.value, cost_warmup=_COST_WARMUP.value, budgets=budgets,
+        recommend_by=_RECOMMEND_BY.value, strict=_STRICT.value)
+  except rank.SelectionError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 1
+  except ValueError as e:  # the dataset or the candidate list, checked before anything runs
+    print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
+    return 2
+  rec = report["recommendation"]
+  if rec["candidate"] is None:
+    print(f"no recommendation: {rec['reason']}")
+  else:
+    print(f"recommended: {rec['candidate']} ({rec['by']} {rec['value']:.4f})")
+  failed = [r["name"] for r in report["results"] if r["status"] == "failed"]
+  if failed:
+    print(f"failed (left out): {', '.join(failed)}")
+  print(f"report: {_WORKDIR.value}/ranking.md")
+  return 0
 
 
 if __name__ == "__main__":

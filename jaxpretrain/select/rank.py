@@ -1,20 +1,32 @@
-"""Model ranking: score every candidate on a target dataset, write a table and a chart.
+"""Model ranking: score every candidate on a target dataset, with its cost; write the reports.
 
     report = select_models(["minilm", "random:minilm_l6"], dataset="tweets_sentiment",
                            workdir="/tmp/select", max_examples=2000)
 
-For each candidate the features are extracted once (and cached as .npz in the workdir), then
-every transferability score of `scores.SCORES` is computed on them. With a fine-tuning
-function, each candidate is also fine-tuned on a fixed budget, and each score's ranking is
-compared with the ranking by fine-tuned accuracy through Kendall's tau-b and the weighted tau
-of Vigna (2015), which weighs disagreements among the top candidates more: choosing a model
-only needs the top of the ranking right.
+For each candidate the cost of one forward pass is measured first (parameters, FLOPs,
+latency, throughput, peak memory; see `cost`), and candidates over a budget
+(`max_latency_ms`, `max_params`, `max_gflops`) are dropped with the reason. The others'
+features are extracted once (and cached as .npz in the workdir), then every transferability
+score of `scores.SCORES` is computed on them; a score that cannot be computed on a candidate
+is "n/a" with its reason. The recommendation is the best candidate within budget by one
+score (LogME by default).
+
+With a fine-tuning function, each candidate is also fine-tuned `finetune_seeds` times, and
+each score's ranking is compared with the ranking by mean fine-tuned accuracy through
+Kendall's tau-b and the weighted tau of Vigna (2015), which weighs disagreements among the
+top candidates more (choosing a model only needs the top right), each with a bootstrap
+interval over seeds, and through the score's regret: the best mean accuracy minus the mean
+accuracy of the candidate the score ranks first.
+
+A candidate that fails to load, measure, extract or fine-tune is reported in one line and
+left out; the others are still scored (unless `strict`).
 
 Workdir layout:
   candidates/            converted (minilm) and random-init checkpoint folders
   features/NAME.npz      cached features, labels, rows and source-head probabilities
-  finetune/NAME.json     cached fine-tuned accuracies
-  ranking.md, ranking.csv, scores.png, results.json
+  cost/NAME.json         cached cost measurements (delete to measure again)
+  finetune/NAME-seedS.json  cached fine-tuned accuracies
+  ranking.md, ranking.csv, scores.png, pareto.png, results.json
 """
 
 from __future__ import annotations
@@ -26,6 +38,7 @@ import json
 import math
 import pathlib
 import time
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -33,17 +46,25 @@ import numpy as np
 from absl import logging
 
 from jaxpretrain import data
+from jaxpretrain.select import cost as cost_lib
 from jaxpretrain.select import features as features_lib
-from jaxpretrain.select.scores import SCORES
+from jaxpretrain.select.scores import HEAD_SCORES, SCORES, ScoreUnavailable
 
-# Scores that read the source head's probabilities; candidates without a classification head
-# (random init, plain encoders) have no value for them.
-HEAD_SCORES = ("leep", "nce")
 FINETUNE = "finetune_accuracy"
+DEFAULT_RECOMMEND_BY = "logme"
+# Bootstrap resamples for the tau intervals, and their coverage.
+DEFAULT_BOOTSTRAP = 1000
+CONFIDENCE = 0.95
+NO_HEAD = "no source classification head"
 
-FinetuneFn = Callable[[features_lib.Candidate], float]
+# candidate, seed -> test accuracy after fine-tuning.
+FinetuneFn = Callable[[features_lib.Candidate, int], float]
 # Libraries whose INFO messages (orbax: several per checkpoint read) would bury the progress.
 QUIET_LIBRARIES = ("orbax", "etils", "tensorflow_datasets", "grain")
+
+
+class SelectionError(RuntimeError):
+  """The selection cannot go on: a candidate failed under `strict`, or none could be scored."""
 
 
 def quiet_library_logs(libraries: Sequence[str] = QUIET_LIBRARIES) -> None:
@@ -60,7 +81,7 @@ def quiet_library_logs(libraries: Sequence[str] = QUIET_LIBRARIES) -> None:
 
 
 # ------------------------------------------------------------------------------------------
-# Rank correlations.
+# Rank correlations (scipy.stats), bootstrap over seeds, regret.
 # ------------------------------------------------------------------------------------------
 
 
@@ -73,68 +94,95 @@ def _check_xy(x: Any, y: Any) -> tuple[np.ndarray, np.ndarray]:
   return x, y
 
 
-def _pair_signs(v: np.ndarray) -> np.ndarray:
-  """sign(v_i - v_j) for i < j, [n (n - 1) / 2]."""
-  i, j = np.triu_indices(v.size, 1)
-  return np.sign(v[i] - v[j])
-
-
 def kendall_tau(x: Any, y: Any) -> float:
-  """Kendall's tau-b (Kendall 1945): ties in either ranking shrink the denominator.
+  """Kendall's tau-b (Kendall 1945), `scipy.stats.kendalltau`: ties shrink the denominator.
 
-  tau_b = (C - D) / sqrt((P - T_x) (P - T_y)) over the P = n (n - 1) / 2 pairs, with C / D
-  the concordant / discordant pairs and T_x / T_y the pairs tied in x / y; scipy's
-  `kendalltau` default. O(n^2) memory, meant for rankings of a few hundred items at most.
-
-  Args:
-    x, y: [n] scores of the same items.
   Returns:
     tau in [-1, 1]; NaN when either ranking is constant (or n < 2).
   """
+  from scipy import stats  # noqa: PLC0415 -- only when ranking
+
   x, y = _check_xy(x, y)
-  sx, sy = _pair_signs(x), _pair_signs(y)
-  denom = math.sqrt(np.count_nonzero(sx) * np.count_nonzero(sy))
-  return float(np.sum(sx * sy) / denom) if denom else math.nan
-
-
-def hyperbolic_weigher(rank: np.ndarray) -> np.ndarray:
-  """Vigna's default weight of the item at rank r (0 = most important): 1 / (r + 1)."""
-  return 1.0 / (rank + 1.0)
-
-
-def _weighted_tau_ranked(x: np.ndarray, y: np.ndarray, weigher) -> float:
-  """Weighted tau with importance ranks from the decreasing lexicographic order by (x, y)."""
-  n = x.size
-  order = np.lexsort((y, x))[::-1]  # largest x first; ties broken by larger y
-  rank = np.empty(n, np.int64)
-  rank[order] = np.arange(n)
-  w = weigher(rank.astype(np.float64))
-  i, j = np.triu_indices(n, 1)
-  pair_w = w[i] + w[j]  # additive: a pair weighs the sum of its items' weights
-  sx, sy = np.sign(x[i] - x[j]), np.sign(y[i] - y[j])
-  denom = math.sqrt(np.sum(pair_w * (sx != 0)) * np.sum(pair_w * (sy != 0)))
-  return float(np.sum(pair_w * sx * sy) / denom) if denom else math.nan
+  if x.size < 2:
+    return math.nan
+  with warnings.catch_warnings(), np.errstate(invalid="ignore", divide="ignore"):
+    warnings.simplefilter("ignore")  # constant input: scipy warns and returns NaN
+    return float(stats.kendalltau(x, y).statistic)
 
 
 def weighted_tau(x: Any, y: Any, weigher: Callable[[np.ndarray], np.ndarray] | None = None
                  ) -> float:
   """Weighted Kendall tau, Vigna, "A weighted correlation index for rankings with ties", WWW 2015.
 
-  Each pair (i, j) weighs w(r_i) + w(r_j), r the item's importance rank (0 = top) and w the
-  hyperbolic weigher 1 / (r + 1), so swaps near the top cost more. tau = sum_pairs
-  weight * sign(x_i - x_j) sign(y_i - y_j) / sqrt(weight of pairs untied in x * ... in y).
-  As scipy.stats.weightedtau's defaults (rank=True, additive=True): the mean of the values
-  with ranks from the decreasing lexicographic order by (x, y) and by (y, x). O(n^2) memory.
+  `scipy.stats.weightedtau` with its defaults: each pair weighs w(r_i) + w(r_j), r an item's
+  importance rank (0 = top) and w the hyperbolic weigher 1 / (r + 1), so swaps near the top
+  cost more; the value is the mean of the indices with ranks from the decreasing
+  lexicographic order by (x, y) and by (y, x).
 
   Args:
     x, y: [n] scores of the same items (higher = better).
-    weigher: rank [n] float -> weight [n]; default `hyperbolic_weigher`.
+    weigher: rank -> weight; default hyperbolic.
   Returns:
     tau in [-1, 1]; NaN when either ranking is constant (or n < 2).
   """
+  from scipy import stats  # noqa: PLC0415
+
   x, y = _check_xy(x, y)
-  weigher = weigher or hyperbolic_weigher
-  return 0.5 * (_weighted_tau_ranked(x, y, weigher) + _weighted_tau_ranked(y, x, weigher))
+  if x.size < 2:
+    return math.nan
+  with warnings.catch_warnings(), np.errstate(invalid="ignore", divide="ignore"):
+    warnings.simplefilter("ignore")
+    return float(stats.weightedtau(x, y, weigher=weigher).statistic)
+
+
+def bootstrap_seed_means(accuracies: Sequence[Sequence[float]], resamples: int, seed: int = 0
+                         ) -> np.ndarray:
+  """Candidates' mean accuracies under resampling of each candidate's seeds.
+
+  Each resample draws, for every candidate independently, as many seed accuracies as it has,
+  with replacement, and takes their mean: the spread of the means over resamples is the
+  seed-to-seed noise of the fine-tuning check.
+
+  Args:
+    accuracies: per candidate, its accuracies over seeds (at least one each).
+    resamples: number of bootstrap resamples.
+    seed: the draws' seed.
+  Returns:
+    [resamples, candidates] means.
+  """
+  rng = np.random.default_rng(seed)
+  out = np.empty((resamples, len(accuracies)))
+  for j, acc in enumerate(accuracies):
+    a = np.asarray(acc, np.float64)
+    if a.size == 0:
+      raise ValueError(f"candidate {j} has no fine-tuned accuracy to resample")
+    out[:, j] = a[rng.integers(0, a.size, (resamples, a.size))].mean(1)
+  return out
+
+
+def _percentile_interval(values: Sequence[float]) -> list[float] | None:
+  v = np.asarray(values, np.float64)
+  v = v[np.isfinite(v)]  # a resample with all accuracies tied has no tau
+  if v.size == 0:
+    return None
+  lo, hi = np.percentile(v, [50 * (1 - CONFIDENCE), 50 * (1 + CONFIDENCE)])
+  return [float(lo), float(hi)]
+
+
+def regret(scores: Sequence[float], accuracies: Sequence[float], best: float | None = None
+           ) -> tuple[int, float]:
+  """(index the score picks, best accuracy minus the picked one's accuracy).
+
+  The pick is the highest score (the first among ties); `best` defaults to the highest of
+  `accuracies` (pass the best over a larger set of candidates to charge a score for the ones
+  it cannot rate).
+  """
+  s, acc = _check_xy(scores, accuracies)
+  if s.size == 0:
+    raise ValueError("regret needs at least one candidate")
+  pick = int(np.argmax(s))
+  best = float(acc.max()) if best is None else float(best)
+  return pick, best - float(acc[pick])
 
 
 # ------------------------------------------------------------------------------------------
@@ -147,12 +195,24 @@ class CandidateResult:
   """One row of the ranking."""
   name: str
   spec: str
-  model: str
-  feature_dim: int
-  num_examples: int
-  scores: dict[str, float | None]  # None: the score needs a head the candidate lacks
-  seconds: dict[str, float]  # per score, plus "features"
-  finetune_accuracy: float | None = None
+  model: str = ""
+  status: str = "ok"  # "ok" | "over_budget" | "failed"
+  reason: str | None = None  # why over budget or failed
+  feature_dim: int | None = None
+  num_examples: int | None = None
+  scores: dict[str, float | None] = dataclasses.field(default_factory=dict)
+  unavailable: dict[str, str] = dataclasses.field(default_factory=dict)  # score -> why n/a
+  seconds: dict[str, float] = dataclasses.field(default_factory=dict)  # per score, "features"
+  cost: dict[str, Any] | None = None  # `cost.Cost.to_json()`
+  finetune_accuracies: list[float] | None = None  # one per seed
+  finetune_accuracy: float | None = None  # their mean
+  finetune_std: float | None = None  # their standard deviation (ddof 1; 0 for one seed)
+
+  def set_finetune(self, accuracies: Sequence[float]) -> None:
+    a = [float(x) for x in accuracies]
+    self.finetune_accuracies = a
+    self.finetune_accuracy = float(np.mean(a))
+    self.finetune_std = float(np.std(a, ddof=1)) if len(a) > 1 else 0.0
 
 
 def check_scores(names: Sequence[str]) -> list[str]:
@@ -164,49 +224,97 @@ def check_scores(names: Sequence[str]) -> list[str]:
   return names
 
 
-def compute_scores(feats: features_lib.Features, names: Sequence[str], *, label: str = ""
-                   ) -> tuple[dict[str, float | None], dict[str, float]]:
+def check_recommend_by(by: str | None, names: Sequence[str]) -> str:
+  """The score the recommendation uses: `by`, which must be computed, or the default."""
+  if by is None:
+    return DEFAULT_RECOMMEND_BY if DEFAULT_RECOMMEND_BY in names else names[0]
+  if by not in names:
+    raise ValueError(f"recommend_by '{by}' is not among the scores computed {list(names)}")
+  return by
+
+
+def compute_scores(feats: features_lib.Features, names: Sequence[str], *, label: str = "",
+                   num_classes: int | None = None
+                   ) -> tuple[dict[str, float | None], dict[str, str], dict[str, float]]:
   """Every score in `names` on one candidate's features.
 
   Returns:
-    ({score: value, or None when it needs source probabilities the candidate has none of},
-     {score: seconds}).
+    ({score: value or None}, {score: why it is None}, {score: seconds}). A score is None when
+    the candidate lacks what it needs (a source head) or `ScoreUnavailable` says the inputs
+    cannot give it (too few examples, a class with one example, constant features...); a
+    non-finite result is turned into None too, so no NaN reaches a report.
   """
-  values, seconds = {}, {}
+  values, unavailable, seconds = {}, {}, {}
   for name in check_scores(names):
+    values[name] = None
     if name in HEAD_SCORES and feats.source_probs is None:
-      values[name] = None
+      unavailable[name] = NO_HEAD
       continue
     start = time.perf_counter()
-    values[name] = float(SCORES[name](feats.features, feats.labels,
-                                      source_probs=feats.source_probs))
+    try:
+      v = float(SCORES[name](feats.features, feats.labels, source_probs=feats.source_probs,
+                             num_classes=num_classes))
+      if not math.isfinite(v):
+        raise ScoreUnavailable(f"{name}: the value is not finite ({v})")
+    except ScoreUnavailable as e:
+      unavailable[name] = str(e)
+      logging.warning("%s: %s is n/a: %s", label, name, e)
+      continue
+    values[name] = v
     seconds[name] = time.perf_counter() - start
-    logging.info("%s: %s = %.4f (%.1fs)", label, name, values[name], seconds[name])
-  return values, seconds
+    logging.info("%s: %s = %.4f (%.1fs)", label, name, v, seconds[name])
+  return values, unavailable, seconds
 
 
-def correlations(results: Sequence[CandidateResult], names: Sequence[str]
+def correlations(results: Sequence[CandidateResult], names: Sequence[str], *,
+                 bootstrap: int = DEFAULT_BOOTSTRAP, seed: int = 0
                  ) -> dict[str, dict[str, Any]]:
-  """Per score, Kendall's tau-b and weighted tau against the fine-tuned accuracy.
+  """Per score: tau-b, weighted tau (with bootstrap intervals over seeds) and regret.
 
-  Only candidates with both values enter. Also reports whether the score's top candidate is
-  the best fine-tuned one ("top1_hit") and the accuracy it would have given ("top1_accuracy").
+  Candidates within budget with both the score and fine-tuned accuracies enter. "top1" is the
+  candidate the score ranks first and "top1_accuracy" its mean fine-tuned accuracy; "regret"
+  is the best mean accuracy among all fine-tuned candidates within budget minus that one, so
+  a score that cannot rate the best candidate (e.g. LEEP on a headless one) pays for it.
+  The intervals ("kendall_tau_ci", "weighted_tau_ci": [low, high], the central 95% of the
+  resampled taus) need at least two seeds for some candidate; with one seed they are None.
   """
+  ok = [r for r in results if r.status == "ok" and r.finetune_accuracies]
+  best = max((r.finetune_accuracy for r in ok), default=None)
+  seeds = max((len(r.finetune_accuracies) for r in ok), default=0)
+  resampled = (bootstrap_seed_means([r.finetune_accuracies for r in ok], bootstrap, seed)
+               if ok and seeds > 1 and bootstrap > 0 else None)
   out = {}
   for name in names:
-    rows = [r for r in results
-            if r.scores.get(name) is not None and r.finetune_accuracy is not None]
-    entry = {"n": len(rows), "kendall_tau": math.nan, "weighted_tau": math.nan,
-             "top1": None, "top1_accuracy": None, "top1_hit": None}
-    if len(rows) >= 2:
-      s = np.asarray([r.scores[name] for r in rows])
-      acc = np.asarray([r.finetune_accuracy for r in rows])
-      top = int(np.argmax(s))
-      entry.update(kendall_tau=kendall_tau(s, acc), weighted_tau=weighted_tau(s, acc),
-                   top1=rows[top].name, top1_accuracy=float(acc[top]),
-                   top1_hit=bool(acc[top] == acc.max()))
+    idx = [i for i, r in enumerate(ok) if r.scores.get(name) is not None]
+    entry = {"n": len(idx), "kendall_tau": math.nan, "weighted_tau": math.nan,
+             "kendall_tau_ci": None, "weighted_tau_ci": None, "top1": None,
+             "top1_accuracy": None, "top1_hit": None, "regret": None}
+    if idx:
+      s = np.asarray([ok[i].scores[name] for i in idx])
+      acc = np.asarray([ok[i].finetune_accuracy for i in idx])
+      pick, loss = regret(s, acc, best)
+      entry.update(top1=ok[idx[pick]].name, top1_accuracy=float(acc[pick]),
+                   top1_hit=bool(acc[pick] == best), regret=loss)
+    if len(idx) >= 2:
+      entry.update(kendall_tau=kendall_tau(s, acc), weighted_tau=weighted_tau(s, acc))
+      if resampled is not None:
+        boot = resampled[:, idx]
+        entry["kendall_tau_ci"] = _percentile_interval([kendall_tau(s, b) for b in boot])
+        entry["weighted_tau_ci"] = _percentile_interval([weighted_tau(s, b) for b in boot])
     out[name] = entry
   return out
+
+
+def recommend(results: Sequence[CandidateResult], by: str) -> dict[str, Any]:
+  """The best candidate within budget by score `by`; None (with the reason) when there is none."""
+  rated = [r for r in results if r.status == "ok" and r.scores.get(by) is not None]
+  within = sum(r.status == "ok" for r in results)
+  if not rated:
+    return {"by": by, "candidate": None, "value": None, "within_budget": within,
+            "reason": f"no candidate within budget has a {by} value"}
+  best = max(rated, key=lambda r: r.scores[by])  # the first among ties
+  return {"by": by, "candidate": best.name, "value": best.scores[by], "within_budget": within,
+          "reason": None}
 
 
 def ranks(values: Sequence[float | None]) -> list[int | None]:
@@ -221,61 +329,182 @@ def ranks(values: Sequence[float | None]) -> list[int | None]:
 
 
 def _fmt(v: float | None, digits: int = 4) -> str:
-  if v is None or (isinstance(v, float) and math.isnan(v)):
-    return "—"
+  if v is None or (isinstance(v, float) and not math.isfinite(v)):
+    return "n/a"
   return f"{v:.{digits}f}"
 
 
-def _columns(results: Sequence[CandidateResult], names: Sequence[str]) -> list[str]:
-  has_ft = any(r.finetune_accuracy is not None for r in results)
-  return list(names) + ([FINETUNE] if has_ft else [])
+def _fmt_g(v: float | None) -> str:
+  return "n/a" if v is None else f"{v:.3g}"
+
+
+def _fmt_rate(v: float) -> str:
+  return f"{v:,.0f}" if v >= 100 else f"{v:.3g}"
+
+
+def _fmt_ci(ci: Sequence[float] | None) -> str:
+  return "" if ci is None else f" [{ci[0]:.2f}, {ci[1]:.2f}]"
 
 
 def _value(r: CandidateResult, col: str) -> float | None:
   return r.finetune_accuracy if col == FINETUNE else r.scores.get(col)
 
 
-def markdown_table(results: Sequence[CandidateResult], names: Sequence[str],
-                   corr: Mapping[str, Mapping[str, Any]] | None = None, *, title: str = ""
-                   ) -> str:
-  """The ranking as markdown: one row per candidate, "value (rank)" per score.
+def _scored(results: Sequence[CandidateResult]) -> list[CandidateResult]:
+  return [r for r in results if r.status == "ok"]
 
-  Rows are ordered by the fine-tuned accuracy when there is one, else by the first score.
-  With `corr`, a second table gives each score's tau against the fine-tuned accuracy.
-  """
-  cols = _columns(results, names)
-  key = cols[-1] if FINETUNE in cols else cols[0]
-  col_ranks = {c: ranks([_value(r, c) for r in results]) for c in cols}
-  order = sorted(range(len(results)), key=lambda i: col_ranks[key][i] or len(results) + 1)
-  lines = [f"## {title}", ""] if title else []
-  lines += ["| candidate | model | dim | " + " | ".join(cols) + " |",
-            "|---|---|---:|" + "---:|" * len(cols)]
+
+def _has_finetune(results: Sequence[CandidateResult]) -> bool:
+  return any(r.finetune_accuracies for r in results)
+
+
+def _order(results: Sequence[CandidateResult], key: str) -> list[int]:
+  col = ranks([_value(r, key) for r in results])
+  return sorted(range(len(results)), key=lambda i: col[i] or len(results) + 1)
+
+
+def _score_table(rows: Sequence[CandidateResult], cols: Sequence[str], order: Sequence[int],
+                 finetune: bool) -> list[str]:
+  col_ranks = {c: ranks([_value(r, c) for r in rows]) for c in cols}
+  head = ["candidate", "model", "dim", *cols] + (["finetune_accuracy (mean ± std)"]
+                                                 if finetune else [])
+  lines = ["| " + " | ".join(head) + " |", "|---|---|---:|" + "---:|" * (len(head) - 3)]
+  ft_ranks = ranks([r.finetune_accuracy for r in rows])
   for i in order:
-    r = results[i]
-    cells = [f"{_fmt(_value(r, c))} ({col_ranks[c][i]})" if _value(r, c) is not None else "—"
+    r = rows[i]
+    cells = [f"{_fmt(_value(r, c))} ({col_ranks[c][i]})" if _value(r, c) is not None else "n/a"
              for c in cols]
+    if finetune:
+      cells.append("n/a" if r.finetune_accuracy is None else
+                   f"{r.finetune_accuracy:.4f} ± {r.finetune_std:.4f} ({ft_ranks[i]})")
     lines.append(f"| {r.name} | {r.model} | {r.feature_dim} | " + " | ".join(cells) + " |")
+  return lines
+
+
+def _cost_table(results: Sequence[CandidateResult]) -> list[str]:
+  measured = [r for r in results if r.cost]
+  if not measured:
+    return []
+  c0 = measured[0].cost
+  lines = [f"### Cost (device: {c0['device']}, batch {c0['batch_size']}, median of "
+           f"{c0['repeats']} timed calls after {c0['warmup']} warm-up)", "",
+           "| candidate | params | GFLOPs / example | latency ms / batch | examples / s | "
+           "peak memory MiB | status |", "|---|---:|---:|---:|---:|---:|---|"]
+  for r in results:
+    c = r.cost
+    if not c:
+      lines.append(f"| {r.name} | n/a | n/a | n/a | n/a | n/a | {r.status} |")
+      continue
+    mem = c["peak_memory_bytes"]
+    lines.append(
+        f"| {r.name} | {c['params']:,} | {_fmt_g(c['gflops_per_example'])} | "
+        f"{c['latency_ms']:.3g} | {_fmt_rate(c['throughput'])} | "
+        f"{'n/a' if mem is None else f'{mem / 2**20:.1f}'} | {r.status} |")
+  lines += ["", "Peak memory: XLA's memory analysis of one compiled call (arguments + outputs + "
+            "temporaries); on CPU no device statistics exist."]
+  return lines
+
+
+def _skipped(results: Sequence[CandidateResult], names: Sequence[str]) -> list[str]:
+  lines = []
+  for r in results:
+    if r.status != "ok":
+      lines.append(f"- {r.name}: {'over budget' if r.status == 'over_budget' else 'failed'}"
+                   f" — {r.reason}")
+  by_reason: dict[tuple[str, str], list[str]] = {}
+  for r in _scored(results):
+    for name, why in r.unavailable.items():
+      by_reason.setdefault((name, why), []).append(r.name)
+  for (name, why), cands in by_reason.items():
+    why = why.removeprefix(f"{name}: ")
+    lines.append(f"- {name} n/a for {', '.join(cands)}: {why}")
+  not_run = [s for s in SCORES if s not in names]
+  if not_run:
+    lines.append(f"- not requested (--scores): {', '.join(not_run)}")
+  return lines
+
+
+def markdown_table(results: Sequence[CandidateResult], names: Sequence[str],
+                   corr: Mapping[str, Mapping[str, Any]] | None = None, *, title: str = "",
+                   recommendation: Mapping[str, Any] | None = None,
+                   budgets: Mapping[str, float] | None = None,
+                   finetune_seeds: int | None = None, bootstrap: int | None = None) -> str:
+  """The ranking as markdown.
+
+  In order: the recommendation; the cost table (every candidate, with its status); the
+  scores that need only features and those that need a source classification head, one row
+  per scored candidate, "value (rank)" per score and "n/a" where a score has no value; the
+  rank agreement with fine-tuning (`corr`); and what was skipped and why. Rows are ordered by
+  the mean fine-tuned accuracy when there is one, else by the recommendation's score.
+  """
+  scored = _scored(results)
+  finetune = _has_finetune(scored)
+  by = (recommendation or {}).get("by") or check_recommend_by(None, names)
+  order = _order(scored, FINETUNE if finetune else by)
+  lines = [f"## {title}", ""] if title else []
+  if recommendation is not None:
+    limits = ", ".join(f"{k}={v:g}" for k, v in (budgets or {}).items()) or "none"
+    if recommendation["candidate"] is None:
+      lines += [f"No recommendation: {recommendation['reason']} (budgets: {limits}).", ""]
+    else:
+      lines += [f"Recommended: **{recommendation['candidate']}**, the best {by} "
+                f"({recommendation['value']:.4f}) of {recommendation['within_budget']} "
+                f"candidate(s) within budget (budgets: {limits}).", ""]
+  cost_lines = _cost_table(results)
+  if cost_lines:
+    lines += cost_lines + [""]
+  groups = [("Scores that need only features", [n for n in names if n not in HEAD_SCORES]),
+            ("Scores that need a source classification head", [n for n in names
+                                                               if n in HEAD_SCORES])]
+  for heading, cols in groups:
+    if cols and scored:
+      lines += [f"### {heading}", "", *_score_table(scored, cols, order, finetune), ""]
   if corr:
-    lines += ["", f"Rank agreement with {FINETUNE} (higher is better):", "",
-              "| score | n | Kendall τ | weighted τ | picks | its accuracy |",
-              "|---|---:|---:|---:|---|---:|"]
+    seeds = f"{finetune_seeds} seed(s) each" if finetune_seeds else "seeds"
+    ci = (f"; [95% interval] from {bootstrap} bootstrap resamples of each candidate's seeds"
+          if finetune_seeds and finetune_seeds > 1 and bootstrap else "")
+    lines += [f"### Rank agreement with {FINETUNE} ({seeds}{ci})", "",
+              "Regret: best mean fine-tuned accuracy minus that of the candidate the score "
+              "ranks first (lower is better).", "",
+              "| score | n | Kendall τ | weighted τ | picks | its accuracy | regret |",
+              "|---|---:|---:|---:|---|---:|---:|"]
     for name, c in corr.items():
-      pick = "—" if c["top1"] is None else c["top1"] + (" ✓" if c["top1_hit"] else "")
-      lines.append(f"| {name} | {c['n']} | {_fmt(c['kendall_tau'], 3)} | "
-                   f"{_fmt(c['weighted_tau'], 3)} | {pick} | {_fmt(c['top1_accuracy'])} |")
-  return "\n".join(lines) + "\n"
+      pick = "n/a" if c["top1"] is None else c["top1"] + (" ✓" if c["top1_hit"] else "")
+      lines.append(f"| {name} | {c['n']} | {_fmt(c['kendall_tau'], 3)}"
+                   f"{_fmt_ci(c['kendall_tau_ci'])} | {_fmt(c['weighted_tau'], 3)}"
+                   f"{_fmt_ci(c['weighted_tau_ci'])} | {pick} | {_fmt(c['top1_accuracy'])} | "
+                   f"{_fmt(c['regret'])} |")
+    lines.append("")
+  skipped = _skipped(results, names)
+  if skipped:
+    lines += ["### Skipped", "", *skipped, ""]
+  return "\n".join(lines).rstrip("\n") + "\n"
+
+
+COST_COLUMNS = ("params", "gflops_per_example", "latency_ms", "throughput", "peak_memory_bytes",
+                "device")
 
 
 def write_csv(path: str | pathlib.Path, results: Sequence[CandidateResult],
               names: Sequence[str]) -> None:
-  """One row per candidate: name, spec, model, dim, n, then each score (empty if none)."""
-  cols = _columns(results, names)
+  """One row per candidate: identity, status, cost, each score (empty if none), fine-tuning."""
+  ft = [FINETUNE, "finetune_std", "finetune_seeds"] if _has_finetune(results) else []
+
+  def cell(v: Any) -> str:
+    return "" if v is None else repr(v) if isinstance(v, float) else str(v)
+
   with open(path, "w", newline="") as f:
     w = csv.writer(f)
-    w.writerow(["candidate", "spec", "model", "feature_dim", "num_examples", *cols])
+    w.writerow(["candidate", "spec", "model", "status", "reason", "feature_dim",
+                "num_examples", *COST_COLUMNS, *names, *ft])
     for r in results:
-      w.writerow([r.name, r.spec, r.model, r.feature_dim, r.num_examples,
-                  *("" if _value(r, c) is None else repr(_value(r, c)) for c in cols)])
+      c = r.cost or {}
+      fine = ([r.finetune_accuracy, r.finetune_std,
+               len(r.finetune_accuracies) if r.finetune_accuracies else None] if ft else [])
+      w.writerow([cell(v) for v in [r.name, r.spec, r.model, r.status, r.reason,
+                                    r.feature_dim, r.num_examples,
+                                    *(c.get(k) for k in COST_COLUMNS),
+                                    *(r.scores.get(n) for n in names), *fine]])
 
 
 def _axis_range(values: Sequence[float]) -> tuple[float, float]:
@@ -285,20 +514,28 @@ def _axis_range(values: Sequence[float]) -> tuple[float, float]:
   return lo - pad, hi + 0.6 * pad  # room on the right for the value labels
 
 
+def _pyplot():
+  import matplotlib  # noqa: PLC0415 -- heavy; only when writing reports
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # noqa: PLC0415
+
+  return plt
+
+
 def plot_scores(path: str | pathlib.Path, results: Sequence[CandidateResult],
                 names: Sequence[str], *, title: str = "") -> None:
   """A PNG bar chart, one panel per score (and the fine-tuned accuracy), one bar per candidate.
 
   Each panel's axis spans its values' range (scores differ by little next to their size);
-  the best candidate's bar is orange and every bar is labelled with its value.
+  the best candidate's bar is orange and every bar is labelled with its value ("n/a" where
+  the score has none).
   """
-  import matplotlib  # noqa: PLC0415 -- heavy; only when writing reports
-
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # noqa: PLC0415
   from matplotlib import ticker  # noqa: PLC0415
 
-  cols = _columns(results, names)
+  plt = _pyplot()
+  results = _scored(results)
+  cols = list(names) + ([FINETUNE] if _has_finetune(results) else [])
   ncol = min(4, len(cols))
   nrow = -(-len(cols) // ncol)
   fig, axes = plt.subplots(nrow, ncol, figsize=(3.8 * ncol, 0.45 * len(results) * nrow + 1.6),
@@ -313,15 +550,15 @@ def plot_scores(path: str | pathlib.Path, results: Sequence[CandidateResult],
     ax.set_ylim(len(labels) - 0.5, -0.5)  # first candidate on top, rows without a value too
     if not finite:
       ax.set_xticks([])
-      ax.text(0.5, 0.5, "no values (needs a classification head)", ha="center",
-              transform=ax.transAxes, fontsize=8)
+      ax.text(0.5, 0.5, "n/a for every candidate", ha="center", transform=ax.transAxes,
+              fontsize=8)
       continue
     lo, hi = _axis_range(finite)
     best = max(finite)
     ax.barh(range(len(labels)), [np.nan if v is None else v - lo for v in vals], left=lo,
             color=["tab:orange" if v == best else "tab:blue" for v in vals])
     for i, v in enumerate(vals):
-      ax.text(lo if v is None else v, i, " —" if v is None else f" {v:.4g}", va="center",
+      ax.text(lo if v is None else v, i, " n/a" if v is None else f" {v:.4g}", va="center",
               fontsize=7)
     ax.set_xlim(lo, hi)
     ax.xaxis.set_major_locator(ticker.MaxNLocator(4))
@@ -334,6 +571,39 @@ def plot_scores(path: str | pathlib.Path, results: Sequence[CandidateResult],
   plt.close(fig)
 
 
+def plot_pareto(path: str | pathlib.Path, results: Sequence[CandidateResult], score: str, *,
+                title: str = "") -> bool:
+  """A PNG of `score` against measured throughput, the Pareto front drawn and labelled.
+
+  Only scored candidates with both values appear. Returns False (nothing written) when none.
+  """
+  pts = [(r.cost["throughput"], r.scores[score], r.name) for r in _scored(results)
+         if r.cost and r.scores.get(score) is not None]
+  if not pts:
+    return False
+  plt = _pyplot()
+  front = cost_lib.pareto_front([(t, s) for t, s, _ in pts])
+  fig, ax = plt.subplots(figsize=(6.4, 4.6))
+  xs, ys = [p[0] for p in pts], [p[1] for p in pts]
+  ax.scatter(xs, ys, color="tab:blue", zorder=2, label="candidates")
+  ax.plot([xs[i] for i in front], [ys[i] for i in front], "--o", color="tab:orange", zorder=3,
+          label="Pareto front (no candidate is faster and better)")
+  for x, y, name in pts:
+    ax.annotate(name, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+  if max(xs) > 10 * min(xs):
+    ax.set_xscale("log")
+  c0 = next(r.cost for r in _scored(results) if r.cost)
+  ax.set_xlabel(f"throughput, examples / s (batch {c0['batch_size']}, {c0['device']})")
+  ax.set_ylabel(score)
+  ax.legend(fontsize=8, loc="best")
+  if title:
+    ax.set_title(title, fontsize=10)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+  return True
+
+
 # ------------------------------------------------------------------------------------------
 # Fine-tuning check.
 # ------------------------------------------------------------------------------------------
@@ -342,27 +612,28 @@ def plot_scores(path: str | pathlib.Path, results: Sequence[CandidateResult],
 def make_finetune_fn(*, workdir: str | pathlib.Path, dataset: str, steps: int,
                      learning_rate: float, batch_size: int, data_dir: str | None = None,
                      optimizer: str = "adamw", schedule: str = "cosine", warmup: int = 0,
-                     image_size: int | None = None, max_len: int = 128, seed: int = 0
-                     ) -> FinetuneFn:
-  """candidate -> test accuracy after fine-tuning it with the project's job, on a fixed budget.
+                     image_size: int | None = None, max_len: int = 128) -> FinetuneFn:
+  """(candidate, seed) -> test accuracy after fine-tuning it with the project's job.
 
   Every candidate gets the same recipe (`jaxpretrain.job.finetune`): a fresh classification
   head (`reset_head`, even when the source head has as many classes), `steps` steps of
-  `batch_size` on the train split, accuracy on the test split. Runs live in
-  <workdir>/finetune/NAME-<hash of the recipe>/ and resume or are reused like any job.
+  `batch_size` on the train split, accuracy on the test split; the seed sets the head's
+  initialization, the data order and dropout. Runs live in
+  <workdir>/finetune/NAME-<hash of the recipe and seed>/ and resume or are reused like any job.
   """
   recipe = dict(dataset=dataset, data_dir=data_dir, steps=steps, lr=learning_rate,
                 batch_size=batch_size, optimizer=optimizer, schedule=schedule, warmup=warmup,
-                image_size=image_size, max_len=max_len, seed=seed)
-  digest = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:8]
+                image_size=image_size, max_len=max_len)
 
-  def finetune(cand: features_lib.Candidate) -> float:
+  def finetune(cand: features_lib.Candidate, seed: int) -> float:
     from jaxpretrain import job  # noqa: PLC0415 -- the training stack, only when asked
 
+    run = {**recipe, "seed": seed}
+    digest = hashlib.sha256(json.dumps(run, sort_keys=True).encode()).hexdigest()[:8]
     run_dir = pathlib.Path(workdir) / "finetune" / f"{cand.name}-{digest}"
     config = job.JobConfig(workdir=str(run_dir), init_checkpoint=str(cand.path.absolute()),
                            reset_head=True, progress="log", log_every=max(1, steps // 4),
-                           **recipe)
+                           **run)
     result = job.finetune(config, log=lambda msg: logging.info("%s: %s", cand.name, msg))
     return float(result.metrics["accuracy"])
 
@@ -375,7 +646,7 @@ def make_finetune_fn(*, workdir: str | pathlib.Path, dataset: str, steps: int,
 
 
 def _json_ready(x: Any) -> Any:
-  if isinstance(x, float) and math.isnan(x):
+  if isinstance(x, float) and not math.isfinite(x):
     return None
   if isinstance(x, dict):
     return {k: _json_ready(v) for k, v in x.items()}
@@ -384,83 +655,153 @@ def _json_ready(x: Any) -> Any:
   return x
 
 
+def _one_line(e: BaseException) -> str:
+  return " ".join(f"{type(e).__name__}: {e}".split())
+
+
 def select_models(candidates: Sequence[str], *, dataset: str, workdir: str | pathlib.Path,
                   data_dir: str | None = None, split: str = "train",
                   max_examples: int | None = 2000, scores: Sequence[str] = (),
                   pooling: str = "pooled", batch_size: int = 64, image_size: int | None = None,
                   max_len: int = 128, seed: int = 0, finetune_fn: FinetuneFn | None = None,
-                  finetune_settings: Mapping[str, Any] | None = None) -> dict[str, Any]:
-  """Scores (and optionally fine-tunes) every candidate; writes the reports to `workdir`.
+                  finetune_settings: Mapping[str, Any] | None = None, finetune_seeds: int = 1,
+                  bootstrap: int = DEFAULT_BOOTSTRAP, measure_cost: bool = True,
+                  cost_repeats: int = cost_lib.DEFAULT_REPEATS,
+                  cost_warmup: int = cost_lib.DEFAULT_WARMUP,
+                  budgets: Mapping[str, float | None] | None = None,
+                  recommend_by: str | None = None, strict: bool = False) -> dict[str, Any]:
+  """Costs, scores (and optionally fine-tunes) every candidate; writes the reports to `workdir`.
 
   Args:
     candidates: specs, see `features.load_candidate` (PATH, "minilm", "random:MODEL",
       "NAME=..."). Names must be distinct.
     dataset: a `data.load_dataset` spec (e.g. "mnist_local", "csv:PATH").
-    workdir: output folder; cached features and fine-tuning results are reused from it.
+    workdir: output folder; cached features, costs and fine-tuning results are reused from it.
     data_dir: TFDS data dir.
     split: the split the scores are computed on.
     max_examples: a stratified, seeded subset of at most this many examples (None: all).
     scores: names in `SCORES` (empty: all).
-    pooling, batch_size, image_size, max_len: feature extraction (see `features`).
-    seed: subset draw and random-init seed.
-    finetune_fn: candidate -> fine-tuned test accuracy, for the rank agreement check.
+    pooling, batch_size, image_size, max_len: feature extraction (see `features`); the cost is
+      measured on one batch of `batch_size` at the same input size.
+    seed: subset draw, random-init seed, first fine-tuning seed and bootstrap seed.
+    finetune_fn: (candidate, seed) -> fine-tuned test accuracy, for the rank agreement check.
     finetune_settings: what defines a fine-tuning result (steps, lr...); a cached result is
       reused only if they are equal.
+    finetune_seeds: fine-tuning runs per candidate, seeds `seed`, `seed + 1`...
+    bootstrap: resamples for the tau intervals (0: none).
+    measure_cost: measure parameters, FLOPs, latency, throughput and memory.
+    cost_repeats, cost_warmup: timed and untimed calls of the cost measurement.
+    budgets: {"max_latency_ms" | "max_params" | "max_gflops": limit or None}; candidates over
+      any are dropped (not scored, not fine-tuned) with the reason.
+    recommend_by: the score the recommendation maximizes (default logme, else the first).
+    strict: a candidate that fails stops the selection (SelectionError) instead of being
+      reported and left out.
   Returns:
-    The report written to results.json: settings, per-candidate results, correlations.
+    The report written to results.json: settings, recommendation, per-candidate results,
+    correlations.
   """
   names = check_scores(scores)
-  workdir = pathlib.Path(workdir)
-  workdir.mkdir(parents=True, exist_ok=True)
+  by = check_recommend_by(recommend_by, names)
+  limits = cost_lib.check_budgets(budgets or {})
+  if limits and not measure_cost:
+    raise ValueError(f"budgets {sorted(limits)} need the cost measurement (measure_cost=True)")
+  if finetune_seeds < 1 or bootstrap < 0 or cost_repeats < 1 or cost_warmup < 0:
+    raise ValueError(f"need finetune_seeds >= 1, bootstrap >= 0, cost_repeats >= 1, "
+                     f"cost_warmup >= 0; got {finetune_seeds}, {bootstrap}, {cost_repeats}, "
+                     f"{cost_warmup}")
   parsed = [features_lib.parse_spec(c)[0] for c in candidates]
   dupes = sorted({n for n in parsed if parsed.count(n) > 1})
   if not candidates or dupes:
     raise ValueError(f"need distinct candidate names; got {parsed} (repeated: {dupes}); "
                      "name them NAME=SPEC")
+  workdir = pathlib.Path(workdir)
   source, meta = data.load_dataset(dataset, data_dir, split)
+  workdir.mkdir(parents=True, exist_ok=True)
   labels = features_lib.source_labels(source)
   indices = features_lib.stratified_subset(labels, max_examples, seed)
   logging.info("%s: scoring on %d of %d examples (%s split)", meta.name, len(indices),
                len(labels), split)
   settings = {"dataset": dataset, "split": split, "max_examples": max_examples,
-              "num_examples": len(indices), "pooling": pooling, "image_size": image_size,
-              "max_len": max_len, "seed": seed, "scores": names}
+              "num_examples": len(indices), "num_classes": meta.num_classes,
+              "pooling": pooling, "batch_size": batch_size, "image_size": image_size,
+              "max_len": max_len, "seed": seed, "scores": names, "recommend_by": by,
+              "budgets": limits, "finetune_seeds": finetune_seeds if finetune_fn else None,
+              "bootstrap": bootstrap if finetune_fn else None,
+              "cost": {"repeats": cost_repeats, "warmup": cost_warmup} if measure_cost
+              else None}
+  seeds = [seed + i for i in range(finetune_seeds)]
   results = []
-  for k, spec in enumerate(candidates):
+  for k, (spec, name) in enumerate(zip(candidates, parsed, strict=True)):
     logging.info("candidate %d/%d: %s", k + 1, len(candidates), spec)
-    cand = features_lib.load_candidate(spec, workdir / "candidates", seed=seed)
-    if cand.modality != meta.modality:
-      raise ValueError(f"candidate '{cand.name}' ({cand.model_name}) takes {cand.modality}; "
-                       f"dataset '{dataset}' is {meta.modality}")
-    feats, secs = _cached_features(cand, source, indices, settings, workdir,
-                                   batch_size=batch_size)
-    values, score_secs = compute_scores(feats, names, label=cand.name)
-    result = CandidateResult(name=cand.name, spec=spec, model=cand.model_name,
-                             feature_dim=int(feats.features.shape[1]),
-                             num_examples=len(feats.labels), scores=values,
-                             seconds={"features": secs, **score_secs})
-    if finetune_fn is not None:
-      result.finetune_accuracy = _cached_finetune(cand, finetune_fn, finetune_settings or {},
-                                                  workdir)
+    result = CandidateResult(name=name, spec=spec)
+    stage = "load"
+    try:
+      cand = features_lib.load_candidate(spec, workdir / "candidates", seed=seed)
+      result.model = cand.model_name
+      if cand.modality != meta.modality:
+        raise ValueError(f"it takes {cand.modality}; dataset '{dataset}' is {meta.modality}")
+      if measure_cost:
+        stage = "measure cost"
+        cost = _cached_cost(cand, source, indices, settings, workdir, repeats=cost_repeats,
+                            warmup=cost_warmup)
+        result.cost = cost.to_json()
+        over = cost_lib.over_budget(cost, limits)
+        if over:
+          result.status, result.reason = "over_budget", "; ".join(over)
+          logging.warning("candidate %s: over budget: %s", name, result.reason)
+          results.append(result)
+          continue
+      stage = "extract features"
+      feats, secs = _cached_features(cand, source, indices, settings, workdir,
+                                     batch_size=batch_size)
+      result.feature_dim = int(feats.features.shape[1])
+      result.num_examples = len(feats.labels)
+      stage = "score"
+      result.scores, result.unavailable, score_secs = compute_scores(
+          feats, names, label=name, num_classes=meta.num_classes)
+      result.seconds = {"features": secs, **score_secs}
+      if finetune_fn is not None:
+        stage = "fine-tune"
+        result.set_finetune([_cached_finetune(cand, finetune_fn, finetune_settings or {},
+                                              workdir, s) for s in seeds])
+    except Exception as e:  # noqa: BLE001 -- any failure of one candidate is reported as such
+      message = f"candidate '{name}' ({spec}) failed to {stage}: {_one_line(e)}"
+      if strict:
+        raise SelectionError(message) from e
+      logging.error("%s", message)
+      result.status, result.reason = "failed", f"failed to {stage}: {_one_line(e)}"
     results.append(result)
-  corr = correlations(results, names) if finetune_fn is not None else None
+  if not any(r.status == "ok" for r in results):
+    raise SelectionError("no candidate could be scored: " + "; ".join(
+        f"{r.name}: {r.reason}" for r in results))
+  corr = (correlations(results, names, bootstrap=bootstrap, seed=seed)
+          if finetune_fn is not None else None)
+  rec = recommend(results, by)
   title = f"{meta.name}: {len(indices)} examples, {len(results)} candidates"
-  (workdir / "ranking.md").write_text(markdown_table(results, names, corr, title=title))
+  (workdir / "ranking.md").write_text(markdown_table(
+      results, names, corr, title=title, recommendation=rec, budgets=limits,
+      finetune_seeds=finetune_seeds if finetune_fn else None, bootstrap=bootstrap))
   write_csv(workdir / "ranking.csv", results, names)
   plot_scores(workdir / "scores.png", results, names, title=title)
+  if measure_cost:
+    plot_pareto(workdir / "pareto.png", results, by, title=title)
   report = {"settings": settings, "finetune": dict(finetune_settings or {}) or None,
-            "results": [dataclasses.asdict(r) for r in results], "correlations": corr}
+            "recommendation": rec, "results": [dataclasses.asdict(r) for r in results],
+            "correlations": corr}
   (workdir / "results.json").write_text(json.dumps(_json_ready(report), indent=2) + "\n")
   logging.info("wrote %s", workdir / "ranking.md")
   return report
 
 
+def _feature_meta(cand, settings) -> dict[str, Any]:
+  return {"spec": cand.spec, "path": str(cand.path.absolute()), "config": cand.config,
+          **{k: settings[k] for k in ("dataset", "split", "pooling", "image_size", "max_len")}}
+
+
 def _cached_features(cand, source, indices, settings, workdir, *, batch_size):
   """Features from workdir/features/NAME.npz when made the same way, else extracted."""
   path = workdir / "features" / f"{cand.name}.npz"
-  meta = {"spec": cand.spec, "path": str(cand.path.absolute()),
-          "config": cand.config, **{k: settings[k] for k in
-                                    ("dataset", "split", "pooling", "image_size", "max_len")}}
+  meta = _feature_meta(cand, settings)
   feats = features_lib.load_features(path, meta)
   if feats is not None and np.array_equal(feats.indices, indices):
     logging.info("%s: features from %s", cand.name, path)
@@ -475,22 +816,69 @@ def _cached_features(cand, source, indices, settings, workdir, *, batch_size):
   return feats, secs
 
 
-def _cached_finetune(cand, finetune_fn, settings, workdir) -> float:
-  """Fine-tuned accuracy from workdir/finetune/NAME.json when run the same way, else runs it."""
-  path = workdir / "finetune" / f"{cand.name}.json"
+def _cost_inputs(cand, source, indices, settings):
+  """(the extraction function, (variables, one batch of batch_size)) the cost is measured on."""
+  prep = features_lib.preprocessor(cand, image_size=settings["image_size"],
+                                   max_len=settings["max_len"])
+  subset = features_lib.Subset(source, indices[:settings["batch_size"]])
+  it = data.eval_iterator(subset, prep, global_batch_size=settings["batch_size"],
+                          process_index=0, process_count=1, local_device_count=1,
+                          num_threads=1)
+  batch = dict(next(iter(it)))
+  batch.pop("mask", None)
+  batch.pop("label", None)
+  fn = features_lib.make_extract_fn(cand.model, cand.modality, settings["pooling"])
+  return fn, (cand.variables, batch)
+
+
+def _cached_cost(cand, source, indices, settings, workdir, *, repeats, warmup
+                 ) -> cost_lib.Cost:
+  """The cost from workdir/cost/NAME.json when measured the same way here, else measured."""
+  import jax  # noqa: PLC0415
+
+  path = workdir / "cost" / f"{cand.name}.json"
+  key = json.loads(json.dumps(
+      {**_feature_meta(cand, settings), "batch_size": settings["batch_size"],
+       "device": str(jax.devices()[0].device_kind), "platform": jax.default_backend(),
+       "repeats": repeats, "warmup": warmup}, sort_keys=True, default=str))
+  if path.is_file():
+    try:
+      saved = json.loads(path.read_text())
+      if saved.get("key") == key:
+        logging.info("%s: cost from %s", cand.name, path)
+        return cost_lib.Cost.from_json(saved["cost"])
+    except (ValueError, TypeError, KeyError) as e:
+      logging.warning("%s: ignoring unreadable %s (%s)", cand.name, path, _one_line(e))
+  fn, args = _cost_inputs(cand, source, indices, settings)
+  cost = cost_lib.measure_cost(fn, args, batch_size=settings["batch_size"], repeats=repeats,
+                               warmup=warmup)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  path.write_text(json.dumps({"key": key, "cost": cost.to_json()}, indent=2) + "\n")
+  logging.info("%s: %s params, %s GFLOPs/example, %.3g ms/batch, %.4g examples/s", cand.name,
+               f"{cost.params:,}", _fmt_g(cost.gflops_per_example), cost.latency_ms,
+               cost.throughput)
+  return cost
+
+
+def _cached_finetune(cand, finetune_fn, settings, workdir, seed: int) -> float:
+  """Fine-tuned accuracy from workdir/finetune/NAME-seedS.json when run the same way, else runs."""
+  path = workdir / "finetune" / f"{cand.name}-seed{seed}.json"
   key = json.loads(json.dumps({"spec": cand.spec, "path": str(cand.path.absolute()),
-                               **settings}, sort_keys=True, default=str))
+                               **settings, "seed": seed}, sort_keys=True, default=str))
   if path.is_file():
     saved = json.loads(path.read_text())
-    if saved.get("key") == key:
-      logging.info("%s: fine-tuned accuracy %.4f from %s", cand.name, saved["accuracy"], path)
+    if saved.get("key") == key and isinstance(saved.get("accuracy"), (int, float)):
+      logging.info("%s: fine-tuned accuracy %.4f (seed %d) from %s", cand.name,
+                   saved["accuracy"], seed, path)
       return float(saved["accuracy"])
-  logging.info("%s: fine-tuning (%s)", cand.name, settings)
+  logging.info("%s: fine-tuning, seed %d (%s)", cand.name, seed, settings)
   start = time.perf_counter()
-  acc = float(finetune_fn(cand))
+  acc = float(finetune_fn(cand, seed))
+  if not (math.isfinite(acc) and 0.0 <= acc <= 1.0):
+    raise ValueError(f"fine-tuned accuracy {acc} is not in [0, 1]")
   path.parent.mkdir(parents=True, exist_ok=True)
   path.write_text(json.dumps({"key": key, "accuracy": acc,
                               "seconds": time.perf_counter() - start}, indent=2) + "\n")
-  logging.info("%s: fine-tuned accuracy %.4f (%.0fs)", cand.name, acc,
+  logging.info("%s: fine-tuned accuracy %.4f, seed %d (%.0fs)", cand.name, acc, seed,
                time.perf_counter() - start)
   return acc

@@ -1,4 +1,5 @@
-"""Model ranking: rank correlations against scipy and by hand, reports, the CLI end to end."""
+"""Model ranking: rank correlations, seeds and bootstrap intervals, regret, budgets, reports, the
+CLI end to end."""
 
 import csv
 import json
@@ -7,9 +8,12 @@ import os
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
 
+from jaxpretrain import models, pretrained
+from jaxpretrain.select import cost as cost_lib
 from jaxpretrain.select import features, rank
 
 # Sums over at most a few hundred pairs in float64.
@@ -45,18 +49,17 @@ def test_weighted_tau_by_hand():
   assert rank.weighted_tau(x, top) < rank.weighted_tau(x, bottom)
 
 
-def test_tau_against_scipy_with_ties():
+def test_tau_is_scipys():
   stats = pytest.importorskip("scipy.stats")
   rng = np.random.default_rng(0)
-  for trial in range(300):
+  for trial in range(20):
     n = int(rng.integers(2, 15))
     x = rng.integers(0, 4, n) if trial % 2 else rng.normal(size=n)  # ties in half the cases
-    y = rng.integers(0, 4, n) if trial % 3 else rng.normal(size=n)
-    with np.errstate(invalid="ignore", divide="ignore"):
-      want_k = stats.kendalltau(x, y).statistic
-      want_w = stats.weightedtau(x, y).statistic
-    np.testing.assert_allclose(rank.kendall_tau(x, y), want_k, atol=TAU_ATOL, equal_nan=True)
-    np.testing.assert_allclose(rank.weighted_tau(x, y), want_w, atol=TAU_ATOL, equal_nan=True)
+    y = rng.normal(size=n)
+    assert rank.kendall_tau(x, y) == stats.kendalltau(x, y).statistic
+    assert rank.weighted_tau(x, y) == stats.weightedtau(x, y).statistic
+  assert math.isnan(rank.kendall_tau([1.0], [2.0])) and math.isnan(rank.weighted_tau([1], [2]))
+  assert math.isnan(rank.weighted_tau([1, 1, 1], [1, 2, 3]))  # constant: NaN, no warning
 
 
 def test_tau_input_errors():
@@ -67,27 +70,111 @@ def test_tau_input_errors():
 
 
 # ------------------------------------------------------------------------------------------
+# Seeds, bootstrap intervals and regret.
+# ------------------------------------------------------------------------------------------
+
+
+def _mk(name, s, accs=None, status="ok", cost=None):
+  r = rank.CandidateResult(name=name, spec=name, model="resnet_tiny", feature_dim=64,
+                           num_examples=100, scores=s, status=status, cost=cost)
+  if accs is not None:
+    r.set_finetune(accs)
+  return r
+
+
+def _results():
+  return [_mk("good", {"logme": 1.0, "leep": -0.5}, [0.9]),
+          _mk("bad", {"logme": -1.0, "leep": None}, [0.5]),
+          _mk("mid", {"logme": 0.2, "leep": -0.9}, [0.7])]
+
+
+def test_set_finetune_mean_and_std():
+  r = _mk("a", {}, [0.8, 0.9, 0.7])
+  assert r.finetune_accuracy == pytest.approx(0.8) and r.finetune_std == pytest.approx(0.1)
+  assert _mk("b", {}, [0.6]).finetune_std == 0.0
+
+
+def test_bootstrap_seed_means():
+  accs = [[0.5, 0.5, 0.5], [0.6, 0.8], [0.9]]
+  m = rank.bootstrap_seed_means(accs, 2000, seed=0)
+  assert m.shape == (2000, 3)
+  np.testing.assert_array_equal(m[:, 0], 0.5)  # identical seeds: no spread
+  np.testing.assert_array_equal(m[:, 2], 0.9)  # one seed: nothing to resample
+  # Two seeds: the mean of a resample is 0.6, 0.7 or 0.8 with probabilities 1/4, 1/2, 1/4.
+  counts = {v: np.mean(np.isclose(m[:, 1], v)) for v in (0.6, 0.7, 0.8)}
+  assert sum(counts.values()) == 1.0
+  assert abs(counts[0.7] - 0.5) < 0.05 and abs(counts[0.6] - 0.25) < 0.05, counts
+  np.testing.assert_array_equal(m, rank.bootstrap_seed_means(accs, 2000, seed=0))  # seeded
+  assert not np.array_equal(m, rank.bootstrap_seed_means(accs, 2000, seed=1))
+
+
+def test_correlations_intervals_over_seeds():
+  # Well separated candidates (seed noise 0.002, gaps 0.1): every resample keeps the order.
+  sep = [_mk(f"c{i}", {"logme": float(i)}, [0.5 + 0.1 * i + d for d in (-0.002, 0, 0.002)])
+         for i in range(4)]
+  c = rank.correlations(sep, ["logme"], bootstrap=300)["logme"]
+  assert c["kendall_tau"] == 1.0 and c["kendall_tau_ci"] == [1.0, 1.0]
+  np.testing.assert_allclose(c["weighted_tau_ci"], [1.0, 1.0], atol=TAU_ATOL)
+  # Near-ties (gaps 0.001, seed noise 0.05): the interval is wide and holds the estimate.
+  tie = [_mk(f"c{i}", {"logme": float(i)}, [0.7 + 0.001 * i + d for d in (-0.05, 0, 0.05)])
+         for i in range(4)]
+  c = rank.correlations(tie, ["logme"], bootstrap=300)["logme"]
+  lo, hi = c["kendall_tau_ci"]
+  assert lo < 0 < hi and lo <= c["kendall_tau"] <= hi and hi - lo > 1.0, c
+  assert rank.correlations(tie, ["logme"], bootstrap=300) == rank.correlations(
+      tie, ["logme"], bootstrap=300)  # seeded
+  one = rank.correlations(_results(), ["logme"])["logme"]  # one seed: no interval
+  assert one["kendall_tau_ci"] is None and one["weighted_tau_ci"] is None
+
+
+def test_regret():
+  assert rank.regret([0.1, 0.9, 0.5], [0.80, 0.75, 0.82]) == (1, pytest.approx(0.07))
+  assert rank.regret([3, 3, 1], [0.5, 0.9, 0.1]) == (0, pytest.approx(0.4))  # first of ties
+  assert rank.regret([1.0], [0.6], best=0.9) == (0, pytest.approx(0.3))
+  res = [_mk("a", {"logme": 0.1, "leep": None}, [0.80, 0.82]),  # best mean 0.81, no head
+         _mk("b", {"logme": 0.9, "leep": -0.2}, [0.74, 0.76]),
+         _mk("c", {"logme": 0.5, "leep": -0.9}, [0.78, 0.80]),
+         _mk("d", {"logme": 2.0, "leep": 0.0}, [0.99], status="over_budget")]  # not counted
+  corr = rank.correlations(res, ["logme", "leep"], bootstrap=50)
+  assert corr["logme"]["top1"] == "b" and corr["logme"]["regret"] == pytest.approx(0.06)
+  # LEEP cannot rate "a" (no head): it picks "b" among the others and pays against "a".
+  assert corr["leep"]["n"] == 2 and corr["leep"]["regret"] == pytest.approx(0.06)
+  res[2].scores["logme"] = 5.0
+  assert rank.correlations(res, ["logme"])["logme"]["regret"] == pytest.approx(0.02)
+
+
+def test_recommend_within_budget():
+  res = [_mk("a", {"logme": 0.3}), _mk("b", {"logme": 0.9}, status="over_budget"),
+         _mk("c", {"logme": 0.5}), _mk("d", {"logme": None})]
+  assert rank.recommend(res, "logme") == {"by": "logme", "candidate": "c", "value": 0.5,
+                                          "within_budget": 3, "reason": None}
+  none = rank.recommend(res[1:2], "logme")
+  assert none["candidate"] is None and "no candidate within budget" in none["reason"]
+  assert rank.check_recommend_by(None, ["knn", "logme"]) == "logme"
+  assert rank.check_recommend_by(None, ["knn", "gbc"]) == "knn"
+  with pytest.raises(ValueError, match="recommend_by 'sfda' is not among"):
+    rank.check_recommend_by("sfda", ["logme"])
+
+
+# ------------------------------------------------------------------------------------------
 # Scores and reports.
 # ------------------------------------------------------------------------------------------
 
 
-def _results():
-  mk = lambda name, s, acc: rank.CandidateResult(  # noqa: E731
-      name=name, spec=name, model="resnet_tiny", feature_dim=64, num_examples=100, scores=s,
-      seconds={}, finetune_accuracy=acc)
-  return [mk("good", {"logme": 1.0, "leep": -0.5}, 0.9),
-          mk("bad", {"logme": -1.0, "leep": None}, 0.5),
-          mk("mid", {"logme": 0.2, "leep": -0.9}, 0.7)]
-
-
-def test_compute_scores_skips_head_scores_without_probs():
+def test_compute_scores_marks_unavailable_scores_with_reasons():
   rng = np.random.default_rng(0)
   y = np.arange(60) % 3
   f = features.Features(features=rng.normal(size=(60, 5)) + y[:, None], labels=y,
                         indices=np.arange(60))
-  values, secs = rank.compute_scores(f, ["logme", "leep", "knn"])
-  assert values["leep"] is None and set(secs) == {"logme", "knn"}
-  assert values["knn"] > 0.5
+  values, why, secs = rank.compute_scores(f, ["logme", "leep", "knn"])
+  assert values["leep"] is None and why == {"leep": rank.NO_HEAD}
+  assert set(secs) == {"logme", "knn"} and values["knn"] > 0.5
+  values, why, _ = rank.compute_scores(f, ["logme", "gbc"], num_classes=100)
+  assert values == {"logme": None, "gbc": None}
+  assert why["gbc"] == "gbc: 60 examples for 100 classes; need at least one per class"
+  const = features.Features(features=np.ones((60, 5)), labels=y, indices=np.arange(60))
+  values, why, _ = rank.compute_scores(const, ["logme", "sfda"])
+  assert values == {"logme": None, "sfda": None} and "features are constant" in why["sfda"]
   with pytest.raises(ValueError, match=r"unknown score\(s\) \['logmee'\]; known"):
     rank.check_scores(["logme", "logmee"])
 
@@ -96,26 +183,55 @@ def test_correlations_and_ranks():
   corr = rank.correlations(_results(), ["logme", "leep"])
   assert corr["logme"]["n"] == 3 and corr["logme"]["kendall_tau"] == pytest.approx(1.0)
   assert corr["logme"]["top1"] == "good" and corr["logme"]["top1_hit"]
+  assert corr["logme"]["regret"] == 0.0
   assert corr["leep"]["n"] == 2  # "bad" has no head
   assert rank.ranks([0.1, None, 0.5, 0.1]) == [2, None, 1, 2]
 
 
 def test_reports_written(tmp_path):
+  cost = {"params": 1000, "gflops_per_example": 0.002, "latency_ms": 2.0, "throughput": 500.0,
+          "peak_memory_bytes": 2**20, "device": "cpu", "batch_size": 8, "repeats": 3,
+          "warmup": 1}
   results = _results()
+  for r, tput in zip(results, (100.0, 800.0, 400.0), strict=True):
+    r.cost = {**cost, "throughput": tput}
+  results[1].unavailable = {"leep": rank.NO_HEAD}
+  results.append(_mk("huge", {}, status="over_budget", cost={**cost, "params": 10**9}))
+  results[-1].reason = "1,000,000,000 parameters > max_params=1,000,000"
+  results.append(_mk("broken", {}, status="failed"))
+  results[-1].reason = "failed to load: ValueError: no config.json"
   corr = rank.correlations(results, ["logme", "leep"])
-  md = rank.markdown_table(results, ["logme", "leep"], corr, title="t")
-  lines = md.splitlines()
-  assert lines[0] == "## t"
-  assert lines[4].startswith("| good |") and lines[6].startswith("| bad |")  # by accuracy
-  assert "| bad | resnet_tiny | 64 | -1.0000 (3) | — | 0.5000 (3) |" in md
-  assert "| logme | 3 | 1.000 | 1.000 | good ✓ | 0.9000 |" in md
+  rec = rank.recommend(results, "logme")
+  md = rank.markdown_table(results, ["logme", "leep"], corr, title="t", recommendation=rec,
+                           budgets={"max_params": 1e6}, finetune_seeds=1)
+  assert md.startswith("## t\n")
+  assert "Recommended: **good**, the best logme (1.0000) of 3 candidate(s) within budget " \
+         "(budgets: max_params=1e+06)." in md
+  assert "| huge | 1,000,000,000 | 0.002 | 2 | 500 | 1.0 | over_budget |" in md
+  assert "| good | 1,000 | 0.002 | 2 | 100 | 1.0 | ok |" in md
+  assert "| broken | n/a | n/a | n/a | n/a | n/a | failed |" in md
+  feats = md.index("### Scores that need only features")
+  head = md.index("### Scores that need a source classification head")
+  assert feats < md.index("| good | resnet_tiny | 64 | 1.0000 (1) | 0.9000 ± 0.0000 (1) |") < head
+  assert "| bad | resnet_tiny | 64 | n/a | 0.5000 ± 0.0000 (3) |" in md[head:]  # leep n/a
+  assert "| logme | 3 | 1.000 | 1.000 | good ✓ | 0.9000 | 0.0000 |" in md
+  assert "- huge: over budget — 1,000,000,000 parameters > max_params=1,000,000" in md
+  assert "- broken: failed — failed to load: ValueError: no config.json" in md
+  assert f"- leep n/a for bad: {rank.NO_HEAD}" in md
+  assert "- not requested (--scores): nce, h_score," in md
+  assert "nan" not in md.lower()
   rank.write_csv(tmp_path / "r.csv", results, ["logme", "leep"])
   with open(tmp_path / "r.csv") as f:
     rows = list(csv.DictReader(f))
-  assert [r["candidate"] for r in rows] == ["good", "bad", "mid"]
+  assert [r["candidate"] for r in rows] == ["good", "bad", "mid", "huge", "broken"]
   assert rows[1]["leep"] == "" and float(rows[2]["finetune_accuracy"]) == 0.7
+  assert rows[3]["status"] == "over_budget" and rows[3]["params"] == str(10**9)
+  assert rows[0]["throughput"] == "100.0" and rows[4]["params"] == ""
   rank.plot_scores(tmp_path / "s.png", results, ["logme", "leep"], title="t")
   assert (tmp_path / "s.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+  assert rank.plot_pareto(tmp_path / "p.png", results, "logme", title="t")
+  assert (tmp_path / "p.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+  assert not rank.plot_pareto(tmp_path / "none.png", results, "nce")
 
 
 # ------------------------------------------------------------------------------------------
@@ -144,53 +260,99 @@ def test_cli_end_to_end(digits_dir, tmp_path):
   workdir = tmp_path / "work"
   args = [f"--candidates=random:resnet_tiny,{other}", "--dataset=digits_local",
           f"--data_dir={digits_dir}", "--max_examples=120", f"--workdir={workdir}",
-          "--scores=logme,h_score,knn,leep", "--image_size=16", "--batch_size=32"]
+          "--scores=logme,h_score,knn,leep", "--image_size=16", "--batch_size=32",
+          "--cost_repeats=2"]
   proc = _cli(args, tmp_path)
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert "features of 4/4 batches" in proc.stderr  # progress messages
+  assert "recommended: " in proc.stdout and "report: " in proc.stdout
   report = json.loads((workdir / "results.json").read_text())
   assert [r["name"] for r in report["results"]] == ["random_resnet_tiny", "tiny_seed1"]
   for r in report["results"]:
-    assert r["num_examples"] == 120 and r["feature_dim"] == 64
+    assert r["num_examples"] == 120 and r["feature_dim"] == 64 and r["status"] == "ok"
     assert r["scores"]["leep"] is None and math.isfinite(r["scores"]["logme"])
+    assert r["unavailable"] == {"leep": rank.NO_HEAD}
+    assert r["cost"]["params"] > 0 and r["cost"]["batch_size"] == 32
+    assert r["cost"]["gflops_per_example"] > 0 and r["cost"]["throughput"] > 0
+  assert report["recommendation"]["by"] == "logme"
   md = (workdir / "ranking.md").read_text()
   assert "digits_local: 120 examples, 2 candidates" in md and "| tiny_seed1 |" in md
-  assert (workdir / "ranking.csv").is_file() and (workdir / "scores.png").is_file()
-  cached = workdir / "features" / "tiny_seed1.npz"
-  mtime = cached.stat().st_mtime_ns
-  proc = _cli(args, tmp_path)  # again: features come from the cache
+  for name in ("ranking.csv", "scores.png", "pareto.png"):
+    assert (workdir / name).is_file()
+  cached = [workdir / "features" / "tiny_seed1.npz", workdir / "cost" / "tiny_seed1.json"]
+  mtimes = [p.stat().st_mtime_ns for p in cached]
+  proc = _cli(args, tmp_path)  # again: features and cost come from the cache
   assert proc.returncode == 0, proc.stderr[-3000:]
-  assert "tiny_seed1: features from" in proc.stderr
-  assert cached.stat().st_mtime_ns == mtime
+  assert "tiny_seed1: features from" in proc.stderr and "tiny_seed1: cost from" in proc.stderr
+  assert [p.stat().st_mtime_ns for p in cached] == mtimes
 
 
-def test_cli_rejects_unknown_score(tmp_path):
-  proc = _cli(["--candidates=random:resnet_tiny", "--dataset=digits_local",
-               f"--workdir={tmp_path}", "--scores=logmee"], tmp_path)
-  assert proc.returncode != 0 and "unknown score(s) ['logmee']; known:" in proc.stderr
+def test_cli_rejects_bad_flags_in_one_line(tmp_path):
+  base = ["--candidates=random:resnet_tiny", "--dataset=digits_local", f"--workdir={tmp_path}/w"]
+  for flag, message in [("--scores=logmee", "error: unknown score(s) ['logmee']; known:"),
+                        ("--max_params=-5", "error: budget max_params must be a positive")]:
+    proc = _cli([*base, flag], tmp_path)
+    assert proc.returncode == 2 and proc.stderr.startswith(message), proc.stderr[-2000:]
+    assert proc.stderr.count("\n") == 1
+  assert not (tmp_path / "w").exists()  # nothing written
 
 
-def test_select_models_with_finetune_fn_caches_runs(digits_dir, tmp_path):
+@pytest.fixture
+def headed_dir(tmp_path):
+  """resnet_tiny with a 5-class source head (more parameters, and LEEP/NCE apply)."""
+  model = models.build_model("resnet_tiny", num_classes=5)
+  variables = models.init_variables("resnet_tiny", model, jax.random.key(1))
+  return pretrained.save_pretrained(
+      tmp_path / "headed", "resnet_tiny", {"num_classes": 5},
+      jax.tree.map(np.asarray, variables), preprocessing={"image_size": 16})
+
+
+def test_select_models_seeds_budgets_failures_and_caches(digits_dir, tmp_path, headed_dir):
   calls = []
 
-  def fake_finetune(cand):  # stands in for the training job: a fixed accuracy per candidate
-    calls.append(cand.name)
-    return {"a": 0.9, "b": 0.4}[cand.name]
+  def fake_finetune(cand, seed):  # stands in for the training job
+    calls.append((cand.name, seed))
+    return {"a": 0.9, "b": 0.4, "h": 0.95}[cand.name] + 0.01 * seed
 
-  kw = dict(dataset="digits_local", data_dir=digits_dir, workdir=tmp_path, max_examples=60,
-            scores=["logme", "knn"], image_size=16, batch_size=32,
-            finetune_fn=fake_finetune, finetune_settings={"steps": 1})
+  work = tmp_path / "work"
   other = features.write_random_checkpoint(tmp_path / "b", "resnet_tiny", seed=1)
-  specs = ["a=random:resnet_tiny", f"b={other}"]
+  small = cost_lib.count_params(features.load_candidate("random:resnet_tiny", work).variables)
+  kw = dict(dataset="digits_local", data_dir=digits_dir, workdir=work, max_examples=60,
+            scores=["logme", "knn", "leep"], image_size=16, batch_size=32,
+            finetune_fn=fake_finetune, finetune_settings={"steps": 1}, finetune_seeds=2,
+            bootstrap=100, cost_repeats=2, cost_warmup=0, budgets={"max_params": small + 10})
+  specs = ["a=random:resnet_tiny", f"b={other}", f"h={headed_dir}", "ghost=/nonexistent/ckpt"]
   report = rank.select_models(specs, **kw)
-  assert calls == ["a", "b"]
-  assert [r["finetune_accuracy"] for r in report["results"]] == [0.9, 0.4]
-  assert report["correlations"]["logme"]["n"] == 2
-  assert "Rank agreement with finetune_accuracy" in (tmp_path / "ranking.md").read_text()
-  rank.select_models(specs, **kw)  # cached: no new fine-tuning
-  assert calls == ["a", "b"]
+  res = {r["name"]: r for r in report["results"]}
+  assert calls == [("a", 0), ("a", 1), ("b", 0), ("b", 1)]  # h over budget, ghost failed
+  assert [res[n]["status"] for n in "abh"] + [res["ghost"]["status"]] == [
+      "ok", "ok", "over_budget", "failed"]
+  assert res["h"]["reason"] == f"{small + 325:,} parameters > max_params={small + 10:,}"
+  assert res["h"]["cost"]["params"] == small + 325  # + 64 x 5 weights + 5 biases
+  assert res["ghost"]["reason"].startswith("failed to load: ValueError: candidate "
+                                           "'/nonexistent/ckpt' is not a checkpoint folder")
+  assert "\n" not in res["ghost"]["reason"]
+  assert res["a"]["finetune_accuracies"] == [0.9, 0.91]
+  assert res["a"]["finetune_accuracy"] == pytest.approx(0.905)
+  assert res["a"]["finetune_std"] == pytest.approx(0.01 / math.sqrt(2))
+  assert res["a"]["cost"]["params"] == small and res["a"]["cost"]["repeats"] == 2
+  corr = report["correlations"]["logme"]
+  assert corr["n"] == 2 and corr["kendall_tau_ci"] is not None and corr["regret"] >= 0
+  assert report["correlations"]["leep"]["n"] == 0  # only h has a head, and it is dropped
+  assert report["recommendation"]["candidate"] in ("a", "b")
+  md = (work / "ranking.md").read_text()
+  assert "Recommended: **" in md and "- h: over budget — " in md and "- ghost: failed — " in md
+  assert "0.9050 ± 0.0071" in md and "bootstrap resamples" in md
+  assert (work / "pareto.png").is_file()
+  saved_cost = (work / "cost" / "a.json").read_text()
+  rank.select_models(specs, **kw)  # everything cached: no new fine-tuning or measurement
+  assert len(calls) == 4 and (work / "cost" / "a.json").read_text() == saved_cost
   rank.select_models(specs, **{**kw, "finetune_settings": {"steps": 2}})  # new recipe: rerun
-  assert calls == ["a", "b", "a", "b"]
+  assert len(calls) == 8
+  with pytest.raises(rank.SelectionError, match="candidate 'ghost'.*failed to load"):
+    rank.select_models(specs, **{**kw, "strict": True})
+  with pytest.raises(rank.SelectionError, match="no candidate could be scored"):
+    rank.select_models(specs[2:], **kw)
   with pytest.raises(ValueError, match=r"distinct candidate names.*repeated: \['a'\]"):
     rank.select_models(["a=random:resnet_tiny", "a=random:resnet18"], **kw)
 
@@ -201,6 +363,6 @@ def test_make_finetune_fn_runs_the_job(digits_dir, tmp_path):
   cand = features.load_candidate("random:resnet_tiny", tmp_path)
   fn = rank.make_finetune_fn(workdir=tmp_path, dataset="digits_local", data_dir=digits_dir,
                              steps=2, learning_rate=1e-3, batch_size=8, image_size=16)
-  acc = fn(cand)
+  acc = fn(cand, 0)
   assert 0.0 <= acc <= 1.0
   assert len(list((tmp_path / "finetune").glob("random_resnet_tiny-*/final.json"))) == 1

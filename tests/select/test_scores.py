@@ -16,6 +16,15 @@ from jaxpretrain.select import scores
 LOGME_RTOL = 1e-9
 # LEEP, NCE and H-score differ from their references only by summation order in float64.
 EXACT_RTOL = 1e-10
+# The JAX float64 scores against their NumPy/scikit-learn references: different
+# factorizations (SVD vs eigh, Cholesky vs slogdet, a Cholesky solve vs generalized
+# eigenvectors) of well-conditioned matrices; measured agreement is 1e-13..1e-11.
+JAX_RTOL = 1e-8
+# NLEEP against scikit-learn's EM from the same start: ~30 EM iterations in a different
+# order of operations; round-off can grow through the iterations, measured ~1e-12.
+NLEEP_RTOL = 1e-6
+# Known answers reached up to float64 round-off of sums over a few hundred examples.
+KNOWN_ATOL = 1e-9
 # Random labels: pooled CV accuracy of a probe stays within this of chance (1 / classes); the
 # choice among 11 lambdas adds a small optimistic bias, sd of one estimate is ~0.02 here.
 CHANCE_MARGIN = 0.08
@@ -353,7 +362,7 @@ def test_few_shot_linear_probe():
 
 
 def test_every_score_is_invariant_to_relabeling_classes():
-  f, y = _blobs(120, 8, 4, 0.8)
+  f, y = _blobs(200, 10, 4, 0.8)
   y2 = _relabel(y)
   theta = _source_probs(y, signal=2.0)
   for name, fn in select.SCORES.items():
@@ -366,7 +375,10 @@ def test_every_score_is_invariant_to_relabeling_classes():
 def test_registry_signature_and_values():
   f, y = _blobs(120, 8, 4, 0.8)
   theta = _source_probs(y, signal=2.0)
-  assert set(select.SCORES) == {"logme", "leep", "nce", "h_score", "knn", "linear_probe"}
+  assert set(select.SCORES) == {
+    "logme", "leep", "nce", "h_score", "knn", "linear_probe", "shrinkage_h_score", "nleep",
+    "gbc", "transrate", "sfda",
+  }
   assert select.SCORES["logme"](f, y) == scores.logme(f, y)
   assert select.SCORES["leep"](f, y, source_probs=theta) == scores.leep(theta, y)
   for name in ("leep", "nce"):
@@ -374,7 +386,9 @@ def test_registry_signature_and_values():
       select.SCORES[name](f, y)
 
 
-@pytest.mark.parametrize("name", ["logme", "h_score", "knn", "linear_probe", "leep"])
+@pytest.mark.parametrize(
+  "name", ["logme", "h_score", "knn", "linear_probe", "leep", "gbc", "sfda", "transrate"]
+)
 def test_bad_inputs_name_the_bad_value(name):
   f, y = _blobs(60, 4, 3)
   theta = _source_probs(y)
@@ -409,3 +423,260 @@ def test_bad_arguments():
     scores.few_shot_linear_probe(f, y, shots=(21,))
   with pytest.raises(ValueError, match="lambdas must be"):
     scores.linear_probe(f, y, lambdas=[0.0])
+
+
+# ----------------------------------------------------------------------------------------
+# The JAX scores: NLEEP, GBC, TransRate, SFDA, shrinkage H-score.
+# ----------------------------------------------------------------------------------------
+
+
+def _identical_classes(m=50, d=10, c=4, seed=10):
+  """Every class holds the same m points: class-conditional distributions are identical."""
+  base = np.random.default_rng(seed).normal(size=(m, d))
+  return np.tile(base, (c, 1)), np.repeat(np.arange(c), m)
+
+
+def _pca_ref(f, n_components):
+  PCA = pytest.importorskip("sklearn.decomposition").PCA  # noqa: N806 -- the data extra
+
+  return PCA(n_components=n_components, svd_solver="full").fit_transform(f)
+
+
+def _nleep_ref(f, y, init_labels, k):
+  """Li et al. 2021 with scikit-learn: PCA(0.8), GaussianMixture from a given partition, LEEP."""
+  GaussianMixture = pytest.importorskip("sklearn.mixture").GaussianMixture  # noqa: N806
+
+  z = _pca_ref(f, 0.8)
+  resp = np.eye(k)[init_labels]
+  nk = resp.sum(0) + 10 * np.finfo(np.float64).eps
+  means = resp.T @ z / nk[:, None]
+  covs = np.stack([(resp[:, j, None] * (z - means[j])).T @ (z - means[j]) / nk[j]
+                   for j in range(k)]) + 1e-6 * np.eye(z.shape[1])
+  gmm = GaussianMixture(k, tol=1e-3, reg_covar=1e-6, max_iter=100, weights_init=nk / nk.sum(),
+                        means_init=means, precisions_init=np.linalg.inv(covs)).fit(z)
+  return _leep_ref(gmm.predict_proba(z), y), z
+
+
+def _gbc_ref(f, y, dim=64):
+  """Pandy et al. 2022 as stable_transfer's gbc.py (diagonal): loops over ordered class pairs."""
+  z = _pca_ref(f, min(dim, *f.shape))
+  stats = {c: (z[y == c].mean(0), np.maximum(z[y == c].var(0), 1e-4)) for c in np.unique(y)}
+  total = 0.0
+  for c1, (m1, v1) in stats.items():
+    for c2, (m2, v2) in stats.items():
+      if c1 != c2:
+        avg = (v1 + v2) / 2
+        bd = np.sum((m1 - m2) ** 2 / avg) / 8 + 0.5 * (
+          np.sum(np.log(avg)) - 0.5 * np.sum(np.log(v1)) - 0.5 * np.sum(np.log(v2)))
+        total += np.exp(-bd)
+  return -total
+
+
+def _transrate_ref(f, y, eps=1e-4):
+  """Huang et al. 2022, the paper's own code: slogdet of I + Z^T Z / (n eps) per class."""
+
+  def rate(z):
+    n, d = z.shape
+    return 0.5 * np.linalg.slogdet(np.eye(d) + z.T @ z / (n * eps))[1]
+
+  z = f - f.mean(0, keepdims=True)
+  classes = np.unique(y)
+  return rate(z) - sum(rate(z[y == c]) for c in classes) / len(classes)
+
+
+def _sfda_ref(x, y):
+  """Shao et al. 2022 as their metrics.py: LDA by generalized eigenvectors, ConfMix, refit."""
+  from scipy import linalg
+
+  x = x.copy()
+  n = len(y)
+  classes, y = np.unique(y, return_inverse=True)
+  nc = len(classes)
+  priors = np.bincount(y) / n
+
+  def cov(a, shrinkage=-1.0):
+    emp = np.atleast_2d(np.cov(a.T, bias=True))
+    if shrinkage < 0:
+      return emp
+    out = (1 - shrinkage) * emp
+    out.flat[:: emp.shape[0] + 1] += shrinkage * np.trace(emp) / emp.shape[0]
+    return out
+
+  def fit_predict(a, shrinkage):
+    means = np.stack([a[y == c].mean(0) for c in range(nc)])
+    sw = sum(priors[c] * cov(a[y == c]) for c in range(nc))
+    if shrinkage is None:
+      v = sw.sum(1)
+      for _ in range(3):
+        t = sw @ v
+        u = t / np.linalg.norm(t)
+        t = sw @ u
+        v = t / np.linalg.norm(t)
+      shrinkage = max(np.exp(-5 * (v @ sw @ u)), 1e-10)
+    st = cov(a, shrinkage)
+    d = sw.shape[0]
+    ssw = (1 - shrinkage) * sw
+    ssw.flat[:: d + 1] += shrinkage * np.trace(sw) / d
+    evals, evecs = linalg.eigh(st - ssw, ssw)
+    evecs = evecs[:, np.argsort(evals)[::-1]]
+    coef = means @ evecs @ evecs.T
+    logits = a @ coef.T - 0.5 * np.diag(means @ coef.T) + np.log(priors)
+    p = np.exp(logits - logits.max(1, keepdims=True))
+    return p / p.sum(1, keepdims=True), shrinkage, means
+
+  prob, lam, means = fit_predict(x, None)
+  prob = np.exp(prob) / np.exp(prob).sum(1, keepdims=True)
+  outer = (means.sum(0) - means) / (nc - 1)
+  for c in range(nc):
+    q = prob[y == c, c][:, None]
+    x[y == c] = q * x[y == c] + (1 - q) * outer[c]
+  prob, _, _ = fit_predict(x, lam)
+  return prob[np.arange(n), y].mean(), lam
+
+
+def _shrinkage_h_ref(f, y):
+  """Ibrahim et al. 2022: tr(cov_alpha^-1 (1 - alpha) cov(E[f | y])), scikit-learn's LedoitWolf."""
+  LedoitWolf = pytest.importorskip("sklearn.covariance").LedoitWolf  # noqa: N806
+
+  lw = LedoitWolf().fit(f)
+  g = np.zeros_like(f)
+  for c in np.unique(y):
+    g[y == c] = f[y == c].mean(0)
+  between = np.cov(g.T, bias=True)
+  return np.trace(np.linalg.pinv(lw.covariance_) @ ((1 - lw.shrinkage_) * between)), lw.shrinkage_
+
+
+# Most tests below use 200 examples, 10 features and 4 classes, so that each score compiles
+# for few shapes.
+def test_nleep_matches_sklearn_em_from_the_same_start():
+  f, y = _blobs(200, 10, 4, 0.3)
+  out = scores.nleep(f, y, return_details=True)
+  ref, z = _nleep_ref(f, y, out["init_labels"], 20)
+  assert out["converged"] and out["reduced"].shape == z.shape  # the same 80% cut
+  np.testing.assert_allclose(np.abs(out["reduced"]), np.abs(z), atol=1e-9)  # up to signs
+  np.testing.assert_allclose(out["score"], ref, rtol=NLEEP_RTOL)
+  assert scores.nleep(f, y) == out["score"]  # seeded: deterministic
+
+
+def test_nleep_known_answers():
+  f, y = _identical_classes()  # any mixture sees four copies: P(y | z) = 1/4 for every z
+  np.testing.assert_allclose(scores.nleep(f, y), np.log(1 / 4), atol=KNOWN_ATOL)
+  f, y = _blobs(200, 10, 4, signal=50.0)  # separated: every component inside one class
+  assert -KNOWN_ATOL < scores.nleep(f, y) <= 0.0
+
+
+@pytest.mark.parametrize("n,d", [(200, 10), (90, 80)])  # PCA keeps all 10 / 64 of 80
+def test_gbc_matches_reference(n, d):
+  f, y = _blobs(n, d, 4, 0.5)
+  np.testing.assert_allclose(scores.gbc(f, y), _gbc_ref(f, y), rtol=JAX_RTOL)
+
+
+def test_gbc_known_answers():
+  f, y = _identical_classes()  # every coefficient is 1: -C (C - 1)
+  np.testing.assert_allclose(scores.gbc(f, y), -12.0, atol=KNOWN_ATOL)
+  f, y = _blobs(200, 10, 4, signal=50.0)
+  assert -KNOWN_ATOL < scores.gbc(f, y) <= 0.0
+
+
+@pytest.mark.parametrize("n,d", [(200, 10), (40, 60)])  # d x d and n x n (Gram) paths
+def test_transrate_matches_reference(n, d):
+  f, y = _blobs(n, d, 4, 0.5)
+  np.testing.assert_allclose(scores.transrate(f, y), _transrate_ref(f, y), rtol=JAX_RTOL)
+
+
+def test_transrate_known_answer():
+  f, y = _identical_classes()  # each class has the covariance of the whole: rates cancel
+  np.testing.assert_allclose(scores.transrate(f, y), 0.0, atol=KNOWN_ATOL)
+
+
+@pytest.mark.parametrize("signal", [0.3, 1.0])
+def test_sfda_matches_reference(signal):
+  f, y = _blobs(200, 10, 4, signal)
+  score, lam = scores.sfda(f, y, return_shrinkage=True)
+  want, want_lam = _sfda_ref(f, y)
+  np.testing.assert_allclose(lam, want_lam, rtol=JAX_RTOL)
+  np.testing.assert_allclose(score, want, rtol=JAX_RTOL)
+
+
+def test_sfda_known_answers():
+  f, y = _identical_classes()  # equal class means: every posterior is 1/C, before and after
+  np.testing.assert_allclose(scores.sfda(f, y), 1 / 4, atol=KNOWN_ATOL)
+  f, y = _blobs(200, 10, 4, signal=50.0)
+  assert scores.sfda(f, y) > 1 - 1e-6
+
+
+@pytest.mark.parametrize("n,d", [(200, 10), (40, 60)])
+def test_shrinkage_h_score_matches_ledoit_wolf_reference(n, d):
+  f, y = _blobs(n, d, 4, 0.5)
+  score, alpha = scores.shrinkage_h_score(f, y, return_shrinkage=True)
+  want, want_alpha = _shrinkage_h_ref(f, y)
+  np.testing.assert_allclose(alpha, want_alpha, rtol=JAX_RTOL)
+  np.testing.assert_allclose(score, want, rtol=JAX_RTOL)
+
+
+def test_shrinkage_h_score_known_answer_and_no_saturation():
+  f, y = _identical_classes()
+  np.testing.assert_allclose(scores.shrinkage_h_score(f, y), 0.0, atol=KNOWN_ATOL)
+  # d >= n: any labelling is linearly separable, so the plain H-score sits at its maximum
+  # C - 1 = 3 for informative features and for noise alike; the shrunk one tells them apart.
+  informative, y = _blobs(40, 60, 4, signal=1.0)
+  noise = np.random.default_rng(11).normal(size=informative.shape)
+  plain = [scores.h_score(x, y) for x in (informative, noise)]
+  np.testing.assert_allclose(plain, [3.0, 3.0], rtol=1e-6)
+  shrunk = [scores.shrinkage_h_score(x, y) for x in (informative, noise)]
+  assert shrunk[0] > 3 * shrunk[1] and shrunk[0] < 3.0, shrunk  # measured ~1.9 vs ~0.3
+
+
+@pytest.mark.parametrize("name", ["nleep", "gbc", "transrate", "sfda", "shrinkage_h_score"])
+def test_new_scores_increase_with_label_relevance(name):
+  f_noise, y = _blobs(200, 10, 4, signal=0.0, seed=2)
+  mu = np.random.default_rng(3).normal(size=(4, 10))
+  values = [select.SCORES[name](w * 2 * mu[y] + (1 - w) * f_noise, y) for w in (0.0, 0.5, 0.9)]
+  assert values[0] < values[1] < values[2], values
+
+
+# ----------------------------------------------------------------------------------------
+# Inputs a score cannot use: "n/a" with a reason, never NaN.
+# ----------------------------------------------------------------------------------------
+
+FEATURE_SCORES = [s for s in select.SCORES if s not in scores.HEAD_SCORES]
+
+
+def test_fewer_examples_than_classes_is_unavailable_for_every_score():
+  f, y = _blobs(6, 4, 3)
+  theta = _source_probs(y)
+  for name, fn in select.SCORES.items():
+    with pytest.raises(scores.ScoreUnavailable, match=f"{name}: 6 examples for 10 classes"):
+      fn(f, y, source_probs=theta, num_classes=10)
+
+
+def test_constant_features_are_unavailable_for_feature_scores():
+  _, y = _blobs(60, 4, 3)
+  f = np.full((60, 4), 0.7)
+  theta = _source_probs(y)
+  for name in FEATURE_SCORES:
+    with pytest.raises(scores.ScoreUnavailable, match=f"{name}: features are constant"):
+      select.SCORES[name](f, y, source_probs=theta)
+  for name in scores.HEAD_SCORES:  # they read the head's probabilities, not the features
+    assert np.isfinite(select.SCORES[name](f, y, source_probs=theta))
+
+
+def test_a_class_with_one_example():
+  f, y = _blobs(200, 10, 4)
+  y = np.r_[y[:-1] % 3, 3]  # class 3 holds the last example only
+  theta = _source_probs(y)
+  for name, fn in select.SCORES.items():
+    if name == "gbc":  # a per-class variance needs two examples
+      with pytest.raises(scores.ScoreUnavailable, match="gbc: class 3 has 1 example"):
+        fn(f, y, source_probs=theta)
+    else:  # well defined for the others: a finite number
+      assert np.isfinite(fn(f, y, source_probs=theta)), name
+
+
+def test_too_few_examples_for_the_mixture_or_neighbours():
+  f, y = _blobs(12, 4, 3)
+  with pytest.raises(scores.ScoreUnavailable, match="nleep: 12 examples for a mixture of 15"):
+    select.SCORES["nleep"](f, y)
+  with pytest.raises(scores.ScoreUnavailable, match="knn: 12 examples; needs more than 20"):
+    select.SCORES["knn"](f, y)
+
