@@ -48,7 +48,8 @@ def exit_if_threads_linger(status: int, grace_s: float = EXIT_GRACE_S) -> None:
   deadline = time.monotonic() + grace_s
   for t in threading.enumerate():
     if t is not threading.main_thread() and not t.daemon:
-      t.join(max(deadline - time.monotonic(), 0.0))
+      # The base class's join: orbax's threads override it to raise on a timeout.
+      threading.Thread.join(t, max(deadline - time.monotonic(), 0.0))
   if any(t.is_alive() and not t.daemon for t in threading.enumerate()
          if t is not threading.main_thread()):
     sys.stdout.flush()

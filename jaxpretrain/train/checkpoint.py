@@ -46,7 +46,8 @@ class CheckpointError(RuntimeError):
 
 
 def _reason(e: BaseException) -> str:
-  text = " ".join(str(e).split())
+  # Orbax's tensorstore errors append a repr of the whole store spec; the first part says it.
+  text = " ".join(str(e).split(" See full TensorStore details")[0].split())
   return f"{type(e).__name__}: {text[:_REASON_CHARS]}{'...' if len(text) > _REASON_CHARS else ''}"
 
 
@@ -84,10 +85,12 @@ class Checkpointer:
       raise ValueError(f"max_to_keep={max_to_keep}; allowed: None or >= 1")
     policy = ocp.checkpoint_managers.LatestN(max_to_keep) if max_to_keep and not read_only \
         else None
+    # read_only is kept here rather than by orbax's option, which logs two warnings.
     options = ocp.CheckpointManagerOptions(
         preservation_policy=policy, enable_async_checkpointing=async_save and not read_only,
-        create=not read_only, read_only=read_only,
+        create=not read_only,
         cleanup_tmp_directories=not read_only)  # leftovers of a save interrupted by a crash
+    self.read_only = read_only
     self.directory = checkpoint_dir(workdir)
     self._manager = ocp.CheckpointManager(self.directory, options=options)
 
@@ -97,6 +100,8 @@ class Checkpointer:
     Returns:
       True when a save started (False if `step` is already saved).
     """
+    if self.read_only:
+      raise ValueError(f"{self.directory} was opened read-only; cannot save step {step}")
     if step in self._manager.all_steps():
       return False
     args = ocp.args.Composite(state=ocp.args.StandardSave(state),
@@ -174,8 +179,9 @@ class Checkpointer:
         continue
       for bad, why in skipped:
         log(f"skipping checkpoint {bad} in {self.directory}: it does not restore ({why}); "
-            f"removed, resuming from step {step}")
-        self._delete(bad)
+            f"{'left as it is' if self.read_only else 'removed'}, resuming from step {step}")
+        if not self.read_only:
+          self._delete(bad)
       return got
     if skipped:
       shown = "; ".join(f"step {step}: {why}" for step, why in skipped)
