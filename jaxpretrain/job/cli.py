@@ -97,7 +97,9 @@ def _failure_mid_run(e: BaseException, config) -> str | None:
   """The one-line message of a failure the run cannot avoid, or None for a bug (re-raised).
 
   A full disk is an OSError (ENOSPC, EDQUOT) or, from orbax's tensorstore, a ValueError with
-  the same strerror in its message; a data file that cannot be decoded is a DataError.
+  the same strerror in its message; so is a workdir that cannot be written (EROFS, EACCES,
+  EPERM, or any OSError on a file inside it); a data file that cannot be decoded is a
+  DataError.
   """
   codes = (errno.ENOSPC, errno.EDQUOT)
   where = f"--workdir={config.workdir!r}" if config else "the workdir"
@@ -105,10 +107,19 @@ def _failure_mid_run(e: BaseException, config) -> str | None:
       os.strerror(c) in str(e) for c in codes):
     return (f"no space left on the device of {where}; free some space and rerun the same "
             "command: it resumes from the last complete checkpoint")
-  if (isinstance(e, OSError) and e.errno in _UNWRITABLE) or any(
+  if (isinstance(e, OSError) and (e.errno in _UNWRITABLE or _inside(e.filename, config))) or any(
       os.strerror(c) in str(e) for c in _UNWRITABLE):
+    # e.g. checkpoints/ made read-only, or removed or mounted over while a save was writing
     what = f"{e.strerror}: {e.filename}" if isinstance(e, OSError) else str(e).splitlines()[0]
     return (f"cannot write in {where} ({what}); make it writable and rerun the same "
             "command: it resumes from the last complete checkpoint")
   from jaxpretrain.data.loaders import DataError  # noqa: PLC0415 -- TFDS import is slow
   return str(e) if isinstance(e, DataError) else None
+
+
+def _inside(filename, config) -> bool:
+  """Whether an OSError's file lies in the run's workdir (a write of the run failed)."""
+  if config is None or not isinstance(filename, (str, os.PathLike)):
+    return False
+  workdir = os.path.realpath(config.workdir)
+  return os.path.realpath(filename).startswith(workdir + os.sep)
