@@ -18,7 +18,7 @@ job_flags.define_train_flags(pretrain=False)
 
 
 def main(argv: list[str]) -> int:
-  return cli.train_main(argv)
+  return cli.run_main(argv)
 
 
 if __name__ == "__main__":

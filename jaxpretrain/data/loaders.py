@@ -16,11 +16,20 @@ Every source is random access (`len`, `source[i] -> dict`) with the same keys: `
 uint8 [h, w, c] or `text` str, plus `label` int. Bad input is a ValueError naming the file
 and row (or array index); a file that cannot be read or decoded is its subclass `DataError`,
 which the training mains report as one line even when a batch read mid-run meets it.
+
+Labels (CSV and npz without class names): the distinct values present, sorted (integers
+numerically, names as strings), become classes 0, 1, ...; a label of 10**9 is one class named
+"1000000000", never a range of 10**9 names. Negative integer labels, empty labels and more
+than `MAX_CLASSES` classes are refused. Images: 16-bit images are scaled to 8 bits by their
+bit depth, float images from [0, 1] (or [0, 255]) to 0..255; zero-sized images and channel
+counts other than 1, 3 or 4 are refused, naming the file (npz: at load time, never mid-run).
 """
 
 import dataclasses
+import hashlib
 import importlib.util
 import pathlib
+import re
 import zipfile
 from collections.abc import Sequence
 
@@ -32,6 +41,16 @@ PIL_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".ti
 SPLITS = ("train", "test", "all")  # "all" = the whole user dataset, unsplit.
 _IMAGE_KEYS = ("image", "images", "x", "X", "inputs", "data")
 _LABEL_KEYS = ("label", "labels", "y", "Y", "target", "targets")
+# The head has one output per class and the final metrics hold a [classes, classes] confusion
+# matrix (10,000 classes: 800 MB of int64), so more classes than this are a label column that
+# is not one (ids, free text) rather than a task; ImageNet-21k-scale label sets need their own
+# pipeline.
+MAX_CLASSES = 10_000
+# CSV labels of this many digits at most are integers (they fit int64, like npz labels);
+# a longer digit string is a class name, so no label can overflow or be a 4,300-digit int.
+_INT_LABEL = re.compile(r"-?[0-9]{1,18}")
+IMAGE_CHANNELS = (1, 3, 4)  # gray, RGB, RGBA (alpha dropped)
+_SHOWN = 10  # error messages list at most this many names
 
 
 def has_pil() -> bool:
@@ -125,14 +144,60 @@ def read_image(path: pathlib.Path, channels: int) -> np.ndarray:
       import PIL.Image  # Lazy: optional dependency.
 
       with PIL.Image.open(path) as im:
-        image = np.asarray(im.convert("L" if channels == 1 else "RGB"))
+        image = _pil_array(im, channels)
   except Exception as e:  # PIL raises OSError, UnidentifiedImageError, SyntaxError, ...
     raise DataError(f"cannot decode image {path}: {type(e).__name__}: {e}") from None
-  if image.dtype != np.uint8 or image.ndim not in (2, 3):
+  if image.ndim not in (2, 3):
     raise DataError(f"{path}: {image.dtype} array of shape {image.shape}; "
-                     "expected uint8 [h, w] or [h, w, c]")
-  image = image[..., None] if image.ndim == 2 else image
+                    "expected [h, w] or [h, w, c]")
+  image = to_uint8(image[..., None] if image.ndim == 2 else image, str(path))
+  check_image_shape(image.shape, str(path))
   return to_channels(image, channels, str(path))
+
+
+def _pil_array(im, channels: int) -> np.ndarray:
+  """A PIL image as an array; 16-bit ("I;16", "I") and float ("F") modes keep their values
+  (scaled by `to_uint8`), since PIL's convert("L") would clip them to 2 grey levels."""
+  if im.mode.startswith("I;16") or im.mode in ("I", "F"):
+    return np.asarray(im)
+  return np.asarray(im.convert("L" if channels == 1 else "RGB"))
+
+
+def to_uint8(image: np.ndarray, where: str) -> np.ndarray:
+  """uint8 as is; 16-bit by bit depth (x * 255 / 65535); floats in [0, 1] times 255, floats
+  in [0, 255] as they are; anything else is a DataError naming `where`."""
+  if image.dtype == np.uint8:
+    return image
+  if image.size == 0:
+    return image.astype(np.uint8)
+  if np.issubdtype(image.dtype, np.integer):
+    low, high = int(image.min()), int(image.max())
+    if image.dtype.itemsize <= 4 and low >= 0 and high <= 65535:  # PIL's "I" holds 16 bits
+      return np.round(image.astype(np.float64) * (255.0 / 65535.0)).astype(np.uint8)
+    raise DataError(f"{where}: {image.dtype} image with values in [{low}, {high}]; allowed: "
+                    "uint8, or 16-bit values in [0, 65535]")
+  if np.issubdtype(image.dtype, np.floating):
+    x = image.astype(np.float64)
+    if not np.all(np.isfinite(x)):
+      raise DataError(f"{where}: {image.dtype} image with non-finite values")
+    low, high = float(x.min()), float(x.max())
+    if low >= 0.0 and high <= 1.0:
+      return np.round(x * 255.0).astype(np.uint8)
+    if low >= 0.0 and high <= 255.0:
+      return np.round(x).astype(np.uint8)
+    raise DataError(f"{where}: {image.dtype} image with values in [{low:g}, {high:g}]; "
+                    "allowed: floats in [0, 1] or [0, 255]")
+  raise DataError(f"{where}: {image.dtype} image; allowed: uint8, uint16 or float")
+
+
+def check_image_shape(shape: tuple, where: str) -> None:
+  """[..., h, w, c]: h and w at least 1 and c in IMAGE_CHANNELS, else a DataError."""
+  h, w, c = shape[-3:]
+  if h < 1 or w < 1:
+    raise DataError(f"{where}: image of height {h} and width {w}; both must be >= 1")
+  if c not in IMAGE_CHANNELS:
+    raise DataError(f"{where}: image with {c} channels (shape {tuple(shape)}); allowed: "
+                    f"{', '.join(map(str, IMAGE_CHANNELS))}")
 
 
 def to_channels(image: np.ndarray, channels: int, where: str = "image") -> np.ndarray:
@@ -219,6 +284,31 @@ def _check_labels(labels: np.ndarray, num_classes: int, describe) -> None:
                      f"({len(bad)} such labels)")
 
 
+def _check_num_classes(n: int, where: str, what: str) -> None:
+  if n > MAX_CLASSES:
+    raise ValueError(f"{where}: {n:,} {what}; at most MAX_CLASSES={MAX_CLASSES:,} classes "
+                     "(is that column really a class label?)")
+
+
+def _shown(names) -> str:
+  """At most _SHOWN names for an error message."""
+  names = list(names)
+  more = f", ... ({len(names):,} in all)" if len(names) > _SHOWN else ""
+  return repr(names[:_SHOWN])[:-1] + more + "]"
+
+
+def _remap(labels: np.ndarray, where: str, describe) -> tuple[np.ndarray, tuple[str, ...]]:
+  """Integer labels -> (indices into their sorted distinct values, those values as names)."""
+  negative = np.flatnonzero(labels < 0)
+  if len(negative):
+    i = int(negative[0])
+    raise ValueError(f"{describe(i)}: label {labels[i]} out of range: integer labels must be "
+                     f">= 0 ({len(negative)} negative labels)")
+  values = np.unique(labels)
+  _check_num_classes(len(values), where, "distinct labels")
+  return np.searchsorted(values, labels).astype(np.int64), tuple(str(v) for v in values)
+
+
 def _class_dirs(root: pathlib.Path) -> list[pathlib.Path]:
   return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
 
@@ -285,7 +375,7 @@ def load_csv(path: pathlib.Path, split: str, *, text_column: str = "text",
   if not path.is_file():
     raise ValueError(f"{path}: no such CSV file")
   rows = sources.read_csv(path, errors=encoding_errors)
-  columns = list(rows[0][1]) if rows else []
+  columns = [c for c in rows[0][1] if c is not None] if rows else []
   for col in (text_column, label_column):
     if rows and col not in columns:
       raise ValueError(f"{path}: no column '{col}'; columns: {columns}")
@@ -293,27 +383,46 @@ def load_csv(path: pathlib.Path, split: str, *, text_column: str = "text",
   for line, row in rows:
     if row[text_column] is None or row[label_column] is None:
       raise ValueError(f"{path}:{line}: row has fewer fields than the header")
+    if None in row:  # csv.DictReader's key of the fields beyond the header's
+      raise ValueError(f"{path}:{line}: {len(columns) + len(row[None])} fields but the header "
+                       f"has {len(columns)}; quote fields that contain commas")
     texts.append(row[text_column])
     raw.append(row[label_column].strip())
-  labels, class_names = _parse_labels(raw, class_names, lambda i: f"{path}:{rows[i][0]}")
+  labels, class_names = _parse_labels(raw, class_names, lambda i: f"{path}:{rows[i][0]}",
+                                      str(path))
   keep = _select_split(labels, split, test_fraction, seed, str(path))
   source = TextSource([texts[i] for i in keep], labels[keep])
   return source, DatasetMeta(f"csv:{path}", len(class_names), class_names, "text", None,
                              len(source))
 
 
-def _parse_labels(raw: list[str], class_names, describe) -> tuple[np.ndarray, tuple]:
-  """CSV label strings -> int labels: integers, or names in `class_names` (or sorted)."""
-  if all(s.lstrip("-").isdigit() for s in raw):
-    labels = np.asarray([int(s) for s in raw], np.int64)
-    class_names = tuple(class_names or (str(c) for c in range(max(labels, default=-1) + 1)))
-    _check_labels(labels, len(class_names), describe)
-    return labels, class_names
-  class_names = tuple(class_names or sorted(set(raw)))
+def _parse_labels(raw: list[str], class_names, describe,
+                  where: str) -> tuple[np.ndarray, tuple]:
+  """CSV label strings -> int labels: integers, or names in `class_names` (or sorted).
+
+  Without `class_names`, the distinct labels present are the classes, sorted (integers
+  numerically). With them, integer labels index them and names must be among them.
+  """
   for i, s in enumerate(raw):
-    if s not in class_names:
-      raise ValueError(f"{describe(i)}: label '{s}' is not a class; known: {list(class_names)}")
-  return np.asarray([class_names.index(s) for s in raw], np.int64), class_names
+    if not s:
+      raise ValueError(f"{describe(i)}: empty label")
+  if class_names is not None:
+    _check_num_classes(len(class_names), where, "class names")
+  if all(_INT_LABEL.fullmatch(s) for s in raw):
+    labels = np.asarray([int(s) for s in raw], np.int64)
+    if not class_names:
+      return _remap(labels, where, describe)
+    _check_labels(labels, len(class_names), describe)
+    return labels, tuple(class_names)
+  if not class_names:
+    class_names = tuple(sorted(set(raw)))
+    _check_num_classes(len(class_names), where, "distinct labels")
+  index = {name: i for i, name in enumerate(class_names)}
+  for i, s in enumerate(raw):
+    if s not in index:
+      raise ValueError(f"{describe(i)}: label {s[:100]!r} is not a class; known: "
+                       f"{_shown(class_names)}")
+  return np.asarray([index[s] for s in raw], np.int64), tuple(class_names)
 
 
 def _find_key(arrays, given: str | None, candidates: Sequence[str], what: str, path) -> str:
@@ -353,14 +462,33 @@ def load_npz(path: pathlib.Path, split: str, *, image_key: str | None = None,
   if images.ndim != 4 or images.dtype != np.uint8:
     raise ValueError(f"{path}: '{image_key}' is {images.dtype} {images.shape}; "
                      "expected uint8 [n, h, w] or [n, h, w, c]")
+  check_image_shape(images.shape, f"{path}: '{image_key}'")
   if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
     raise ValueError(f"{path}: '{label_key}' is {labels.dtype} {labels.shape}; expected int [n]")
   if len(images) != len(labels):
     raise ValueError(f"{path}: {len(images)} images but {len(labels)} labels")
   if class_names is None and "class_names" in arrays:
-    class_names = [str(c) for c in arrays["class_names"]]
-  class_names = tuple(class_names or (str(c) for c in range(int(labels.max(initial=-1)) + 1)))
-  _check_labels(labels, len(class_names), lambda i: f"{path}: {label_key}[{i}]")
+    names = arrays["class_names"]
+    if names.ndim != 1:
+      raise ValueError(f"{path}: 'class_names' has shape {names.shape}; expected [classes]")
+    _check_num_classes(len(names), f"{path}: 'class_names'", "class names")
+    class_names = [str(c) for c in names]
+  describe = lambda i: f"{path}: {label_key}[{i}]"  # noqa: E731
+  if class_names is not None:
+    _check_num_classes(len(class_names), str(path), "class names")
+    class_names = tuple(class_names)
+    _check_labels(labels, len(class_names), describe)
+    labels = labels.astype(np.int64)
+  else:
+    # The classes are those of every split in the file, so train and test agree.
+    keys = [label_key] + [k for k in ("y_train", "y_test") if split_keys and k != label_key
+                          and k in arrays and arrays[k].ndim == 1
+                          and np.issubdtype(arrays[k].dtype, np.integer)]
+    for k in keys:
+      _remap(arrays[k], str(path), lambda i, k=k: f"{path}: {k}[{i}]")  # checks each split
+    indices, class_names = _remap(np.concatenate([arrays[k] for k in keys]), str(path),
+                                  describe)
+    labels = indices[:len(labels)]
   if not split_keys:
     keep = _select_split(labels, split, test_fraction, seed, str(path))
     images, labels = images[keep], labels[keep]
@@ -403,6 +531,55 @@ def load_tfds(name: str, data_dir: str | None, split: str, *, image_key: str | N
   shape = tuple(features[input_key].shape) if modality == "image" else None
   names = tuple(features[label_key].names)
   return source, DatasetMeta(name, len(names), names, modality, shape, len(source))
+
+
+# Folder datasets up to this size are fingerprinted by content; larger ones by file names,
+# sizes and modification times (hashing more would cost seconds at every start).
+FINGERPRINT_CONTENT_BYTES = 1 << 30
+_HASH_CHUNK = 1 << 20
+
+
+def fingerprint(spec: str, data_dir: str | None = None) -> dict:
+  """What identifies a dataset's contents, JSON-ready, for refusing to resume a run on data
+  that changed: csv/npz files by size and SHA-256, folders by every image file's relative
+  path and size plus their contents (or modification times past FINGERPRINT_CONTENT_BYTES),
+  TFDS datasets by name, version and split sizes."""
+  kind, _, path = spec.partition(":")
+  if not path:
+    kind, path = "tfds", spec
+  if kind in ("csv", "npz"):
+    file = pathlib.Path(path)
+    return {"kind": kind, "size": file.stat().st_size, "sha256": _sha256([file])}
+  if kind == "folder":
+    root = pathlib.Path(path)
+    exts = (".npy", *PIL_EXTENSIONS)
+    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in exts
+                   and not any(part.startswith(".") for part in p.relative_to(root).parts))
+    sizes = [p.stat().st_size for p in files]
+    by_content = sum(sizes) <= FINGERPRINT_CONTENT_BYTES
+    index = hashlib.sha256()
+    for p, size in zip(files, sizes, strict=True):
+      stamp = "" if by_content else str(p.stat().st_mtime_ns)
+      index.update(f"{p.relative_to(root).as_posix()}\0{size}\0{stamp}\n".encode())
+    out = {"kind": kind, "files": len(files), "size": sum(sizes),
+           "index_sha256": index.hexdigest()}
+    if by_content:
+      out["sha256"] = _sha256(files)
+    return out
+  import tensorflow_datasets as tfds
+
+  info = tfds.builder(path, data_dir=data_dir or builders.default_data_dir()).info
+  return {"kind": "tfds", "name": info.name, "version": str(info.version),
+          "splits": {k: int(v.num_examples) for k, v in sorted(info.splits.items())}}
+
+
+def _sha256(files: Sequence[pathlib.Path]) -> str:
+  digest = hashlib.sha256()
+  for file in files:
+    with file.open("rb") as f:
+      while chunk := f.read(_HASH_CHUNK):
+        digest.update(chunk)
+  return digest.hexdigest()
 
 
 def describe(meta: DatasetMeta) -> str:

@@ -5,6 +5,7 @@ and fails with a `FileNotFoundError` naming the package to install. Nothing here
 TensorFlow; scikit-learn is imported lazily and only by `read_digits`.
 """
 
+import codecs
 import csv
 import gzip
 import importlib.util
@@ -156,6 +157,10 @@ def read_tweets() -> tuple[list[str], np.ndarray]:
 def read_csv(path: os.PathLike, errors: str = "strict") -> list[tuple[int, dict[str, str]]]:
   """Reads a CSV with a header row, naming the line of any non-UTF-8 byte.
 
+  A UTF-8 byte-order mark (Excel writes one) is dropped, so it does not become part of the
+  first column's name. A malformed row (a field past csv's 131,072-character limit, a NUL
+  byte) is a ValueError naming the line.
+
   Args:
     path: the CSV file.
     errors: "strict" (a bad byte is a ValueError naming the line) or "replace".
@@ -164,14 +169,22 @@ def read_csv(path: os.PathLike, errors: str = "strict") -> list[tuple[int, dict[
     (line number in the file, row as {column: value}) for every data row.
   """
   raw = pathlib.Path(path).read_bytes()
+  bom = len(codecs.BOM_UTF8) if raw.startswith(codecs.BOM_UTF8) else 0
   try:
-    text = raw.decode("utf-8", errors=errors)
+    text = raw[bom:].decode("utf-8", errors=errors)
   except UnicodeDecodeError as e:
-    line = raw[:e.start].count(b"\n") + 1
-    raise ValueError(f"{path}:{line}: not UTF-8 (byte {raw[e.start]:#04x} at offset {e.start});"
+    start = bom + e.start
+    line = raw[:start].count(b"\n") + 1
+    raise ValueError(f"{path}:{line}: not UTF-8 (byte {raw[start]:#04x} at offset {start});"
                      " re-encode the file or pass encoding_errors='replace'") from None
   reader = csv.DictReader(io.StringIO(text, newline=""))
-  return [(reader.line_num, row) for row in reader]
+  rows = []
+  try:
+    for row in reader:
+      rows.append((reader.line_num, row))
+  except csv.Error as e:  # e.g. "field larger than field limit (131072)"
+    raise ValueError(f"{path}:{reader.line_num + 1}: {e}") from None
+  return rows
 
 
 def stratified_split(labels: np.ndarray, test_fraction: float,

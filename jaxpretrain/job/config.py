@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import re
 from collections.abc import Sequence
 from typing import Any
@@ -26,10 +27,20 @@ PARALLEL = ("jit", "fsdp", "pmap")
 DTYPES = ("float32", "bfloat16")
 ON_NAN = ("stop", "skip")
 MINILM = "minilm"  # --init_checkpoint shorthand for the packaged all-MiniLM-L6-v2 folder
-# Flags that may change between a run and its resumption (they do not change the result).
-RESUMABLE_CHANGES = ("log_every", "eval_every", "checkpoint_every", "keep_checkpoints",
-                     "on_nan", "parallel", "cpu_devices", "coordinator_address",
-                     "num_processes", "process_id", "progress")
+# Flags that may change between a run and its resumption. These do not change the result:
+RESULT_NEUTRAL = ("log_every", "eval_every", "checkpoint_every", "keep_checkpoints", "on_nan",
+                  "progress")
+# These change how the step is compiled and how gradients are reduced over devices, so the
+# result agrees with an uninterrupted run only to float tolerance, not bit for bit (a resume
+# with other --cpu_devices moved parameters by 1.4e-6). They are allowed, with a message:
+# moving a preempted run to other hardware is what resuming is for.
+FLOAT_TOLERANCE = ("parallel", "cpu_devices", "coordinator_address", "num_processes",
+                   "process_id")
+RESUMABLE_CHANGES = RESULT_NEUTRAL + FLOAT_TOLERANCE
+# Paths are compared resolved (absolute, links followed), so a relative path given from
+# another folder is the same flag. --workdir is never compared: the folder being resumed is
+# the run, wherever it now is and however it is named.
+PATH_FLAGS = ("dataset", "init_checkpoint", "data_dir", "export_dir")
 
 
 class ConfigError(ValueError):
@@ -251,8 +262,58 @@ def total_steps(config: JobConfig, num_examples: int) -> int:
   return max(steps, 1)
 
 
+def _resolve(path: str) -> str:
+  return os.path.realpath(os.path.expanduser(path))
+
+
+def resolved_paths(config: JobConfig) -> dict[str, str | None]:
+  """The path flags resolved against the current folder (a dataset keeps its `kind:`)."""
+  out = {}
+  for flag in PATH_FLAGS:
+    value = getattr(config, flag)
+    if value is None or (flag == "init_checkpoint" and value == MINILM):
+      out[flag] = value
+    elif flag == "dataset":
+      kind, sep, path = value.partition(":")
+      out[flag] = f"{kind}:{_resolve(path)}" if sep and kind != "tfds" else value
+    else:
+      out[flag] = _resolve(value)
+  return out
+
+
+def resume_key(config: JobConfig, resolve: bool = True) -> dict[str, Any]:
+  """The flags a resumed run must share with the run it resumes, paths resolved (JSON).
+  `resolve=False` keeps the paths as given (for a flags.json written before they were
+  stored resolved)."""
+  key = {k: v for k, v in config.to_json().items()
+         if k not in RESUMABLE_CHANGES and k != "workdir"}
+  return {**key, **resolved_paths(config)} if resolve else key
+
+
+def saved_resume_key(saved: dict[str, Any]) -> dict[str, Any]:
+  """`resume_key` of a run from its flags.json (`to_json` plus "resolved_paths")."""
+  key = {k: v for k, v in saved.items()
+         if k not in RESUMABLE_CHANGES and k not in ("workdir", "resolved_paths")}
+  resolved = saved.get("resolved_paths")
+  return {**key, **resolved} if isinstance(resolved, dict) else key
+
+
+def key_differences(saved_key: dict[str, Any], config: JobConfig,
+                    resolve: bool = True) -> dict[str, tuple]:
+  """{flag: (saved, now)} between a stored `resume_key` and `config`'s."""
+  now = resume_key(config, resolve)
+  return {k: (saved_key.get(k), v) for k, v in now.items() if saved_key.get(k) != v}
+
+
 def resume_differences(saved: dict[str, Any], config: JobConfig) -> dict[str, tuple]:
-  """{flag: (saved, now)} of flags that changed since the workdir's run started."""
+  """{flag: (saved, now)} of flags that changed since the workdir's run started (flags.json).
+  Flags a resume may change (RESUMABLE_CHANGES) and --workdir are not compared."""
+  resolve = isinstance(saved.get("resolved_paths"), dict)
+  return key_differences(saved_resume_key(saved), config, resolve)
+
+
+def tolerance_differences(saved: dict[str, Any], config: JobConfig) -> dict[str, tuple]:
+  """{flag: (saved, now)} of FLOAT_TOLERANCE flags changed (allowed, but said)."""
   now = config.to_json()
-  return {k: (saved.get(k), v) for k, v in now.items()
-          if k not in RESUMABLE_CHANGES and saved.get(k) != v}
+  return {k: (saved.get(k), now[k]) for k in FLOAT_TOLERANCE
+          if k in saved and saved.get(k) != now[k]}

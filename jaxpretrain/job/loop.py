@@ -12,7 +12,15 @@ regexes -> data -> free disk space -> compile and train.
 Resumption: rerunning the same command restores the latest complete checkpoint (state and
 data-iterator position), drops metrics.jsonl records written after it and continues; the
 data order, dropout keys (`fold_in(rng, step)`) and so the final parameters are those of an
-uninterrupted run. A finished workdir returns its stored result without training again.
+uninterrupted run. A finished workdir returns its stored result without training again
+(without writing anything: also when the workdir has become read-only).
+
+What a resume must match is stored twice: in flags.json and inside every checkpoint (the
+flags that change the result, with paths resolved, and a fingerprint of the dataset's
+contents, `loaders.fingerprint`). A mismatch with either is refused in one line naming the
+flags, so a deleted flags.json or a replaced dataset file cannot mix two runs. --workdir
+itself is never compared. Flags in `config.FLOAT_TOLERANCE` (--parallel, --cpu_devices, the
+distributed ones) may change, with a message: the result then agrees to float tolerance only.
 
 Crash safety:
   - the workdir lock (workdir.py) refuses a second run in the same workdir;
@@ -28,7 +36,12 @@ Crash safety:
                      resumed run skips them too; more than --max_skips of them stop the run
                      (a diverging run is not a bad batch). A checkpoint at step 0 is written
                      so there is always one to return to.
-  - checkpoints are orbax commits: an interrupted save is never restored.
+  - checkpoints are orbax commits: an interrupted save is never restored; a committed step
+    damaged later (a file removed or cut short) is skipped, named, and the newest step that
+    restores is used (train/checkpoint.py);
+  - final.json and metrics.jsonl rewrites are atomic (a temporary file, then a rename); a run
+    resumed at its last step drops the final evaluation it logged before being stopped, so
+    it is logged once.
 """
 
 from __future__ import annotations
@@ -126,20 +139,118 @@ def start_devices(config: JobConfig) -> None:
                            jax.process_count())
 
 
-def _check_resume(wd: workdir_lib.Workdir, config: JobConfig) -> None:
-  saved_path = wd / "flags.json"
-  if not saved_path.exists():
-    return
+def _read_json(path: pathlib.Path) -> dict | None:
+  """A JSON object file, or None when missing or unreadable (cut short by a crash)."""
   try:
-    saved = json.loads(saved_path.read_text())
-  except ValueError:  # cut short by a crash or a full disk: nothing to compare; rewritten
-    return
-  diff = config_lib.resume_differences(saved, config)
+    value = json.loads(path.read_text())
+  except (OSError, ValueError):
+    return None
+  return value if isinstance(value, dict) else None
+
+
+def _write_atomic(path: pathlib.Path, text: str) -> None:
+  """Writes `text` to a temporary file, then renames it: a crash leaves old or new, never
+  half a file."""
+  tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+  tmp.write_text(text)
+  os.replace(tmp, path)
+
+
+def _refuse(wd: workdir_lib.Workdir, diff: dict[str, tuple], where: str) -> None:
   if diff:
     shown = ", ".join(f"--{k}: {a!r} -> {b!r}" for k, a, b in
                       ((k, *v) for k, v in sorted(diff.items())))
-    raise ConfigError(f"--workdir={str(wd.path)!r} holds a run with other flags ({shown}); "
-                      "rerun with the same flags to resume, or choose another --workdir")
+    raise ConfigError(f"--workdir={str(wd.path)!r} holds a run with other flags ({shown}; "
+                      f"{where}); rerun with the same flags to resume, or choose another "
+                      "--workdir")
+
+
+def _say_tolerance(diff: dict[str, tuple], log) -> None:
+  if diff:
+    shown = ", ".join(f"--{k}: {a!r} -> {b!r}" for k, (a, b) in sorted(diff.items()))
+    log(f"resuming with {shown}: allowed, but from here the result agrees with an "
+        "uninterrupted run to float tolerance (~1e-6), not bit for bit")
+
+
+def _check_resume(wd: workdir_lib.Workdir, config: JobConfig, log=print
+                  ) -> tuple[int, dict] | None:
+  """Refuses a resume with other flags (flags.json, then the newest checkpoint's record).
+
+  Returns:
+    (step, run record) of the newest checkpoint that has one, for the data check once the
+    dataset's fingerprint is known; None on a fresh workdir.
+  """
+  saved = _read_json(wd / "flags.json")
+  if saved is not None:
+    _refuse(wd, config_lib.resume_differences(saved, config), "flags.json")
+  newest = _newest_run_record(wd)
+  if newest is not None:
+    step, record = newest
+    flags = record.get("flags")
+    if isinstance(flags, dict):
+      _refuse(wd, config_lib.key_differences(flags, config), f"stored in checkpoint {step}")
+  devices = saved if saved is not None else (newest[1].get("devices") if newest else None)
+  if isinstance(devices, dict):
+    _say_tolerance(config_lib.tolerance_differences(devices, config), log)
+  return newest
+
+
+def _newest_run_record(wd: workdir_lib.Workdir) -> tuple[int, dict] | None:
+  """(step, "run" record) of the newest checkpoint whose data JSON reads and holds one."""
+  if not checkpoint_lib.checkpoint_dir(wd.path).is_dir():
+    return None
+  with checkpoint_lib.Checkpointer(wd.path, max_to_keep=None, read_only=True) as ckpt:
+    got = ckpt.newest_data()
+  if got is None or not isinstance(got[1].get("run"), dict):
+    return None  # none, or written before checkpoints held their run record
+  return got[0], got[1]["run"]
+
+
+def _check_data(config: JobConfig, step: int, record: dict, fingerprint: dict) -> None:
+  """The dataset's contents must be those checkpoint `step` was trained on."""
+  stored = record.get("data")
+  if isinstance(stored, dict) and stored != fingerprint:
+    changed = sorted(k for k in {*stored, *fingerprint} if stored.get(k) != fingerprint.get(k))
+    shown = ", ".join(f"{k}: {stored.get(k)!r} -> {fingerprint.get(k)!r}" for k in changed)
+    raise ConfigError(f"--dataset={config.dataset!r}: the data changed since checkpoint {step} "
+                      f"was written ({shown}); restore the original data to resume, or "
+                      "choose another --workdir")
+
+
+def _run_record(config: JobConfig, fingerprint: dict) -> dict:
+  """What every checkpoint stores about its run, for `_check_resume` and `_check_data`."""
+  now = config.to_json()
+  return {"flags": config_lib.resume_key(config), "data": fingerprint,
+          "devices": {k: now[k] for k in config_lib.FLOAT_TOLERANCE}}
+
+
+def _check_classes(config: JobConfig, data) -> None:
+  """Classification needs at least two classes among the training labels."""
+  labels = getattr(data.train, "labels", None)
+  present = np.unique(np.asarray(labels)) if labels is not None else range(
+      data.meta.num_classes)
+  if len(present) < 2:
+    names = [data.meta.class_names[int(c)] for c in present]
+    raise ConfigError(f"--dataset={config.dataset!r}: the training split holds "
+                      f"{len(present)} class ({', '.join(map(repr, names))}, "
+                      f"{len(data.train)} examples); classification needs at least 2")
+
+
+def _stored_result(wd: workdir_lib.Workdir, config: JobConfig, log) -> Result | None:
+  """The result of a finished run in `wd` (same flags), or None. Reads only: a finished
+  workdir that became read-only still answers."""
+  stored = _read_json(wd / RESULT)
+  if stored is None:
+    if (wd / RESULT).exists():
+      log(f"{wd / RESULT} is unreadable (cut short?); finishing the run again")
+    return None
+  names = {f.name for f in dataclasses.fields(Result)}
+  if set(stored) != names:
+    log(f"{wd / RESULT} does not hold a run's result; finishing the run again")
+    return None
+  _check_resume(wd, config, log)
+  log(f"{wd.path} already holds a finished run ({stored['steps']} steps); nothing to do")
+  return Result(**stored)
 
 
 def _check_export_dir(config: JobConfig) -> None:
@@ -155,9 +266,8 @@ def _check_export_dir(config: JobConfig) -> None:
 
 def _write_run_files(wd: workdir_lib.Workdir, config: JobConfig) -> None:
   (wd / "flags.txt").write_text(flags_lib.flagfile_text(config))
-  tmp = wd / f"flags.json.tmp-{os.getpid()}"  # then renamed: never a half-written flags.json
-  tmp.write_text(json.dumps(config.to_json(), indent=2, sort_keys=True) + "\n")
-  os.replace(tmp, wd / "flags.json")
+  saved = {**config.to_json(), "resolved_paths": config_lib.resolved_paths(config)}
+  _write_atomic(wd / "flags.json", json.dumps(saved, indent=2, sort_keys=True) + "\n")
   revisions = wd / "git_revision.txt"
   lines = revisions.read_text().splitlines() if revisions.exists() else []
   rev = workdir_lib.git_revision()
@@ -244,32 +354,35 @@ def run(config: JobConfig, *, hooks: Hooks | None = None, log=print) -> Result:
     Stopped: SIGTERM arrived; a checkpoint was written.
   """
   config_lib.validate(config)
+  wd = workdir_lib.Workdir(config.workdir)
+  stored = _stored_result(wd, config, log)
+  if stored is not None:
+    return stored
   _check_export_dir(config)
   start_devices(config)
   hooks = hooks or Hooks()
-  wd = workdir_lib.Workdir(config.workdir)
   wd.check_writable()
   # One lock per workdir: process 0 holds it for all processes of a multi-process run.
   lock = wd.lock() if jax.process_index() == 0 else contextlib.nullcontext()
   with lock, workdir_lib.StopSignal() as stop:
-    _check_resume(wd, config)
-    return _run_locked(config, wd, stop, hooks, log)
+    newest = _check_resume(wd, config, log)
+    return _run_locked(config, wd, stop, hooks, log, newest)
 
 
-def _run_locked(config, wd, stop, hooks, log) -> Result:
+def _run_locked(config, wd, stop, hooks, log, newest) -> Result:
   t_start = time.perf_counter()
   lead = jax.process_index() == 0
-  done = wd / RESULT
-  if done.exists():
-    stored = json.loads(done.read_text())
-    log(f"{wd.path} already holds a finished run ({stored['steps']} steps); nothing to do")
-    return Result(**stored)
   base = task_lib.model_spec(config, wd.path, log)
   probe = task_lib.with_head(base, config, config.num_classes or 2)
   config_lib.check_param_regexes(config, task_lib.param_paths(probe))
   data = task_lib.load_data(config, base)
+  fingerprint = _fingerprint(config)
+  if newest is not None:
+    _check_data(config, *newest, fingerprint)
+  run_record = _run_record(config, fingerprint)
   num_classes = None
   if config.task == "classification":
+    _check_classes(config, data)
     num_classes = config.num_classes or data.meta.num_classes
     if num_classes < data.meta.num_classes:
       raise ConfigError(f"--num_classes={num_classes}; allowed: >= {data.meta.num_classes} "
@@ -300,15 +413,23 @@ def _run_locked(config, wd, stop, hooks, log) -> Result:
   state = par.put_state(state0)
   del state0
   ckpt = checkpoint_lib.Checkpointer(wd.path, max_to_keep=config.keep_checkpoints)
-  try:
+  with ckpt:  # closed on every path; a failing one does not raise a failed save again
     return _train(config, wd, stop, hooks, log, lead, t_start, spec, data, model, par, state,
-                  ckpt, batch_fn, total)
-  finally:
-    ckpt.close()
+                  ckpt, batch_fn, total, run_record)
+
+
+def _fingerprint(config: JobConfig) -> dict:
+  from jaxpretrain.data import loaders  # noqa: PLC0415 -- TFDS import is slow
+
+  try:
+    return loaders.fingerprint(config.dataset, config.data_dir)
+  except (OSError, ValueError) as e:
+    raise ConfigError(f"--dataset={config.dataset!r}: cannot fingerprint its files: "
+                      f"{type(e).__name__}: {e}") from None
 
 
 def _train(config, wd, stop, hooks, log, lead, t_start, spec, data, model, par, state, ckpt,
-           batch_fn, total) -> Result:
+           batch_fn, total, run_record) -> Result:
   from jaxpretrain.data import pipeline  # noqa: PLC0415
 
   mlog = workdir_lib.MetricsLog(wd / workdir_lib.METRICS, enabled=lead)
@@ -317,8 +438,17 @@ def _train(config, wd, stop, hooks, log, lead, t_start, spec, data, model, par, 
                                      num_threads=2, prefetch_buffer_size=4)
   skipped: set[int] = set()
 
+  def check(step_now, data_state):
+    record = data_state.get("run")
+    if not isinstance(record, dict):
+      return  # written before checkpoints held their run record
+    if isinstance(record.get("flags"), dict):
+      _refuse(wd, config_lib.key_differences(record["flags"], config),
+              f"stored in checkpoint {step_now}")
+    _check_data(config, step_now, record, run_record["data"])
+
   def restore():
-    got = ckpt.restore_latest(par.global_state(state))
+    got = ckpt.restore_latest(par.global_state(state), check=check, log=log)
     if got is None:
       return None
     restored, data_state = got
@@ -327,7 +457,8 @@ def _train(config, wd, stop, hooks, log, lead, t_start, spec, data, model, par, 
     return par.put_state(restored), int(data_state.get("train_step", 0))
 
   def save(step_now):
-    data_state = {**train_it.get_state(), "skipped": sorted(skipped), "train_step": step_now}
+    data_state = {**train_it.get_state(), "skipped": sorted(skipped), "train_step": step_now,
+                  "run": run_record}
     ckpt.save(step_now, par.global_state(state), data_state=data_state)
 
   step, resumed_from = 0, None
@@ -336,7 +467,7 @@ def _train(config, wd, stop, hooks, log, lead, t_start, spec, data, model, par, 
     state, step = got
     resumed_from = step
     log(f"resuming from the checkpoint of step {step} in {ckpt.directory}")
-    mlog.truncate_after(step)
+    mlog.truncate_after(step, final_step=total)  # a final evaluation logged is done again
   elif config.on_nan == "skip":
     save(0)  # something to roll back to
   elif mlog.path.exists():
@@ -458,7 +589,7 @@ def _train(config, wd, stop, hooks, log, lead, t_start, spec, data, model, par, 
     records = mlog.read()
     report_lib.plot_curves(records, wd / CURVES, summary["title"])
     (wd / REPORT).write_text(report_lib.run_report(summary=summary, final=final, curves=CURVES))
-    (wd / RESULT).write_text(json.dumps(dataclasses.asdict(result), indent=1, default=str))
+    _write_atomic(wd / RESULT, json.dumps(dataclasses.asdict(result), indent=1, default=str))
   return result
 
 

@@ -7,10 +7,14 @@
       with StopSignal() as stop:           # SIGTERM -> stop.requested, the loop checkpoints
         ...
 
-Lock: `<workdir>/.lock` holds the owner's pid and host, and is held with `fcntl.flock`, which
-the kernel releases when the process dies however it dies. So a lock that can be taken but
-still names a pid is stale (that process crashed or was killed): it is taken over with a
-message. A lock that cannot be taken belongs to a live process, which the error names.
+Lock: `fcntl.flock` on the workdir folder itself, and on `<workdir>/.lock`, which holds the
+owner's pid and host. The kernel releases both when the process dies however it dies. So a
+lock file that can be taken but still names a pid is stale (that process crashed or was
+killed): it is taken over with a message. A lock that cannot be taken belongs to a live
+process, which the error names. The lock on the folder is what excludes a second run: a
+deleted or replaced `.lock` file (a new inode nobody holds) does not let one in, nor does a
+relative or symlinked path to the same folder. Where a file system cannot flock a folder,
+the `.lock` file is the lock, and it is checked to still be the file at its path.
 """
 
 from __future__ import annotations
@@ -47,14 +51,25 @@ class Workdir:
     return self.path / name
 
   def check_writable(self) -> None:
-    """Creates the folder and writes a probe file; a WorkdirError says what failed."""
+    """Creates the folder and writes a probe file in it and in every sub-folder it already
+    holds (`checkpoints/` may be another, read-only, mount), and opens every file it holds
+    for appending; a WorkdirError names the first that fails."""
+    target = self.path
     try:
       self.path.mkdir(parents=True, exist_ok=True)
-      probe = self.path / f".probe-{os.getpid()}"
-      probe.write_text("ok")
-      probe.unlink()
+      _probe(self.path)
+      for child in sorted(self.path.iterdir()):
+        target = child
+        if child.name.startswith(".") or child.is_symlink():
+          continue  # the lock, probes and tmp files; links lead outside the workdir
+        if child.is_dir():
+          _probe(child)
+        elif child.is_file():
+          with child.open("a"):  # appending nothing: the contents stay as they are
+            pass
     except OSError as e:
-      raise WorkdirError(f"--workdir={str(self.path)!r} is not a writable folder: "
+      where = "" if target == self.path else f" ({target.name} in it)"
+      raise WorkdirError(f"--workdir={str(self.path)!r} is not a writable folder{where}: "
                          f"{type(e).__name__}: {e}") from None
 
   def check_free_space(self, needed: int) -> None:
@@ -68,18 +83,26 @@ class Workdir:
 
   @contextlib.contextmanager
   def lock(self) -> Iterator[None]:
-    """Holds `<workdir>/.lock` for the block (see the module docstring)."""
+    """Holds the workdir's lock for the block (see the module docstring)."""
     path = self.path / LOCK
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    dir_fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY)
+    fd = None
     try:
+      try:
+        fcntl.flock(dir_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+      except BlockingIOError:
+        self._in_use(path)
+      except OSError:  # no flock on folders here (some network file systems): the file only
+        os.close(dir_fd)
+        dir_fd = None
+      fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
       try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
       except BlockingIOError:
-        owner = _read_owner(fd)
-        raise WorkdirError(
-            f"--workdir={str(self.path)!r} is in use by pid {owner.get('pid', '?')} on "
-            f"{owner.get('host', '?')} (lock {path}); wait for it, stop it, or choose another "
-            "--workdir") from None
+        self._in_use(path, fd)
+      if dir_fd is None and not _same_file(fd, path):
+        raise WorkdirError(f"--workdir={str(self.path)!r}: the lock file {path} was replaced "
+                           "while taking it; another run is starting here. Rerun")
       owner = _read_owner(fd)
       if owner.get("pid"):
         print(f"taking over the stale lock of pid {owner['pid']} on {owner.get('host', '?')} "
@@ -94,7 +117,17 @@ class Workdir:
         os.ftruncate(fd, 0)  # a clean exit leaves no owner behind
         fcntl.flock(fd, fcntl.LOCK_UN)
     finally:
-      os.close(fd)
+      for f in (fd, dir_fd):
+        if f is not None:
+          os.close(f)
+
+  def _in_use(self, path: pathlib.Path, fd: int | None = None) -> None:
+    """Raises the WorkdirError of a lock held by a live process, naming it when it can."""
+    owner = _read_owner(fd) if fd is not None else _read_owner_file(path)
+    holder = (f"pid {owner['pid']} on {owner.get('host', '?')}" if owner.get("pid") else
+              "another process (its lock file was removed or emptied)")
+    raise WorkdirError(f"--workdir={str(self.path)!r} is in use by {holder} (lock {path}); "
+                       "wait for it, stop it, or choose another --workdir")
 
   def git_revision(self) -> str:
     return git_revision()
@@ -102,9 +135,37 @@ class Workdir:
 
 def _read_owner(fd: int) -> dict[str, Any]:
   try:
-    return json.loads(os.pread(fd, 4096, 0).decode() or "{}")
+    owner = json.loads(os.pread(fd, 4096, 0).decode() or "{}")
   except (ValueError, UnicodeDecodeError):
     return {}
+  return owner if isinstance(owner, dict) else {}
+
+
+def _read_owner_file(path: pathlib.Path) -> dict[str, Any]:
+  try:
+    fd = os.open(path, os.O_RDONLY)
+  except OSError:
+    return {}
+  try:
+    return _read_owner(fd)
+  finally:
+    os.close(fd)
+
+
+def _same_file(fd: int, path: pathlib.Path) -> bool:
+  """Whether the open `fd` is still the file at `path` (not deleted or replaced)."""
+  try:
+    st = os.stat(path)
+  except OSError:
+    return False
+  mine = os.fstat(fd)
+  return (st.st_dev, st.st_ino) == (mine.st_dev, mine.st_ino)
+
+
+def _probe(folder: pathlib.Path) -> None:
+  probe = folder / f".probe-{os.getpid()}"
+  probe.write_text("ok")
+  probe.unlink()
 
 
 def _alive(pid: int) -> bool:
@@ -138,12 +199,18 @@ class MetricsLog:
   def __init__(self, path: str | os.PathLike, enabled: bool = True):
     self.path, self.enabled = pathlib.Path(path), enabled
 
-  def truncate_after(self, step: int) -> None:
-    """Drops records past `step` (written after the checkpoint a resumed run starts from)."""
+  def truncate_after(self, step: int, final_step: int | None = None) -> None:
+    """Drops records past `step` (written after the checkpoint a resumed run starts from),
+    and the final evaluation at `final_step`: a run resumed there evaluates again (it was
+    stopped during the export, after logging it). Rewritten atomically, so a crash here
+    leaves the old file or the new one."""
     if not self.enabled or not self.path.exists():
       return
-    keep = [r for r in self.read() if r.get("step", 0) <= step]
-    self.path.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in keep))
+    keep = [r for r in self.read() if _step(r) <= step
+            and not (r.get("kind") == "eval" and _step(r) == final_step)]
+    tmp = self.path.with_name(f"{self.path.name}.tmp-{os.getpid()}")
+    tmp.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in keep))
+    os.replace(tmp, self.path)
 
   def write(self, record: dict[str, Any]) -> None:
     if self.enabled:
@@ -161,6 +228,11 @@ class MetricsLog:
       except ValueError:
         continue
     return [r for r in records if isinstance(r, dict)]
+
+
+def _step(record: dict[str, Any]) -> float:
+  step = record.get("step", 0)
+  return step if isinstance(step, (int, float)) else float("inf")  # unreadable: dropped
 
 
 class StopSignal:

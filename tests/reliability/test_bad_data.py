@@ -42,6 +42,12 @@ def _npz(path, **arrays):
   return path
 
 
+# A text model for the text cases that get past the modality check.
+TINY_BERT = dict(model="bert", max_len=16, image_size=None, model_kwargs={
+    "hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2,
+    "intermediate_size": 32, "max_position_embeddings": 16})
+
+
 def _rows(n=20):
   return "".join(f"text number {i},{'pos' if i % 2 else 'neg'}\n" for i in range(n))
 
@@ -55,7 +61,71 @@ def label_beyond_class_names(tmp):
 
 def negative_csv_label(tmp):
   path = _csv(tmp / "d.csv", "text,label\n" + "a,0\nb,1\n" * 5 + "c,-1\n")
-  return f"csv:{path}", rf"{path}:12: label -1 out of range \[0, 2\)"
+  return f"csv:{path}", rf"{path}:12: label -1 out of range: integer labels must be >= 0"
+
+
+def unquoted_comma(tmp):  # "hello, world" unquoted: 3 fields, and a class " world" before
+  path = _csv(tmp / "d.csv", "text,label\n" + _rows(6) + "hello, world,pos\n")
+  return f"csv:{path}", (rf"{path}:8: 3 fields but the header has 2; quote fields that "
+                         "contain commas")
+
+
+def empty_label(tmp):
+  path = _csv(tmp / "d.csv", "text,label\n" + _rows(4) + "no label here,\n" + _rows(4))
+  return f"csv:{path}", rf"{path}:6: empty label"
+
+
+def field_past_the_csv_limit(tmp):  # csv's field_size_limit is 131,072 characters
+  path = _csv(tmp / "d.csv", "text,label\n" + _rows(3) + "x" * 131_073 + ",pos\n")
+  return f"csv:{path}", rf"{path}:5: field larger than field limit \(131072\)"
+
+
+def too_many_classes(tmp):  # an id column given as the label: one class per row
+  path = _csv(tmp / "d.csv", "text,label\n" + "".join(f"t,{i}\n" for i in range(10_001)))
+  return f"csv:{path}", rf"{path}: 10,001 distinct labels; at most MAX_CLASSES=10,000 classes"
+
+
+def single_class_csv(tmp):  # would train a one-output head and report accuracy 1.0
+  path = _csv(tmp / "d.csv", "text,label\n" + "".join(f"t{i},pos\n" for i in range(20)))
+  return f"csv:{path}", (r"the training split holds 1 class \('pos', 16 examples\); "
+                         "classification needs at least 2"), TINY_BERT
+
+
+def single_class_npz(tmp):  # class_names list four, but every label is 2
+  images, _ = make_images(20)
+  path = _npz(tmp / "d.npz", image=images, label=np.full(20, 2),
+              class_names=np.array(list("abcd")))
+  return f"npz:{path}", r"the training split holds 1 class \('c', 16 examples\)"
+
+
+def zero_height_npz_images(tmp):
+  path = _npz(tmp / "d.npz", image=np.zeros((20, 0, 8), np.uint8), label=np.arange(20) % 2)
+  return f"npz:{path}", rf"{path}: 'image': image of height 0 and width 8; both must be >= 1"
+
+
+def two_channel_npz_images(tmp):  # failed mid-run inside grain before
+  path = _npz(tmp / "d.npz", image=np.zeros((20, 8, 8, 2), np.uint8), label=np.arange(20) % 2)
+  return f"npz:{path}", (rf"{path}: 'image': image with 2 channels \(shape \(20, 8, 8, 2\)\); "
+                         "allowed: 1, 3, 4")
+
+
+def five_channel_npz_images(tmp):
+  path = _npz(tmp / "d.npz", image=np.zeros((20, 8, 8, 5), np.uint8), label=np.arange(20) % 2)
+  return f"npz:{path}", rf"{path}: 'image': image with 5 channels"
+
+
+def zero_width_first_image(tmp):
+  root = _folder(tmp / "imgs")
+  np.save(root / "c0" / "0.npy", np.zeros((8, 0), np.uint8))  # sorts before 0.png
+  return f"folder:{root}", rf"{root / 'c0' / '0.npy'}: image of height 8 and width 0"
+
+
+def float_tiff_out_of_range(tmp):
+  root = _folder(tmp / "imgs")
+  bad = root / "c0" / "0-bad.tif"  # sorts first: decoded at start-up
+  PIL.Image.fromarray(np.full((8, 8), 300.0, np.float32)).save(bad)
+  return f"folder:{root}", (rf"{bad}: float32 image with values in "
+                            r"\[300, 300\]; allowed: floats in \[0, 1\] or \[0, 255\]")
 
 
 def ragged_npz_images(tmp):  # mixed sizes cannot be one array: an object array
@@ -156,13 +226,16 @@ CASES = [label_beyond_class_names, negative_csv_label, ragged_npz_images, trunca
          float_npz_images, npz_length_mismatch, npz_without_labels, empty_npz,
          empty_test_split, header_only_csv, non_utf8_csv, csv_without_the_columns,
          csv_short_row, missing_csv, text_for_an_image_model, folder_class_without_images,
-         folder_without_classes, missing_folder, corrupt_first_image]
+         folder_without_classes, missing_folder, corrupt_first_image, unquoted_comma,
+         empty_label, field_past_the_csv_limit, too_many_classes, single_class_csv,
+         single_class_npz, zero_height_npz_images, two_channel_npz_images,
+         five_channel_npz_images, zero_width_first_image, float_tiff_out_of_range]
 
 
 @pytest.mark.parametrize("make", CASES, ids=lambda f: f.__name__)
 def test_bad_dataset_fails_at_start_up_naming_the_file(make, tiny_config, tmp_path):
-  dataset, expected = make(tmp_path)
-  config = tiny_config(dataset=dataset)
+  dataset, expected, *overrides = make(tmp_path)
+  config = tiny_config(dataset=dataset, **(overrides[0] if overrides else {}))
   with pytest.raises(ConfigError) as e:
     run(config)
   message = str(e.value)
@@ -188,3 +261,63 @@ def test_images_of_mixed_sizes_train(tiny_config, tmp_path):
   root = _folder(tmp_path / "imgs", per_class=10, sizes=((8, 8), (13, 6), (5, 21), (32, 32)))
   result = finetune(tiny_config(dataset=f"folder:{root}", steps=4, checkpoint_every=0))
   assert result.steps == 4 and 0.0 <= result.metrics["accuracy"] <= 1.0
+
+
+# --------------------------------------------------------------------- labels and pixels
+# Loader-level (no training): what is handled rather than refused, and how.
+
+PEAK_BYTES = 50 << 20  # loading a 30-row file stays far below range(10**9) (5.8 GB of names)
+
+
+def test_labels_are_the_distinct_values_present(tmp_path):
+  """A label of 10**9, a 30-digit one (OverflowError in int64 before) and a 5,000-digit one
+  (ValueError from int() before) are classes like any other, without allocating a range."""
+  import tracemalloc
+
+  from jaxpretrain.data import load_dataset
+
+  huge = "9" * 5000
+  path = _csv(tmp_path / "d.csv", "text,label\n" + "".join(
+      f"t{i},{v}\n" for i, v in enumerate([7, 10**9, 0] * 10)))
+  tracemalloc.start()
+  src, meta = load_dataset(f"csv:{path}", split="all")
+  peak = tracemalloc.get_traced_memory()[1]
+  tracemalloc.stop()
+  assert meta.class_names == ("0", "7", "1000000000") and peak < PEAK_BYTES
+  assert [src[i]["label"] for i in range(3)] == [1, 2, 0]
+  path = _csv(tmp_path / "o.csv", f"text,label\na,1\nb,{'9' * 30}\nc,{huge}\nd,1\n")
+  src, meta = load_dataset(f"csv:{path}", split="all")  # a name is any string: sorted as text
+  assert meta.class_names == ("1", "9" * 30, huge)
+  assert [src[i]["label"] for i in range(4)] == [0, 1, 2, 0]
+  images, _ = make_images(6)
+  for labels in (np.array([0, 10**9] * 3), np.array([3, 2**63 + 5] * 3, np.uint64)):
+    path = _npz(tmp_path / "d.npz", image=images, label=labels)
+    src, meta = load_dataset(f"npz:{path}", split="all")
+    assert meta.class_names == tuple(str(v) for v in sorted(set(labels.tolist())))
+    assert [src[i]["label"] for i in range(6)] == [0, 1] * 3
+  keras = _npz(tmp_path / "k.npz", x_train=images, y_train=np.array([5, 9] * 3),
+               x_test=images[:2], y_test=np.array([9, 9]))
+  _, train = load_dataset(f"npz:{keras}", split="train")
+  test, meta = load_dataset(f"npz:{keras}", split="test")
+  assert train.class_names == meta.class_names == ("5", "9") and test[0]["label"] == 1
+
+
+def test_high_bit_depth_images_are_scaled_and_a_bom_is_stripped(tmp_path):
+  from jaxpretrain.data import load_dataset
+  from jaxpretrain.data.loaders import DataError, read_image
+
+  ramp = np.arange(64, dtype=np.float64).reshape(8, 8) / 63  # 64 grey levels in [0, 1]
+  want = np.round(ramp * 255).astype(np.uint8)[..., None]
+  _png(tmp_path / "g16.png", np.round(ramp * 65535).astype(np.uint16))
+  PIL.Image.fromarray(ramp.astype(np.float32)).save(tmp_path / "f.tif")
+  PIL.Image.fromarray((ramp * 255).astype(np.float32)).save(tmp_path / "f255.tif")
+  for name in ("g16.png", "f.tif", "f255.tif"):
+    got = read_image(tmp_path / name, 1)
+    assert got.dtype == np.uint8 and len(np.unique(got)) == 64, name  # not 2 grey levels
+    np.testing.assert_array_equal(got, want, err_msg=name)
+  np.save(tmp_path / "c2.npy", np.zeros((8, 8, 2), np.uint8))  # mid-run: one DataError line
+  with pytest.raises(DataError, match=r"c2\.npy: image with 2 channels"):
+    read_image(tmp_path / "c2.npy", 3)
+  path = _csv(tmp_path / "bom.csv", b"\xef\xbb\xbftext,label\n" + _rows(4).encode())
+  src, meta = load_dataset(f"csv:{path}", split="all")
+  assert meta.class_names == ("neg", "pos") and src[0]["text"] == "text number 0"

@@ -13,6 +13,7 @@ the parameters, per-step losses and test metrics of an uninterrupted run, bit fo
 
 import json
 import os
+import pathlib
 import random
 import re
 import signal
@@ -180,3 +181,114 @@ def _check_restart(before, text, cut_short, shown):
     assert "taking over the stale lock" not in text, context  # released on the way out
   elif before["locked"]:
     assert f"taking over the stale lock of pid {before['pid']} " in text, context
+
+
+# ----------------------------------------------------------------- damage after the fact
+# In-process runs of 12 steps (checkpoints 5 and 10, then 12): the failure is placed
+# exactly, so no kill timing is involved.
+
+
+class Crash(RuntimeError):
+  pass
+
+
+def _crash_after(step):
+  def after_step(s):
+    if s == step:
+      raise Crash(f"simulated crash after step {s}")
+  return after_step
+
+
+def _largest_file(folder):
+  return max((p for p in folder.rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+
+
+def _damage(step_dir, how):
+  if how == "state file removed":
+    _largest_file(step_dir / "state").unlink()
+  elif how == "state file cut short":
+    big = _largest_file(step_dir / "state")
+    big.write_bytes(big.read_bytes()[:big.stat().st_size // 2])
+  else:  # "data file cut short": the iterator position and the run record
+    meta = step_dir / "data" / "metadata"
+    text = meta.read_text()
+    meta.write_text(text[:len(text) // 2])
+
+
+DAMAGE = ["state file removed", "state file cut short", "data file cut short"]
+
+
+@pytest.mark.parametrize("how", DAMAGE)
+def test_damaged_newest_checkpoint_is_skipped_naming_why(tmp_path, how):
+  """Checkpointer level (no training): steps 1 and 2 saved, a file of step 2 removed or cut
+  short afterwards. restore_latest returns step 1, logs one line naming step 2 and the
+  error, and removes step 2; when step 1 is damaged too, one CheckpointError names both."""
+  from jaxpretrain.train import checkpoint
+  from tests.train.test_checkpoint import _setup
+
+  par, fresh, _ = _setup("cnn", "jit")
+  state = par.put_state(fresh())
+  with checkpoint.Checkpointer(tmp_path, max_to_keep=None) as ckpt:
+    for step in (1, 2):
+      ckpt.save(step, state, data_state={"step": step})
+  _damage(tmp_path / "checkpoints" / "2", how)
+  lines = []
+  with checkpoint.Checkpointer(tmp_path, max_to_keep=None) as ckpt:
+    _, data_state = ckpt.restore_latest(state, log=lines.append)
+    assert data_state == {"step": 1} and ckpt.all_steps() == [1]
+  assert len(lines) == 1 and lines[0].startswith("skipping checkpoint 2 in "), lines
+  assert re.search(r": it does not restore \(\w+: .+\); removed, resuming from step 1$",
+                   lines[0]), lines[0]
+  _damage(tmp_path / "checkpoints" / "1", how)
+  with checkpoint.Checkpointer(tmp_path, max_to_keep=None) as ckpt, pytest.raises(
+      checkpoint.CheckpointError, match=r"no checkpoint in .*checkpoints restores \(step 1: "
+      r"\w+: .+\); move the folder away to start over, or choose another --workdir") as e:
+    ckpt.restore_latest(state)
+  assert "\n" not in str(e.value) and len(str(e.value)) < 1000
+
+
+def test_damaged_newest_checkpoint_resumes_from_the_previous_one(tiny_config):
+  """The same through the training loop: checkpoint 10 cut short after a crash at step 11;
+  the rerun resumes from 5, writes 10 again and logs each step once."""
+  from jaxpretrain.job import finetune
+  from jaxpretrain.job.loop import Hooks
+
+  config = tiny_config(steps=12, checkpoint_every=5)
+  wd = pathlib.Path(config.workdir)
+  with pytest.raises(Crash):
+    finetune(config, hooks=Hooks(after_step=_crash_after(11)))
+  assert _checkpoints(wd)[0] == [5, 10]
+  _damage(wd / "checkpoints" / "10", "state file cut short")
+  lines = []
+  result = finetune(config, log=lines.append)
+  assert any(x.startswith("skipping checkpoint 10 ") for x in lines), lines
+  assert result.resumed_from == 5 and result.steps == 12
+  assert [r["step"] for r in train_records(wd)] == list(range(1, 13))
+  assert _checkpoints(wd) == ([10, 12], [])  # 10 written again, then 12 (keep 2)
+
+
+def test_final_evaluation_logged_once_and_a_cut_final_json_reruns(tiny_config, monkeypatch):
+  """A crash during the export (after the final evaluation was logged) and a final.json cut
+  short: each rerun finishes, and metrics.jsonl holds the final evaluation exactly once."""
+  from jaxpretrain.job import finetune, loop
+
+  config = tiny_config(steps=12, checkpoint_every=5)
+  wd = pathlib.Path(config.workdir)
+
+  def crash(*args, **kwargs):
+    raise Crash("simulated crash during the export")
+  with monkeypatch.context() as m:
+    m.setattr(loop, "_export", crash)
+    with pytest.raises(Crash):
+      finetune(config)
+  evals = lambda: [r for r in map(json.loads, (wd / "metrics.jsonl").read_text().splitlines())  # noqa: E731
+                   if r["kind"] == "eval"]
+  assert [r["step"] for r in evals()] == [12] and not (wd / "final.json").exists()
+  first = finetune(config)
+  assert first.resumed_from == 12 and [r["step"] for r in evals()] == [12]
+  (wd / "final.json").write_text((wd / "final.json").read_text()[:40])  # a cut write
+  lines = []
+  again = finetune(config, log=lines.append)
+  assert any("final.json is unreadable (cut short?)" in x for x in lines), lines
+  assert again.resumed_from == 12 and [r["step"] for r in evals()] == [12]
+  assert json.loads((wd / "final.json").read_text())["metrics"] == first.metrics

@@ -10,8 +10,10 @@ otherwise.
 import contextlib
 import errno
 import json
+import re
 import shutil
 import subprocess
+import sys
 import time
 
 import jax
@@ -22,7 +24,7 @@ from jaxpretrain import pretrained
 from jaxpretrain.job import WorkdirError, finetune
 from jaxpretrain.job import workdir as workdir_lib
 from jaxpretrain.job.loop import Hooks
-from tests.reliability.conftest import train_records, wait_for
+from tests.reliability.conftest import REPO, train_records, wait_for
 
 
 @contextlib.contextmanager
@@ -161,3 +163,108 @@ def test_a_file_cut_short_by_a_crash_does_not_wedge_the_workdir(tiny_config, tor
   assert result.resumed_from == 5 and result.steps == 12
   assert [r["step"] for r in train_records(path.parent)] == list(range(1, 13))
   assert json.loads((path.parent / "flags.json").read_text())["steps"] == 12
+
+
+# ------------------------------------------------- read-only checkpoints/, lock, finished run
+
+def test_read_only_checkpoints_folder_fails_before_training(tiny_config, tmp_path):
+  """checkpoints/ on a read-only mount inside a writable workdir: one WorkdirError naming it,
+  before anything is built (this was a traceback, then a process that never exited)."""
+  config = tiny_config()
+  wd = tmp_path / "run"
+  with tmpfs(wd / "checkpoints", "1m", read_only=True):
+    with pytest.raises(WorkdirError) as e:
+      finetune(config)
+    left = sorted(p.name for p in wd.iterdir())
+  message = str(e.value)
+  assert message.startswith(f"--workdir='{wd}' is not a writable folder (checkpoints in it): "
+                            "OSError: [Errno 30] Read-only file system"), message
+  assert "\n" not in message and left == ["checkpoints"]
+
+
+READ_ONLY_EXIT_S = 60  # from the mount to the exit; the exit itself waits EXIT_GRACE_S at most
+
+
+@pytest.mark.slow
+def test_checkpoints_turning_read_only_mid_run_exit_in_seconds(cli, tmp_path):
+  """checkpoints/ becomes read-only mid-run (a ro mount over it after checkpoint 5): the
+  failed async save ends the CLI with one error line and status 1 within seconds, although
+  orbax's signalling threads would wait out its coordination timeout."""
+  wd = tmp_path / "run"
+  log = tmp_path / "run.log"
+  proc = cli.start(wd, log, "--steps=100000")
+  try:
+    wait_for(lambda: (wd / "checkpoints" / "5").is_dir(), proc, time.monotonic() + 120,
+             "checkpoint 5")
+    with tmpfs(wd / "checkpoints", "1m", read_only=True):
+      mounted = time.monotonic()
+      try:
+        status = proc.wait(timeout=READ_ONLY_EXIT_S)
+      except subprocess.TimeoutExpired:
+        pytest.fail(f"still running {READ_ONLY_EXIT_S} s after checkpoints/ became read-only:"
+                    f"\n{log.read_text()[-2000:]}")
+      took = time.monotonic() - mounted
+  finally:
+    if proc.poll() is None:
+      proc.kill()
+      proc.wait()
+  text = log.read_text()
+  errors = [x for x in text.splitlines() if x.startswith("error: ")]
+  assert status == 1, text[-3000:]
+  assert len(errors) == 1 and text.rstrip().endswith(errors[0]), text[-3000:]
+  assert errors[0].startswith(f"error: cannot write in --workdir='{wd}' ("), errors[0]
+  # Read-only file system, or, when the mount lands while a save writes its tmp folder,
+  # No such file or directory (the folder vanished under it).
+  assert re.search(r"Read-only file system|No such file or directory", errors[0]), errors[0]
+  assert errors[0].endswith("make it writable and rerun the same command: it resumes from the "
+                            "last complete checkpoint")
+  print(f"exited {took:.1f} s after the mount")
+
+
+def test_a_removed_lock_file_does_not_let_a_second_run_in(tmp_path):
+  """`rm WORKDIR/.lock` (or replacing it) while a run holds it: the lock is on the folder
+  itself, so a second run is still refused, also through a symlink to the folder, and naming
+  the holder's pid while its lock file is there. The holder is another process."""
+  wd = tmp_path / "run"
+  wd.mkdir()
+  (tmp_path / "link").symlink_to(wd)
+  holder = subprocess.Popen(
+      [sys.executable, "-c", "import time; from jaxpretrain.job.workdir import Workdir\n"
+       f"with Workdir({str(wd)!r}).lock():\n  print('held', flush=True); time.sleep(60)"],
+      stdout=subprocess.PIPE, text=True, cwd=REPO)
+  try:
+    assert holder.stdout.readline().strip() == "held"
+    with pytest.raises(WorkdirError, match=f"in use by pid {holder.pid} on "):
+      _take(tmp_path / "link")
+    (wd / ".lock").unlink()
+    for path in (wd, tmp_path / "link"):
+      with pytest.raises(WorkdirError, match=r"in use by another process \(its lock file was "
+                         r"removed or emptied\).*choose another --workdir"):
+        _take(path)
+    (wd / ".lock").write_text('{"pid": 1, "host": "elsewhere"}')  # a replaced lock file
+    with pytest.raises(WorkdirError, match=r"in use by pid 1 on elsewhere"):
+      _take(wd)
+  finally:
+    holder.kill()
+    holder.wait(timeout=30)
+  _take(wd)  # the holder is gone: free again
+
+
+def _take(path):
+  with workdir_lib.Workdir(path).lock():
+    pass
+
+
+def test_finished_run_in_a_read_only_workdir_returns_its_stored_result(tiny_config, tmp_path):
+  """A finished workdir remounted read-only: the rerun returns the stored result and writes
+  nothing (it used to fail the writable check first)."""
+  with tmpfs(tmp_path / "disk", "80m") as disk:  # passes the free-space check (~66 MiB)
+    config = tiny_config(workdir=str(disk / "run"), steps=2, warmup=0, checkpoint_every=0)
+    first = finetune(config)
+    out = subprocess.run(["mount", "-o", "remount,ro", str(disk)], capture_output=True,
+                         text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    lines = []
+    again = finetune(config, log=lines.append)
+  assert again == first
+  assert lines == [f"{disk / 'run'} already holds a finished run (2 steps); nothing to do"]
