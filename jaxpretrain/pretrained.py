@@ -2,7 +2,8 @@
 
     DST/
       config.json        {"format": "jaxpretrain", "model": "resnet50", "model_kwargs": {...},
-                          "source": {...}, "preprocessing": {...}, "files": [...]}
+                          "source": {...}, "preprocessing": {...}, "files": [...],
+                          "class_names": [...]}   (optional; index = class id)
       variables/         orbax checkpoint of {"params": ..., "batch_stats": ...}
       tokenizer.json ... files that travel with the model (listed under "files")
 
@@ -18,7 +19,7 @@ import os
 import pathlib
 import shutil
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -152,7 +153,8 @@ def save_pretrained(dst: str | os.PathLike, model: str, model_kwargs: Mapping[st
                     variables: Mapping[str, Any], *, source: Mapping[str, Any] | None = None,
                     preprocessing: Mapping[str, Any] | None = None,
                     files: Mapping[str, str | os.PathLike] | None = None,
-                    overwrite: bool = False) -> pathlib.Path:
+                    overwrite: bool = False,
+                    class_names: Sequence[str] | None = None) -> pathlib.Path:
   """Writes a checkpoint folder atomically.
 
   Args:
@@ -164,6 +166,8 @@ def save_pretrained(dst: str | os.PathLike, model: str, model_kwargs: Mapping[st
     preprocessing: what inputs the model expects (mean/std/image_size, max_len...).
     files: name in dst -> existing file to copy (tokenizer.json, vocab.txt...).
     overwrite: replace an existing dst.
+    class_names: the classification head's class names (index = class id), written as
+      config.json's "class_names"; None: unknown.
   Returns:
     The path of the folder.
   """
@@ -172,6 +176,8 @@ def save_pretrained(dst: str | os.PathLike, model: str, model_kwargs: Mapping[st
       "model_kwargs": dict(model_kwargs), "source": dict(source or {}),
       "preprocessing": dict(preprocessing or {}), "files": sorted(files or {}),
   }
+  if class_names is not None:
+    config["class_names"] = [str(n) for n in class_names]
   with atomic_folder(dst, overwrite) as tmp:
     (tmp / CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     for name, src in (files or {}).items():

@@ -28,6 +28,7 @@ class Converted:
   flat_variables: dict[str, np.ndarray]  # {'params/...': array, 'batch_stats/...': array}
   source: dict[str, Any] = dataclasses.field(default_factory=dict)  # provenance, for export
   preprocessing: dict[str, Any] = dataclasses.field(default_factory=dict)
+  class_names: list[str] | None = None  # the head's class names (index = class id), if known
 
 
 @dataclasses.dataclass

@@ -1,6 +1,6 @@
 """Convert torchvision state dicts and Hugging Face folders into jaxpretrain checkpoints.
 
-    python -m ports.convert resnet50.pth out/resnet50 --arch resnet50
+    python -m ports.convert resnet50.pth out/resnet50 --arch resnet50 [--resize_size 232]
     python -m ports.convert path/to/hf_model_folder out/minilm
 
 A Hugging Face folder (config.json + model.safetensors, a sharded index, or pytorch_model.bin)
@@ -18,7 +18,7 @@ import sys
 
 from absl import app, flags
 
-from ports import readers
+from ports import hf_common, readers
 from ports.base import Converted, check
 from ports.rules import PortError
 
@@ -34,9 +34,18 @@ def port_module(name: str):
   return importlib.import_module(name)
 
 
-def read_source(src: str | os.PathLike, arch: str | None = None) -> tuple[Converted, dict]:
-  """SRC (file or HF folder) -> (Converted, files to copy). Checks shapes; writes nothing."""
+def read_source(src: str | os.PathLike, arch: str | None = None, *,
+                resize_size: int | None = None, crop_size: int | None = None
+                ) -> tuple[Converted, dict]:
+  """SRC (file or HF folder) -> (Converted, files to copy). Checks shapes; writes nothing.
+
+  resize_size, crop_size: a torchvision file's eval transforms, when its weights were not
+  made with torchvision's defaults for the arch (resize 256, crop 224).
+  """
   src = pathlib.Path(src)
+  if src.is_dir() and (resize_size or crop_size):
+    raise PortError("--resize_size/--crop_size are for torchvision files; a Hugging Face "
+                    "folder's preprocessor_config.json says how its images are made")
   if src.is_dir():
     hf_config, weights = readers.load_hf_folder(src)
     model_type = hf_config.get("model_type")
@@ -45,15 +54,20 @@ def read_source(src: str | os.PathLike, arch: str | None = None) -> tuple[Conver
                       f"known: {sorted(HF_PORTS)}")
     port = port_module(HF_PORTS[model_type])
     converted = port.to_jaxpretrain(weights, hf_config=hf_config, arch=arch)
-    # Processor files the weights do not carry (ViT's preprocessor_config.json: mean, std, size).
+    # What the weights do not carry: preprocessor_config.json, sentence-transformers modules.
     if hasattr(port, "folder_preprocessing"):
       converted.preprocessing.update(port.folder_preprocessing(src))
+    if converted.class_names is None and converted.model_kwargs.get("head") == "classification":
+      converted.class_names = hf_common.class_names(hf_config,
+                                                    converted.model_kwargs["num_labels"])
     files = {n: src / n for n in TRAVELLING_FILES if (src / n).is_file()}
   elif src.is_file():
     if not arch:
       raise PortError(f"{src}: a single weights file needs --arch (e.g. --arch resnet50)")
-    converted = port_module("ports.torchvision_resnet").to_jaxpretrain(
-        readers.load_state_dict(src), arch=arch)
+    port = port_module("ports.torchvision_resnet")
+    converted = port.to_jaxpretrain(readers.load_state_dict(src), arch=arch)
+    converted.preprocessing = port.eval_preprocessing(arch, src.name, resize_size=resize_size,
+                                                      crop_size=crop_size)
     files = {}
   else:
     raise PortError(f"{src}: no such file or folder")
@@ -63,29 +77,36 @@ def read_source(src: str | os.PathLike, arch: str | None = None) -> tuple[Conver
 
 
 def convert(src: str | os.PathLike, dst: str | os.PathLike, *, arch: str | None = None,
-            overwrite: bool = False) -> pathlib.Path:
+            overwrite: bool = False, resize_size: int | None = None,
+            crop_size: int | None = None) -> pathlib.Path:
   """Converts SRC into a checkpoint folder DST; returns DST."""
   from jaxpretrain import params, pretrained  # noqa: PLC0415
 
   dst = pathlib.Path(dst)
   if dst.exists() and not overwrite:
     raise FileExistsError(f"{dst} already exists; pass --overwrite to replace it")
-  converted, files = read_source(src, arch)
+  converted, files = read_source(src, arch, resize_size=resize_size, crop_size=crop_size)
   return pretrained.save_pretrained(
       dst, converted.model, converted.model_kwargs, params.unflatten(converted.flat_variables),
       source=converted.source, preprocessing=converted.preprocessing, files=files,
-      overwrite=overwrite)
+      overwrite=overwrite, class_names=converted.class_names)
 
 
 _ARCH = flags.DEFINE_string("arch", None, "Architecture of a single weights file (resnet50...).")
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace DST if it exists.")
+_RESIZE_SIZE = flags.DEFINE_integer(
+    "resize_size", None, "torchvision file: eval resize of the shorter side (default: "
+    "torchvision's for the arch's weights, 256 for the classic ones).", lower_bound=1)
+_CROP_SIZE = flags.DEFINE_integer("crop_size", None, "torchvision file: eval center crop "
+                                  "(default 224).", lower_bound=1)
 
 
 def main(argv):
   if len(argv) != 3:
     raise app.UsageError("usage: python -m ports.convert SRC DST [--arch NAME] [--overwrite]")
   try:
-    dst = convert(argv[1], argv[2], arch=_ARCH.value, overwrite=_OVERWRITE.value)
+    dst = convert(argv[1], argv[2], arch=_ARCH.value, overwrite=_OVERWRITE.value,
+                  resize_size=_RESIZE_SIZE.value, crop_size=_CROP_SIZE.value)
   except (PortError, FileExistsError, FileNotFoundError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 1

@@ -112,3 +112,34 @@ def set_num_labels(hf_config: dict[str, Any], n: int) -> None:
     hf_config["id2label"] = {str(i): f"LABEL_{i}" for i in range(n)}
     hf_config["label2id"] = {f"LABEL_{i}": i for i in range(n)}
   hf_config.pop("num_labels", None)
+
+
+MAX_CLASS_NAME_CHARS = 1000  # a label longer than this is not a class name
+
+
+def class_names(hf_config: Mapping[str, Any], n: int) -> list[str] | None:
+  """config.json's id2label as a list (index = class id), validated; None without one.
+
+  id2label comes from a stranger: it must map every id in [0, n) (keys are JSON strings of
+  ints) to a string of at most MAX_CLASS_NAME_CHARS characters.
+  """
+  id2label = hf_config.get("id2label")
+  if not id2label:
+    return None
+  if not isinstance(id2label, Mapping):
+    raise PortError(f"config.json: id2label is {type(id2label).__name__}; expected an object")
+  names: dict[int, str] = {}
+  for key, name in id2label.items():
+    try:
+      i = int(key)
+    except (TypeError, ValueError):
+      raise PortError(f"config.json: id2label key {key!r} is not an integer") from None
+    if not 0 <= i < n or i in names:
+      raise PortError(f"config.json: id2label id {key!r} is out of [0, {n}) or repeated")
+    if not isinstance(name, str) or len(name) > MAX_CLASS_NAME_CHARS:
+      raise PortError(f"config.json: id2label[{key!r}] must be a string of at most "
+                      f"{MAX_CLASS_NAME_CHARS} characters")
+    names[i] = name
+  if len(names) != n:
+    raise PortError(f"config.json: id2label has {len(names)} labels for {n} outputs")
+  return [names[i] for i in range(n)]

@@ -116,35 +116,91 @@ def to_jaxpretrain(weights: Mapping[str, np.ndarray], *, hf_config: Mapping[str,
       source={"format": "huggingface", "model_type": "vit",
               "architectures": list(hf_config.get("architectures") or [name]),
               "hf_config": dict(hf_config), "prefixed": prefixed},
-      preprocessing={"image_size": [size, size] if isinstance(size, int) else list(size),
-                     "mean": DEFAULT_MEAN, "std": DEFAULT_STD, "rescale": 1 / 255,
-                     "layout": "NHWC"})
+      preprocessing=preprocessing(size, kw["num_channels"]))
+
+
+# PIL resampling ids (`resample` in preprocessor_config.json) -> jaxpretrain.preprocess names.
+PIL_RESAMPLE = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 5: "hamming"}
+MAX_PROCESSOR_CONFIG_BYTES = 1 << 20  # a real preprocessor_config.json is < 2 KB
+
+
+def preprocessing(image_size: Any, num_channels: int = 3) -> dict[str, Any]:
+  """ViTImageProcessor's defaults for a model of `image_size` (no preprocessor_config.json)."""
+  size = [image_size, image_size] if isinstance(image_size, int) else list(image_size)
+  return {"kind": "image", "resize": {"size": size}, "interpolation": "bilinear",
+          "antialias": True, "crop": None, "crop_offset": "floor", "rescale": 1 / 255,
+          "mean": DEFAULT_MEAN[:num_channels], "std": DEFAULT_STD[:num_channels],
+          "channels": num_channels, "image_size": size}
 
 
 def folder_preprocessing(folder: str | os.PathLike) -> dict[str, Any]:
-  """mean/std/image_size/rescale from a folder's preprocessor_config.json ({} without one)."""
+  """The preprocessing record of a folder's preprocessor_config.json ({} without one).
+
+  Reads what Hugging Face's image processors (ViTImageProcessor and the like) apply:
+  do_resize/size (height x width or shortest_edge)/resample, do_center_crop/crop_size,
+  do_rescale/rescale_factor, do_normalize/image_mean/image_std. Values are validated (types,
+  ranges, sizes); anything this cannot reproduce is an error naming the key.
+  """
+  from jaxpretrain import preprocess  # noqa: PLC0415
+
   path = pathlib.Path(folder) / "preprocessor_config.json"
   if not path.is_file():
     return {}
+  if path.stat().st_size > MAX_PROCESSOR_CONFIG_BYTES:
+    raise PortError(f"{path}: {path.stat().st_size} bytes; a preprocessor config is at most "
+                    f"{MAX_PROCESSOR_CONFIG_BYTES}")
   try:
-    cfg = json.loads(path.read_text())
-  except json.JSONDecodeError as e:
+    cfg = json.loads(path.read_text(encoding="utf-8"))
+  except (json.JSONDecodeError, UnicodeDecodeError) as e:
     raise PortError(f"{path}: invalid JSON: {e}") from None
-  out = {}
-  if "image_mean" in cfg:
-    out["mean"] = list(cfg["image_mean"])
-  if "image_std" in cfg:
-    out["std"] = list(cfg["image_std"])
-  if cfg.get("do_normalize") is False:
-    out["mean"], out["std"] = [0.0] * 3, [1.0] * 3
-  size = cfg.get("size")
-  if isinstance(size, dict) and {"height", "width"} <= set(size):
-    out["image_size"] = [size["height"], size["width"]]
-  elif isinstance(size, int):
-    out["image_size"] = [size, size]
-  if "rescale_factor" in cfg:
-    out["rescale"] = cfg["rescale_factor"] if cfg.get("do_rescale", True) else 1.0
-  return out
+  if not isinstance(cfg, dict):
+    raise PortError(f"{path}: expected a JSON object, got {type(cfg).__name__}")
+  try:
+    return preprocess.normalize_record(_record(cfg))
+  except (PortError, ValueError) as e:
+    raise PortError(f"{path}: {e}") from None
+
+
+def _record(cfg: Mapping[str, Any]) -> dict[str, Any]:
+  """preprocessor_config.json (a dict) -> a preprocessing record (validated by the caller)."""
+  for key in ("crop_pct", "do_pad", "longest_edge"):
+    if cfg.get(key) not in (None, False):
+      raise PortError(f"{key}={cfg[key]!r} is not supported")
+  resize = None
+  if _flag(cfg, "do_resize", True):
+    size = cfg.get("size", {"height": 224, "width": 224})
+    if isinstance(size, int) and not isinstance(size, bool):
+      resize = {"size": [size, size]}
+    elif isinstance(size, dict) and set(size) >= {"height", "width"}:
+      resize = {"size": [size["height"], size["width"]]}
+    elif isinstance(size, dict) and "shortest_edge" in size and "longest_edge" not in size:
+      resize = {"shorter": size["shortest_edge"]}
+    else:
+      raise PortError(f"size={size!r}; allowed: N, {{height, width}} or {{shortest_edge}}")
+  resample = cfg.get("resample", 2)
+  if isinstance(resample, bool) or resample not in PIL_RESAMPLE:
+    raise PortError(f"resample={resample!r}; allowed: {PIL_RESAMPLE}")
+  crop = None
+  if _flag(cfg, "do_center_crop", False):
+    crop = cfg.get("crop_size")
+    if isinstance(crop, dict) and set(crop) >= {"height", "width"}:
+      crop = [crop["height"], crop["width"]]
+  rescale = cfg.get("rescale_factor", 1 / 255) if _flag(cfg, "do_rescale", True) else 1.0
+  mean, std = cfg.get("image_mean", DEFAULT_MEAN), cfg.get("image_std", DEFAULT_STD)
+  if not _flag(cfg, "do_normalize", True):
+    mean, std = [0.0], [1.0]
+  return {"kind": "image", "resize": resize, "interpolation": PIL_RESAMPLE[resample],
+          "antialias": True, "crop": crop, "crop_offset": "floor", "rescale": rescale,
+          "mean": mean, "std": std, "channels": 3}
+
+
+def _flag(cfg: Mapping[str, Any], key: str, default: bool) -> bool:
+  value = cfg.get(key)
+  if value is None:
+    return default
+  if not isinstance(value, bool):
+    raise PortError(f"{key}={value!r}; allowed: true, false")
+  return value
 
 
 def hf_config_for(model_kwargs: Mapping[str, Any], source: Mapping[str, Any]) -> dict[str, Any]:
