@@ -315,10 +315,13 @@ class Pretrained:
     if not items:
       raise LoadError("no inputs")
     out = []
-    for start in range(0, len(items), self.batch_size):
-      chunk = items[start:start + self.batch_size]
+    step = self.batch_size
+    if self.modality == "image" and preprocess.output_size(self.preprocessing) is None:
+      step = 1  # images keep their own sizes: one at a time
+    for start in range(0, len(items), step):
+      chunk = items[start:start + step]
       batch = self.preprocess(chunk)
-      size = min(self.batch_size, 1 << (len(chunk) - 1).bit_length())
+      size = min(step, 1 << (len(chunk) - 1).bit_length())
       batch = {k: np.concatenate([v, np.repeat(v[-1:], size - len(chunk), 0)])
                for k, v in batch.items()}  # padded with copies of the last example
       out.append(np.asarray(self._fn(pooling)(self.variables, batch)[key])[:len(chunk)])
@@ -326,7 +329,7 @@ class Pretrained:
 
   def logits(self, inputs: Any) -> np.ndarray:
     """float32 [n, num_classes] classification logits."""
-    self._need_head()
+    self.require_head()
     return self._run(inputs, None, "logits")
 
   def probabilities(self, inputs: Any) -> np.ndarray:
@@ -370,7 +373,8 @@ class Pretrained:
       x = x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
     return x.astype(np.float32)
 
-  def _need_head(self) -> None:
+  def require_head(self) -> None:
+    """Fails with a clear message when the model has no classification head."""
     if self.num_classes is None:
       raise LoadError(
           f"{self.path}: the model ('{self.config['model']}') has no classification head; use "

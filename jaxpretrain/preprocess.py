@@ -43,6 +43,7 @@ sizes) before use: a record comes from a stranger's checkpoint.
 from __future__ import annotations
 
 import math
+import os
 import pathlib
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -296,13 +297,15 @@ def open_image(path: str | pathlib.Path):
 
 
 def to_pil(image: Any, channels: int = 3):
-  """A PIL image or a uint8 array [h, w] / [h, w, 1|3|4] -> a PIL image in "RGB" or "L".
+  """An image file, a PIL image or a uint8 array [h, w] / [h, w, 1|3|4] -> PIL "RGB" or "L".
 
   Conversion is PIL's `.convert` (torchvision's ImageFolder loader): gray is repeated, alpha
   dropped, palettes expanded; RGB -> gray by ITU-R 601-2 luma.
   """
   Image = _pil()
   mode = "RGB" if channels == 3 else "L"
+  if isinstance(image, (str, os.PathLike)):
+    image = open_image(image)
   if isinstance(image, Image.Image):
     return image if image.mode == mode else image.convert(mode)
   x = np.asarray(image)
@@ -341,7 +344,7 @@ def pixels(record: Mapping[str, Any], image: Any) -> np.ndarray:
 
   Args:
     record: a normalized image record.
-    image: a PIL image (any mode) or a uint8 array [h, w] / [h, w, 1|3|4].
+    image: an image file, a PIL image (any mode) or a uint8 array [h, w] / [h, w, 1|3|4].
   """
   Image = _pil()
   im = to_pil(image, record["channels"])
