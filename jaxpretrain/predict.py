@@ -32,7 +32,10 @@ from absl import app, flags, logging
 _CHECKPOINT = flags.DEFINE_string(
     "checkpoint", None, "A checkpoint folder, a run's workdir, a Hugging Face folder, a "
     "torchvision weights file (with --arch) or 'minilm'.", required=True)
-_ARCH = flags.DEFINE_string("arch", None, "Architecture of a torchvision weights file.")
+# allow_override: converting a source imports ports.convert, whose CLI defines --arch too
+# (main reads every value before that import).
+_ARCH = flags.DEFINE_string("arch", None, "Architecture of a torchvision weights file.",
+                            allow_override=True)
 _TOP_K = flags.DEFINE_integer("top_k", 5, "Classes per input.", lower_bound=1)
 _JSON = flags.DEFINE_bool("json", False, "One JSON object per input instead of a table.")
 _STRICT = flags.DEFINE_bool("strict", False, "Stop at the first unusable input (exit 2).")
@@ -40,7 +43,7 @@ _BATCH_SIZE = flags.DEFINE_integer("batch_size", 32, "Inputs per compiled call."
 _CACHE_DIR = flags.DEFINE_string("cache_dir", None, "Where converted sources are kept (default "
                                  "$JAXPRETRAIN_CACHE or ~/.cache/jaxpretrain/converted).")
 
-NAME_WIDTH = 40  # widest input name shown in the table; longer ones are shortened
+NAME_WIDTH = 48  # widest input name shown in the table; longer ones are shortened
 
 
 class Unusable(Exception):
@@ -118,7 +121,10 @@ def predictions(model, items: Sequence[Item], top_k: int, skip: Callable[[str, s
 
 
 def table_lines(item: Item, labels: list[str], scores: list[float], width: int) -> list[str]:
-  name = item.name if len(item.name) <= width else item.name[:width - 1] + "…"
+  # Paths differ at their ends, texts at their starts: shorten each where it says least.
+  name = item.name
+  if len(name) > width:
+    name = name[:width - 1] + "…" if isinstance(item.value, str) else "…" + name[1 - width:]
   return [f"{name if r == 0 else '':<{width}}  {r + 1:>4}  {s:>7.4f}  {label}"
           for r, (label, s) in enumerate(zip(labels, scores, strict=True))]
 
