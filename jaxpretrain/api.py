@@ -116,15 +116,17 @@ def resolve(source: str | os.PathLike, *, arch: str | None = None,
     raise LoadError(f"{source!s}: no such file or folder; allowed: a checkpoint folder, a run's "
                     f"workdir, a Hugging Face folder, a torchvision file (with arch) or "
                     f"'{MINILM}'")
-  return _convert(src, arch if src.is_file() else None, cache_dir, log)
+  name = MINILM if str(source) == MINILM else src.name
+  return _convert(src, name, arch if src.is_file() else None, cache_dir, log)
 
 
-def _convert(src: pathlib.Path, arch: str | None, cache_dir, log) -> tuple[pathlib.Path, bool]:
+def _convert(src: pathlib.Path, name: str, arch: str | None, cache_dir, log
+             ) -> tuple[pathlib.Path, bool]:
   from ports import convert  # noqa: PLC0415 -- only to convert
   from ports.rules import PortError  # noqa: PLC0415
 
   root = pathlib.Path(cache_dir) if cache_dir else cache_root() / "converted"
-  dst = root / f"{src.name}-{_fingerprint(src, arch)}"
+  dst = root / f"{name}-{_fingerprint(src, arch)}"
   if _is_checkpoint(dst):
     return dst, False
   temporary = False
@@ -134,7 +136,7 @@ def _convert(src: pathlib.Path, arch: str | None, cache_dir, log) -> tuple[pathl
     probe.close()
   except OSError as e:
     log(f"cannot write the cache {root} ({e.strerror}); converting into a temporary folder")
-    dst, temporary = pathlib.Path(tempfile.mkdtemp(prefix="jaxpretrain-")) / src.name, True
+    dst, temporary = pathlib.Path(tempfile.mkdtemp(prefix="jaxpretrain-")) / name, True
   log(f"converting {src} into {dst}")
   try:
     convert.convert(src, dst, arch=arch)

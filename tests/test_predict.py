@@ -273,3 +273,26 @@ def test_hugging_face_classifier_carries_id2label(tmp_path, highest_precision):
   with torch.no_grad():
     ref = hf(**{k: torch.from_numpy(v).long() for k, v in batch.items()}).logits.numpy()
   assert rel_err(loaded.logits(texts), ref) <= LOGIT_RTOL
+
+
+def test_hugging_face_vit_classifier_with_its_processor(photos, tmp_path, highest_precision):
+  """A ViT folder's preprocessor_config.json and id2label drive load(); logits equal HF's."""
+  transformers = pytest.importorskip("transformers")
+  config = transformers.ViTConfig(image_size=32, patch_size=8, hidden_size=16,
+                                  num_hidden_layers=1, num_attention_heads=2,
+                                  intermediate_size=32, id2label={0: "cat", 1: "dog"})
+  torch.manual_seed(0)
+  hf = transformers.ViTForImageClassification(config).eval()
+  hf.save_pretrained(tmp_path / "vit")
+  processor = transformers.ViTImageProcessorPil(size={"height": 32, "width": 32},
+                                                image_mean=MEAN, image_std=STD, resample=3)
+  processor.save_pretrained(tmp_path / "vit")
+  loaded = jaxpretrain.load(tmp_path / "vit", cache_dir=tmp_path / "cache")
+  assert loaded.class_names == ["cat", "dog"]
+  assert loaded.preprocessing["interpolation"] == "bicubic"
+  paths = sorted(photos.iterdir())
+  pixels = processor([PIL.Image.open(p).convert("RGB") for p in paths],
+                     return_tensors="pt")["pixel_values"]
+  with torch.no_grad():
+    ref = hf(pixel_values=pixels).logits.numpy()
+  assert rel_err(loaded.logits(paths), ref) <= LOGIT_RTOL
