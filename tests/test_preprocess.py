@@ -286,3 +286,21 @@ def test_hf_id2label_and_sentence_transformers_folders(tmp_path):
   with pytest.raises(PortError, match="outside the folder"):
     hf_bert.folder_preprocessing(st_folder([("Pooling", "../../x")], {}))
   assert hf_bert.folder_preprocessing(tmp_path / "nothing") == {}
+
+
+@pytest.mark.parametrize("config,match", [
+    ({"size": {"height": 10**9, "width": 4}}, "resize.size="),
+    ({"size": "224"}, "size='224'"),
+    ({"do_resize": "yes"}, "do_resize='yes'"),
+    ({"resample": 9}, "resample=9"),
+    ({"image_mean": [0.5, "x", 0.5]}, "mean="),
+    ({"crop_pct": 0.875}, "crop_pct=0.875 is not supported"),
+    (["not", "an", "object"], "expected a JSON object"),
+])
+def test_crafted_preprocessor_configs_fail_naming_the_file(config, match, tmp_path):
+  from ports import hf_vit  # noqa: PLC0415
+  from ports.rules import PortError  # noqa: PLC0415
+
+  (tmp_path / "preprocessor_config.json").write_text(json.dumps(config))
+  with pytest.raises(PortError, match=f"preprocessor_config.json: .*{match}"):
+    hf_vit.folder_preprocessing(tmp_path)
