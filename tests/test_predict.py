@@ -296,3 +296,19 @@ def test_hugging_face_vit_classifier_with_its_processor(photos, tmp_path, highes
   with torch.no_grad():
     ref = hf(pixel_values=pixels).logits.numpy()
   assert rel_err(loaded.logits(paths), ref) <= LOGIT_RTOL
+
+
+def test_convert_resize_and_crop_overrides(resnet, tmp_path):
+  """--resize_size/--crop_size (here through convert.convert) replace torchvision's defaults."""
+  from ports import convert  # noqa: PLC0415
+  from ports.rules import PortError  # noqa: PLC0415
+
+  dst = convert.convert(resnet[1], tmp_path / "r18", arch="resnet18", resize_size=160,
+                        crop_size=128)
+  prep = json.loads((dst / "config.json").read_text())["preprocessing"]
+  assert (prep["resize"], prep["crop"]) == ({"shorter": 160}, [128, 128])
+  assert jaxpretrain.load(dst).preprocess([np.zeros((90, 200, 3), np.uint8)])["image"].shape == (
+      1, 128, 128, 3)
+  (tmp_path / "hf").mkdir()
+  with pytest.raises(PortError, match="--resize_size/--crop_size are for torchvision files"):
+    convert.read_source(tmp_path / "hf", resize_size=160)

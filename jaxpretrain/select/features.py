@@ -36,7 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from jaxpretrain import data, models, perf, pretrained
+from jaxpretrain import data, models, perf, preprocess, pretrained
 from jaxpretrain.data import sources
 
 POOLINGS = ("pooled", "mean")  # aux["pooled"] (or ViT's pre_logits) | masked mean of tokens
@@ -204,9 +204,13 @@ def preprocessor(candidate: Candidate, *, image_size: int | None = None, max_len
     return data.TextPreprocess(str(tokenizer), min(max_len, int(prep.get("max_len", max_len))),
                                record=prep)
   channels = int(candidate.config["model_kwargs"].get("num_channels", 3))
-  return data.ImagePreprocess.from_record(
+  pre = data.ImagePreprocess.from_record(
       prep or RANDOM_IMAGE_PREPROCESSING, image_size=image_size, channels=channels,
       default_size=RANDOM_IMAGE_PREPROCESSING["image_size"])
+  logging.info("%s: image preprocessing (%s): %s", candidate.name,
+               f"image_size={image_size}" if image_size else "the checkpoint's",
+               preprocess.describe(pre.record))
+  return pre
 
 
 class Subset:
