@@ -250,6 +250,20 @@ def with_image_size(record: Mapping[str, Any], size: int) -> dict[str, Any]:
   return normalize_record(out)
 
 
+def with_eval_sizes(record: Mapping[str, Any], *, resize_size: int | None = None,
+                    crop_size: int | None = None) -> dict[str, Any]:
+  """An image record with its shorter side resized to resize_size and/or center-cropped to
+  crop_size x crop_size (torchvision's `Resize(resize_size)`, `CenterCrop(crop_size)`)."""
+  out = normalize_record(record, modality="image")
+  if resize_size is not None:
+    out["resize"] = {"shorter": resize_size}
+  if crop_size is not None:
+    out["crop"] = [crop_size, crop_size]
+  if isinstance(out.pop("image_size", None), int):  # keep the int form (square output)
+    out["image_size"] = crop_size or out["crop"][0] if out["crop"] else None
+  return normalize_record(out)
+
+
 def describe(record: Mapping[str, Any]) -> str:
   """One line saying what the record does, for consoles and reports."""
   if record.get("kind") == "text":

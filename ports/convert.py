@@ -66,14 +66,26 @@ def read_source(src: str | os.PathLike, arch: str | None = None, *,
       raise PortError(f"{src}: a single weights file needs --arch (e.g. --arch resnet50)")
     port = port_module("ports.torchvision_resnet")
     converted = port.to_jaxpretrain(readers.load_state_dict(src), arch=arch)
-    converted.preprocessing = port.eval_preprocessing(arch, src.name, resize_size=resize_size,
-                                                      crop_size=crop_size)
+    if hasattr(port, "eval_preprocessing"):  # the transforms of this very weights file
+      converted.preprocessing = port.eval_preprocessing(arch, src.name)
+    if resize_size or crop_size:
+      converted.preprocessing = _eval_sizes(converted.preprocessing, resize_size, crop_size)
     files = {}
   else:
     raise PortError(f"{src}: no such file or folder")
   converted.source.setdefault("path", str(src.absolute()))
   check(converted)
   return converted, files
+
+
+def _eval_sizes(record: dict, resize_size: int | None, crop_size: int | None) -> dict:
+  """An image record with --resize_size (shorter side) and --crop_size (center crop) applied."""
+  from jaxpretrain import preprocess  # noqa: PLC0415
+
+  try:
+    return preprocess.with_eval_sizes(record, resize_size=resize_size, crop_size=crop_size)
+  except ValueError as e:
+    raise PortError(f"--resize_size={resize_size}, --crop_size={crop_size}: {e}") from None
 
 
 def convert(src: str | os.PathLike, dst: str | os.PathLike, *, arch: str | None = None,
