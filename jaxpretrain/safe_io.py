@@ -102,6 +102,24 @@ def _under(path: str, root: pathlib.Path) -> bool:
   return path == root_s or path.startswith(root_s.rstrip(os.sep) + os.sep)
 
 
+def resolve_relative(folder: str | os.PathLike, relpath: Any,
+                     error: ErrorType = UntrustedInputError) -> pathlib.Path:
+  """resolve_inside for a '/'-separated path of plain names (a sentence-transformers module's
+  "1_Pooling/config.json"): every part plain, the target under the folder or its blobs."""
+  if not isinstance(relpath, str) or not relpath:
+    raise error(f"{folder}: path {short(relpath)}; allowed: plain names joined by '/'")
+  parts = relpath.split("/")
+  for part in parts:
+    plain_name(part, str(pathlib.Path(folder) / "?"), error)
+  real_folder = pathlib.Path(os.path.realpath(folder))
+  target = os.path.realpath(pathlib.Path(folder).joinpath(*parts))
+  blobs = hf_cache_blobs(real_folder)
+  if not (_under(target, real_folder) or (blobs is not None and _under(target, blobs))):
+    raise error(f"{pathlib.Path(folder) / relpath}: resolves to {short(target)}, outside "
+                f"{folder}; files of a checkpoint must lie inside its folder")
+  return pathlib.Path(target)
+
+
 def resolve_inside(folder: str | os.PathLike, name: Any, error: ErrorType = UntrustedInputError
                    ) -> pathlib.Path:
   """FOLDER/NAME resolved through links, refused unless it lies under the folder.

@@ -1,6 +1,6 @@
 """Convert torchvision state dicts and Hugging Face folders into jaxpretrain checkpoints.
 
-    python -m ports.convert resnet50.pth out/resnet50 --arch resnet50
+    python -m ports.convert resnet50.pth out/resnet50 --arch resnet50 [--resize_size 232]
     python -m ports.convert path/to/hf_model_folder out/minilm
 
 A Hugging Face folder (config.json + model.safetensors, a sharded index, or pytorch_model.bin)
@@ -53,9 +53,18 @@ def torchvision_port(arch: str | None) -> str:
               "ports.torchvision_resnet")
 
 
-def read_source(src: str | os.PathLike, arch: str | None = None) -> tuple[Converted, dict]:
-  """SRC (file or HF folder) -> (Converted, files to copy). Checks shapes; writes nothing."""
+def read_source(src: str | os.PathLike, arch: str | None = None, *,
+                resize_size: int | None = None, crop_size: int | None = None
+                ) -> tuple[Converted, dict]:
+  """SRC (file or HF folder) -> (Converted, files to copy). Checks shapes; writes nothing.
+
+  resize_size, crop_size: a torchvision file's eval transforms, when its weights were not
+  made with torchvision's defaults for the arch (resize 256, crop 224).
+  """
   src = pathlib.Path(src)
+  if src.is_dir() and (resize_size or crop_size):
+    raise PortError("--resize_size/--crop_size are for torchvision files; a Hugging Face "
+                    "folder's preprocessor_config.json says how its images are made")
   if src.is_dir():
     hf_config, weights = readers.load_hf_folder(src)
     model_type = hf_config.get("model_type")
@@ -64,7 +73,7 @@ def read_source(src: str | os.PathLike, arch: str | None = None) -> tuple[Conver
                       f"known: {sorted(HF_PORTS)}")
     port = port_module(HF_PORTS[model_type])
     converted = port.to_jaxpretrain(weights, hf_config=hf_config, arch=arch)
-    # Processor files the weights do not carry (ViT's preprocessor_config.json: mean, std, size).
+    # What the weights do not carry: preprocessor_config.json, sentence-transformers modules.
     if hasattr(port, "folder_preprocessing"):
       converted.preprocessing.update(port.folder_preprocessing(src))
     files = {n: read_travelling_file(src, n) for n in TRAVELLING_FILES
@@ -72,8 +81,12 @@ def read_source(src: str | os.PathLike, arch: str | None = None) -> tuple[Conver
   elif os.path.lexists(src):  # a weights file (load_state_dict refuses FIFOs, devices...)
     if not arch:
       raise PortError(f"{src}: a single weights file needs --arch (e.g. --arch resnet50)")
-    converted = port_module(torchvision_port(arch)).to_jaxpretrain(
-        readers.load_state_dict(src), arch=arch)
+    port = port_module(torchvision_port(arch))
+    converted = port.to_jaxpretrain(readers.load_state_dict(src), arch=arch)
+    if hasattr(port, "eval_preprocessing"):  # the transforms of this very weights file
+      converted.preprocessing = port.eval_preprocessing(arch, src.name)
+    if resize_size or crop_size:
+      converted.preprocessing = _eval_sizes(converted.preprocessing, resize_size, crop_size)
     files = {}
   else:
     raise PortError(f"{src}: no such file or folder")
@@ -107,15 +120,26 @@ def read_travelling_file(folder: str | os.PathLike, name: str) -> bytes:
   return data
 
 
+def _eval_sizes(record: dict, resize_size: int | None, crop_size: int | None) -> dict:
+  """An image record with --resize_size (shorter side) and --crop_size (center crop) applied."""
+  from jaxpretrain import preprocess  # noqa: PLC0415
+
+  try:
+    return preprocess.with_eval_sizes(record, resize_size=resize_size, crop_size=crop_size)
+  except ValueError as e:
+    raise PortError(f"--resize_size={resize_size}, --crop_size={crop_size}: {e}") from None
+
+
 def convert(src: str | os.PathLike, dst: str | os.PathLike, *, arch: str | None = None,
-            overwrite: bool = False) -> pathlib.Path:
+            overwrite: bool = False, resize_size: int | None = None,
+            crop_size: int | None = None) -> pathlib.Path:
   """Converts SRC into a checkpoint folder DST; returns DST."""
   from jaxpretrain import params, pretrained  # noqa: PLC0415
 
   dst = pathlib.Path(dst)
   if dst.exists() and not overwrite:
     raise FileExistsError(f"{dst} already exists; pass --overwrite to replace it")
-  converted, files = read_source(src, arch)
+  converted, files = read_source(src, arch, resize_size=resize_size, crop_size=crop_size)
   return pretrained.save_pretrained(
       dst, converted.model, converted.model_kwargs, params.unflatten(converted.flat_variables),
       source=converted.source, preprocessing=converted.preprocessing, files=files,
@@ -124,6 +148,11 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, *, arch: str | None 
 
 _ARCH = flags.DEFINE_string("arch", None, "Architecture of a single weights file (resnet50...).")
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace DST if it exists.")
+_RESIZE_SIZE = flags.DEFINE_integer(
+    "resize_size", None, "torchvision file: eval resize of the shorter side (default: "
+    "torchvision's for the arch's weights, 256 for the classic ones).", lower_bound=1)
+_CROP_SIZE = flags.DEFINE_integer("crop_size", None, "torchvision file: eval center crop "
+                                  "(default 224).", lower_bound=1)
 
 
 def main(argv):
@@ -131,7 +160,8 @@ def main(argv):
     raise app.UsageError("usage: python -m ports.convert SRC DST [--arch NAME] [--overwrite]",
                          exitcode=EXIT_BAD_INPUT)
   try:
-    dst = convert(argv[1], argv[2], arch=_ARCH.value, overwrite=_OVERWRITE.value)
+    dst = convert(argv[1], argv[2], arch=_ARCH.value, overwrite=_OVERWRITE.value,
+                  resize_size=_RESIZE_SIZE.value, crop_size=_CROP_SIZE.value)
   except (PortError, safe_io.UntrustedInputError, FileExistsError, FileNotFoundError) as e:
     print(f"error: {e}", file=sys.stderr)
     return EXIT_BAD_INPUT

@@ -13,15 +13,20 @@ embedding matrix (tied): a stored copy is checked to be equal and skipped. RoBER
 RobertaClassificationHead (classifier="roberta") as their classifier, also when converted
 without one, so that a fine-tuned RoBERTa exports as RobertaForSequenceClassification.
 config.json's id2label becomes the checkpoint's `class_names`.
+A sentence-transformers folder's pooling and normalization are recorded in the
+checkpoint's preprocessing (`folder_preprocessing`).
 """
 
 from __future__ import annotations
 
+import os
+import pathlib
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
+from jaxpretrain import safe_io
 from jaxpretrain.safe_io import short
 from ports import hf_common
 from ports.base import Converted, Exported, expected_shapes
@@ -205,9 +210,9 @@ def to_jaxpretrain(weights: Mapping[str, np.ndarray], *, hf_config: Mapping[str,
       source={"format": "huggingface", "model_type": model_type,
               "architectures": list(hf_config.get("architectures") or [name]),
               "hf_config": dict(hf_config), "prefixed": prefixed},
-      preprocessing={"tokenizer": "tokenizer.json",
+      preprocessing={"kind": "text", "tokenizer": "tokenizer.json",
                      "max_len": kw["max_position_embeddings"] - offset,
-                     "pad_token_id": kw["pad_token_id"]},
+                     "pad_token_id": kw["pad_token_id"], "pooling": None, "normalize": False},
       class_names=hf_common.class_names(hf_config, kw["num_labels"])
       if head == "classification" else None)
 
@@ -254,3 +259,70 @@ def from_jaxpretrain(config: Mapping[str, Any], flat_variables: Mapping[str, np.
   state = export(rules(model_type, prefixed), flat_variables)
   return Exported(state_dict=state,
                   hf_config=hf_config_for(kw, source, config.get("class_names")))
+
+
+
+# sentence-transformers folders (modules.json): what `SentenceTransformer(folder).encode` does
+# after the transformer. Pooling modes (1_Pooling/config.json) -> jaxpretrain.preprocess names.
+ST_POOLING = {"pooling_mode_mean_tokens": "mean", "pooling_mode_cls_token": "cls",
+              "pooling_mode_max_tokens": "max", "pooling_mode_mean_sqrt_len_tokens":
+              "mean_sqrt_len"}
+ST_UNSUPPORTED_POOLING = ("pooling_mode_weightedmean_tokens", "pooling_mode_lasttoken")
+ST_MODULES = ("Transformer", "Pooling", "Normalize")
+MAX_ST_CONFIG_BYTES = 1 << 20  # each of these files is a few hundred bytes
+
+
+def folder_preprocessing(folder: str | os.PathLike) -> dict[str, Any]:
+  """Pooling, normalization, max length and lowercasing of a sentence-transformers folder.
+
+  Reads modules.json (Transformer, Pooling, Normalize), the Pooling module's config.json and
+  sentence_bert_config.json (max_seq_length, do_lower_case). A plain Hugging Face folder gives
+  {}. A folder with modules this does not port (Dense, ...) records no pooling: `embed` would
+  not be what sentence-transformers computes.
+  """
+  folder = pathlib.Path(folder)
+  modules = _st_json(folder, "modules.json")
+  if modules is None:
+    return {}
+  if not isinstance(modules, list) or not all(
+      isinstance(m, dict) and isinstance(m.get("type"), str) and isinstance(m.get("path", ""), str)
+      for m in modules):
+    raise PortError(f"{folder / 'modules.json'}: expected a list of {{type, path}} objects")
+  kinds = [m["type"].rsplit(".", 1)[-1] for m in modules]
+  out: dict[str, Any] = {}
+  bert_cfg = _st_json(folder, "sentence_bert_config.json") or {}
+  if not isinstance(bert_cfg, dict):
+    raise PortError(f"{folder / 'sentence_bert_config.json'}: expected a JSON object")
+  if bert_cfg.get("max_seq_length") is not None:
+    out["max_len"] = bert_cfg["max_seq_length"]
+  if bert_cfg.get("do_lower_case") is not None:
+    out["lowercase"] = bert_cfg["do_lower_case"]
+  unknown = [k for k in kinds if k not in ST_MODULES]
+  if unknown:
+    return out  # see the docstring
+  pooling = [m for m, k in zip(modules, kinds, strict=True) if k == "Pooling"]
+  if len(pooling) == 1:
+    out["pooling"] = _st_pooling(folder, pooling[0]["path"])
+  out["normalize"] = "Normalize" in kinds
+  return out
+
+
+def _st_pooling(folder: pathlib.Path, path: str) -> str:
+  cfg = _st_json(folder, str(pathlib.PurePosixPath(path, "config.json")))
+  where = folder / path / "config.json"
+  if not isinstance(cfg, dict):
+    raise PortError(f"{where}: missing or not a JSON object")
+  on = [k for k in (*ST_POOLING, *ST_UNSUPPORTED_POOLING) if cfg.get(k) is True]
+  if len(on) != 1 or on[0] not in ST_POOLING:
+    raise PortError(f"{where}: pooling modes {on}; supported: exactly one of "
+                    f"{sorted(ST_POOLING)}")
+  return ST_POOLING[on[0]]
+
+
+def _st_json(folder: pathlib.Path, name: str):
+  """A small JSON file inside `folder` (None if absent): plain names, inside the folder (or an
+  HF cache's blobs), a regular file of at most MAX_ST_CONFIG_BYTES, strict JSON."""
+  if not os.path.lexists(folder / name):
+    return None
+  real = safe_io.resolve_relative(folder, name, PortError)
+  return safe_io.read_json(real, MAX_ST_CONFIG_BYTES, PortError, where=str(folder / name))

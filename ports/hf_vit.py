@@ -120,46 +120,89 @@ def to_jaxpretrain(weights: Mapping[str, np.ndarray], *, hf_config: Mapping[str,
       source={"format": "huggingface", "model_type": "vit",
               "architectures": list(hf_config.get("architectures") or [name]),
               "hf_config": dict(hf_config), "prefixed": prefixed},
-      preprocessing={"image_size": [size, size] if isinstance(size, int) else list(size),
-                     "mean": DEFAULT_MEAN, "std": DEFAULT_STD, "rescale": 1 / 255,
-                     "layout": "NHWC"},
+      preprocessing=preprocessing(size, kw["num_channels"]),
       class_names=hf_common.class_names(hf_config, kw["num_labels"]) if kw["head"] else None)
 
 
-def folder_preprocessing(folder: str | os.PathLike) -> dict[str, Any]:
-  """mean/std/image_size/rescale from a folder's preprocessor_config.json ({} without one).
+# PIL resampling ids (`resample` in preprocessor_config.json) -> jaxpretrain.preprocess names.
+PIL_RESAMPLE = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 5: "hamming"}
+MAX_PROCESSOR_CONFIG_BYTES = 1 << 20  # a real preprocessor_config.json is < 2 KB
 
-  Read through the same validating layer as config.json; every value used is checked.
+
+def preprocessing(image_size: Any, num_channels: int = 3) -> dict[str, Any]:
+  """ViTImageProcessor's defaults for a model of `image_size` (no preprocessor_config.json)."""
+  size = [image_size, image_size] if isinstance(image_size, int) else list(image_size)
+  return {"kind": "image", "resize": {"size": size}, "interpolation": "bilinear",
+          "antialias": True, "crop": None, "crop_offset": "floor", "rescale": 1 / 255,
+          "mean": DEFAULT_MEAN[:num_channels], "std": DEFAULT_STD[:num_channels],
+          "channels": num_channels, "image_size": size}
+
+
+def folder_preprocessing(folder: str | os.PathLike) -> dict[str, Any]:
+  """The preprocessing record of a folder's preprocessor_config.json ({} without one).
+
+  Reads what Hugging Face's image processors (ViTImageProcessor and the like) apply:
+  do_resize/size (height x width or shortest_edge)/resample, do_center_crop/crop_size,
+  do_rescale/rescale_factor, do_normalize/image_mean/image_std. Values are validated (types,
+  ranges, sizes); anything this cannot reproduce is an error naming the key.
   """
+  from jaxpretrain import preprocess  # noqa: PLC0415
   from ports import readers  # noqa: PLC0415
 
-  real = readers.side_file(folder, PREPROCESSOR_CONFIG)
+  real = readers.side_file(folder, PREPROCESSOR_CONFIG)  # inside the folder, regular
   if real is None:
     return {}
-  where = str(pathlib.Path(folder) / PREPROCESSOR_CONFIG)
-  cfg = safe_io.read_json(real, safe_io.MAX_CONFIG_BYTES, readers.CheckpointError, where=where)
+  path = pathlib.Path(folder) / PREPROCESSOR_CONFIG
+  cfg = safe_io.read_json(real, MAX_PROCESSOR_CONFIG_BYTES, readers.CheckpointError,
+                          where=str(path))
   if not isinstance(cfg, dict):
-    raise PortError(f"{where}: a JSON {type(cfg).__name__}, not an object of settings")
-  out = {}
-  for src, dst in (("image_mean", "mean"), ("image_std", "std")):
-    if src in cfg:
-      out[dst] = _channel_values(cfg[src], f"{where}: {src}")
-  if cfg.get("do_normalize") is False:
-    out["mean"], out["std"] = [0.0] * 3, [1.0] * 3
-  size = cfg.get("size")
-  if isinstance(size, dict) and {"height", "width"} <= set(size):
-    out["image_size"] = [size["height"], size["width"]]
-  elif size is not None and not isinstance(size, dict):
-    out["image_size"] = [size, size]
-  if "image_size" in out:
-    safe_io.check_value("image_size", out["image_size"], f"{where}: size", PortError)
-  if "rescale_factor" in cfg:
-    factor = cfg["rescale_factor"]
-    if not (isinstance(factor, (int, float)) and not isinstance(factor, bool)
-            and math.isfinite(factor) and 0 < factor <= 1):
-      raise PortError(f"{where}: rescale_factor={short(factor)}; allowed: a number in (0, 1]")
-    out["rescale"] = factor if cfg.get("do_rescale", True) else 1.0
-  return out
+    raise PortError(f"{path}: expected a JSON object, got {type(cfg).__name__}")
+  try:
+    return preprocess.normalize_record(_record(cfg))
+  except (PortError, ValueError) as e:
+    raise PortError(f"{path}: {e}") from None
+
+
+def _record(cfg: Mapping[str, Any]) -> dict[str, Any]:
+  """preprocessor_config.json (a dict) -> a preprocessing record (validated by the caller)."""
+  for key in ("crop_pct", "do_pad", "longest_edge"):
+    if cfg.get(key) not in (None, False):
+      raise PortError(f"{key}={cfg[key]!r} is not supported")
+  resize = None
+  if _flag(cfg, "do_resize", True):
+    size = cfg.get("size", {"height": 224, "width": 224})
+    if isinstance(size, int) and not isinstance(size, bool):
+      resize = {"size": [size, size]}
+    elif isinstance(size, dict) and set(size) >= {"height", "width"}:
+      resize = {"size": [size["height"], size["width"]]}
+    elif isinstance(size, dict) and "shortest_edge" in size and "longest_edge" not in size:
+      resize = {"shorter": size["shortest_edge"]}
+    else:
+      raise PortError(f"size={size!r}; allowed: N, {{height, width}} or {{shortest_edge}}")
+  resample = cfg.get("resample", 2)
+  if isinstance(resample, bool) or resample not in PIL_RESAMPLE:
+    raise PortError(f"resample={resample!r}; allowed: {PIL_RESAMPLE}")
+  crop = None
+  if _flag(cfg, "do_center_crop", False):
+    crop = cfg.get("crop_size")
+    if isinstance(crop, dict) and set(crop) >= {"height", "width"}:
+      crop = [crop["height"], crop["width"]]
+  rescale = cfg.get("rescale_factor", 1 / 255) if _flag(cfg, "do_rescale", True) else 1.0
+  mean, std = cfg.get("image_mean", DEFAULT_MEAN), cfg.get("image_std", DEFAULT_STD)
+  if not _flag(cfg, "do_normalize", True):
+    mean, std = [0.0], [1.0]
+  return {"kind": "image", "resize": resize, "interpolation": PIL_RESAMPLE[resample],
+          "antialias": True, "crop": crop, "crop_offset": "floor", "rescale": rescale,
+          "mean": mean, "std": std, "channels": 3}
+
+
+def _flag(cfg: Mapping[str, Any], key: str, default: bool) -> bool:
+  value = cfg.get(key)
+  if value is None:
+    return default
+  if not isinstance(value, bool):
+    raise PortError(f"{key}={value!r}; allowed: true, false")
+  return value
 
 
 def _channel_values(values: Any, where: str) -> list[float]:

@@ -6,11 +6,14 @@
 One rule table serves both directions. `num_batches_tracked` is ignored when converting (the
 Flax BatchNorm has no counter; torchvision's momentum=0.1 never reads it) and written back as
 int64 zeros on export, so `load_state_dict(strict=True)` accepts the result. The round trip is
-bit-exact for every other tensor.
+bit-exact for every other tensor. The checkpoint records torchvision's eval transforms for the
+weights (`eval_preprocessing`) and, for a 1000-way fc, ImageNet's category names.
 """
 
 from __future__ import annotations
 
+import json
+import pathlib
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -25,12 +28,59 @@ from ports.rules import CONV, LINEAR, PortError, Rule, check_shapes, convert, ex
 ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnext50_32x4d",
          "resnext101_32x8d", "resnext101_64x4d", "wide_resnet50_2", "wide_resnet101_2")
 
-# torchvision ImageNet weights' transforms (e.g. ResNet50_Weights.IMAGENET1K_V1): resize the
-# short side to 256, center-crop 224, scale to [0, 1], normalize per channel (RGB).
-PREPROCESSING = {
-    "image_size": 224, "resize_size": 256, "interpolation": "bilinear", "layout": "NHWC",
-    "scale": 1 / 255, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225],
+# torchvision's ImageNet eval transforms (torchvision.transforms._presets.ImageClassification):
+# resize the shorter side (bilinear, antialiased), center-crop, scale to [0, 1], normalize per
+# RGB channel. Every ResNet's IMAGENET1K_V1 weights use resize 256 / crop 224, except
+# resnext101_64x4d, whose only weights use 232 (torchvision/models/resnet.py).
+RESIZE_SIZE, CROP_SIZE = 256, 224
+ARCH_RESIZE_SIZE = {"resnext101_64x4d": 232}
+# torchvision's weight files (the file name of each `url` in torchvision/models/resnet.py)
+# whose transforms differ from their arch's default: the IMAGENET1K_V2 weights, resize 232.
+# A file keeping its download name gets its own transforms; tests check this table against
+# torchvision's weights enums.
+FILE_RESIZE_SIZE = {
+    "resnet50-11ad3fa6": 232, "resnet101-cd907fc2": 232, "resnet152-f82ba261": 232,
+    "resnext50_32x4d-1a0047aa": 232, "resnext101_32x8d-110c445d": 232,
+    "wide_resnet50_2-9ba9bcbe": 232, "wide_resnet101_2-d733dc28": 232,
 }
+IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+# The 1,000 ImageNet-1k category names in class-index order, as torchvision ships them
+# (torchvision.models._meta._IMAGENET_CATEGORIES), copied so that no conversion needs torch.
+IMAGENET_CLASSES_FILE = pathlib.Path(__file__).with_name("imagenet_classes.json")
+IMAGENET_NUM_CLASSES = 1000
+
+
+def eval_preprocessing(arch: str, filename: str | None = None, *, resize_size: int | None = None,
+                       crop_size: int | None = None) -> dict[str, Any]:
+  """The preprocessing record (jaxpretrain.preprocess) of torchvision's eval transforms.
+
+  Args:
+    arch: one of ARCHS.
+    filename: the weights file's name; torchvision's own names select their weights'
+      transforms (FILE_RESIZE_SIZE).
+    resize_size, crop_size: overrides (`python -m ports.convert --resize_size/--crop_size`).
+  """
+  stem = pathlib.Path(filename).name.split(".")[0] if filename else ""
+  resize = resize_size or FILE_RESIZE_SIZE.get(stem) or ARCH_RESIZE_SIZE.get(arch, RESIZE_SIZE)
+  crop = crop_size or CROP_SIZE
+  for name, value in (("resize_size", resize), ("crop_size", crop)):
+    if not isinstance(value, int) or not 1 <= value <= 8192:
+      raise PortError(f"{name}={value!r}; allowed: an integer in [1, 8192]")
+  return {"kind": "image", "resize": {"shorter": resize}, "interpolation": "bilinear",
+          "antialias": True, "crop": [crop, crop], "crop_offset": "round", "rescale": 1 / 255,
+          "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD), "channels": 3,
+          "image_size": crop}
+
+
+def imagenet_classes() -> list[str]:
+  """ImageNet-1k's category names (index = class id)."""
+  names = json.loads(IMAGENET_CLASSES_FILE.read_text(encoding="utf-8"))
+  if len(names) != IMAGENET_NUM_CLASSES or not all(isinstance(n, str) for n in names):
+    raise PortError(f"{IMAGENET_CLASSES_FILE}: expected {IMAGENET_NUM_CLASSES} names")
+  return names
+
+
+PREPROCESSING = eval_preprocessing("resnet50")
 
 
 def _bn(src: str, dst: str) -> list[Rule]:
@@ -74,7 +124,9 @@ def to_jaxpretrain(weights: Mapping[str, np.ndarray], *, hf_config: dict | None 
   check_value("num_classes", num_classes, "'fc.weight' rows", PortError)
   converted = Converted(
       model=arch, model_kwargs={"num_classes": num_classes}, flat_variables=flat,
-      source={"format": "torchvision", "arch": arch}, preprocessing=dict(PREPROCESSING))
+      source={"format": "torchvision", "arch": arch}, preprocessing=eval_preprocessing(arch),
+      # A 1000-way fc is taken to be ImageNet-1k's, as every torchvision ResNet's weights.
+      class_names=imagenet_classes() if num_classes == IMAGENET_NUM_CLASSES else None)
   _check_structure(weights, converted)
   return converted
 

@@ -24,40 +24,80 @@ Parallelism: `num_threads` threads prepare whole batches (grain `ReadOptions`), 
 
 import dataclasses
 import functools
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import grain
 import numpy as np
 from absl import flags
 
+from jaxpretrain import preprocess
 from jaxpretrain.data.loaders import to_channels
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)  # torchvision's normalization, in [0, 1] units.
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from jaxpretrain.preprocess import IMAGENET_MEAN, IMAGENET_STD  # noqa: F401 -- re-exported
 
 
 @dataclasses.dataclass(frozen=True)
 class ImagePreprocess:
-  """Examples -> normalized float32 [b, size, size, channels]; crop and flip in training.
+  """Examples -> normalized float32 [b, H, W, channels]; crop and flip in training.
 
-  Everything after decoding runs on the whole batch at once (resize as two matrix products,
-  normalization broadcast), which about halves the per-image cost on small images.
+  The images are made as a preprocessing record says (`jaxpretrain.preprocess`: PIL resize,
+  center crop, rescale, mean/std, like torchvision's eval transforms). Without a record, the
+  fields below make one: resize to image_size x image_size. `from_record` builds one from a
+  checkpoint's record. Training augmentation (zero-pad and crop back, flip) runs on the
+  uint8 pixels before normalization, so the padding is black.
   """
-  image_size: int = 32
+  image_size: int | tuple[int, int] = 32  # the output size (set from `record` when given)
   channels: int = 3  # The model's; gray inputs are repeated to RGB.
   mean: Sequence[float] = IMAGENET_MEAN  # Per output channel, in [0, 1] units.
   std: Sequence[float] = IMAGENET_STD
-  resize: str = "resize"  # "resize" (bilinear, antialiased) | "pad" (zero-pad, centred)
+  resize: str = "resize"  # "resize" (as `record` says) | "pad" (zero-pad, centred)
   crop_padding: int = 4  # Training: zero-pad by this, then crop back at random (0: off).
   flip: bool = True  # Training: horizontal flip with probability 1/2.
+  record: Mapping[str, Any] | None = dataclasses.field(default=None, compare=False)
 
   def __post_init__(self):
     if self.resize not in ("resize", "pad"):
       raise ValueError(f"resize='{self.resize}'; allowed: 'resize', 'pad'")
-    for name in ("mean", "std"):
-      if len(getattr(self, name)) not in (1, self.channels):
-        raise ValueError(f"{name} has {len(getattr(self, name))} values; need 1 or "
-                         f"channels={self.channels}")
+    if self.record is None:
+      for name in ("mean", "std"):
+        if len(getattr(self, name)) not in (1, self.channels):
+          raise ValueError(f"{name} has {len(getattr(self, name))} values; need 1 or "
+                           f"channels={self.channels}")
+      record = preprocess.image_record(size=self.image_size, mean=self.mean, std=self.std,
+                                       channels=self.channels)
+    else:
+      record = preprocess.normalize_record(self.record, modality="image")
+    size = preprocess.output_size(record)
+    if size is None:
+      raise ValueError(f"preprocessing '{preprocess.describe(record)}' gives images of "
+                       "different sizes; a batch needs a crop or a fixed resize size")
+    set_ = functools.partial(object.__setattr__, self)
+    set_("record", record)
+    set_("image_size", size[0] if size[0] == size[1] else tuple(size))
+    set_("channels", record["channels"])
+    set_("mean", tuple(record["mean"]))
+    set_("std", tuple(record["std"]))
+
+  @classmethod
+  def from_record(cls, record: Mapping[str, Any] | None, *, image_size: int | None = None,
+                  channels: int | None = None, default_size: int = 32,
+                  crop_padding: int = 0, flip: bool = False) -> "ImagePreprocess":
+    """The preprocessing a checkpoint records, with overrides.
+
+    Args:
+      record: config.json's "preprocessing" (any version; None or {}: the defaults).
+      image_size: resize every image to image_size x image_size, no crop (`--image_size`).
+      channels: the model's input channels (overrides the record's).
+      default_size: the size when neither the record nor image_size gives one.
+      crop_padding, flip: training augmentation.
+    """
+    rec = preprocess.normalize_record(record or {}, modality="image",
+                                      default_size=default_size)
+    if channels is not None:
+      rec["channels"] = channels
+    if image_size is not None or preprocess.output_size(rec) is None and not rec["resize"]:
+      rec = preprocess.with_image_size(rec, image_size or default_size)
+    return cls(record=rec, crop_padding=crop_padding, flip=flip)
 
   def batch(self, examples: Sequence[dict], bits: np.ndarray | None) -> dict:
     """Preprocesses a batch.
@@ -67,53 +107,50 @@ class ImagePreprocess:
       bits: uint64 [b] random bits per example for augmentation; None = evaluation.
 
     Returns:
-      {"image": float32 [b, size, size, channels], "label": int32 [b]}.
+      {"image": float32 [b, H, W, channels], "label": int32 [b]}.
     """
-    images = [to_channels(np.asarray(ex["image"]), self.channels) for ex in examples]
-    fit = resize_images if self.resize == "resize" else pad_images
-    x = fit(images, self.image_size)
+    if self.resize == "pad":
+      images = [to_channels(np.asarray(ex["image"]), self.channels) for ex in examples]
+      x = pad_images(images, self.image_size)
+    else:
+      x = np.stack([preprocess.pixels(self.record, ex["image"]) for ex in examples])
     if bits is not None:
       x = random_crop_flip(x, bits, self.crop_padding, self.flip)
-    mean = 255.0 * np.asarray(self.mean, np.float32)
-    std = 255.0 * np.asarray(self.std, np.float32)
-    return {"image": (x - mean) / std,
+    return {"image": preprocess.normalize(self.record, x),
             "label": np.asarray([ex["label"] for ex in examples], np.int32)}
 
 
 class TextPreprocess:
-  """Tokenizes whole batches with a HF `tokenizers` tokenizer.json, truncated and padded."""
+  """Tokenizes whole batches with a HF `tokenizers` tokenizer.json, truncated and padded.
 
-  def __init__(self, tokenizer_path: str, max_len: int = 128):
+  `record` (a text preprocessing record) adds its lowercasing and padding token.
+  """
+
+  def __init__(self, tokenizer_path: str, max_len: int = 128,
+               record: Mapping[str, Any] | None = None):
     self.tokenizer_path, self.max_len = str(tokenizer_path), max_len
+    self.record = dict(record or {})
     self._tokenizer = None
 
   def __getstate__(self):  # Worker processes load their own tokenizer.
-    return {"tokenizer_path": self.tokenizer_path, "max_len": self.max_len, "_tokenizer": None}
+    return {"tokenizer_path": self.tokenizer_path, "max_len": self.max_len,
+            "record": self.record, "_tokenizer": None}
 
   @property
   def tokenizer(self):
     if self._tokenizer is None:
-      from tokenizers import Tokenizer
-
-      tok = Tokenizer.from_file(self.tokenizer_path)
-      pad_id = tok.token_to_id("[PAD]")
-      pad_id = 0 if pad_id is None else pad_id
-      tok.enable_truncation(max_length=self.max_len)
-      tok.enable_padding(length=self.max_len, pad_id=pad_id,
-                         pad_token=tok.id_to_token(pad_id) or "[PAD]")
-      self._tokenizer = tok
+      self._tokenizer = preprocess.load_tokenizer(self.tokenizer_path, self.max_len)
     return self._tokenizer
 
   def batch(self, examples: Sequence[dict], bits: np.ndarray | None) -> dict:
     """b dicts with "text" and "label" -> token arrays int32 [b, max_len] and "label" [b]."""
     del bits  # No text augmentation.
-    encodings = self.tokenizer.encode_batch([str(ex["text"]) for ex in examples])
-    return {
-        "input_ids": np.asarray([e.ids for e in encodings], np.int32),
-        "attention_mask": np.asarray([e.attention_mask for e in encodings], np.int32),
-        "token_type_ids": np.asarray([e.type_ids for e in encodings], np.int32),
-        "label": np.asarray([ex["label"] for ex in examples], np.int32),
-    }
+    tok = self.tokenizer
+    out = preprocess.tokenize(tok, [str(ex["text"]) for ex in examples], self.max_len,
+                              preprocess.pad_id(tok, self.record),
+                              lowercase=bool(self.record.get("lowercase")))
+    out["label"] = np.asarray([ex["label"] for ex in examples], np.int32)
+    return out
 
 
 @functools.lru_cache(maxsize=64)

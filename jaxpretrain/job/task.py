@@ -243,24 +243,33 @@ def load_data(config: JobConfig, spec: ModelSpec | None = None, *, split: str = 
 
 
 def make_preprocess(config: JobConfig, modality: str, preprocessing: dict[str, Any],
-                    spec: ModelSpec | None):
-  """(train preprocess, eval preprocess, JSON record, tokenizer path)."""
+                    spec: ModelSpec | None, log=print):
+  """(train preprocess, eval preprocess, JSON record, tokenizer path).
+
+  Images are made as the checkpoint's record says (`jaxpretrain.preprocess`); `--image_size`
+  replaces its resize and crop by a plain resize to that size; without a record (scratch),
+  images are resized to DEFAULT_IMAGE_SIZE (a ViT's own image_size) with ImageNet's mean/std.
+  The console says which was used.
+  """
+  from jaxpretrain import preprocess as prep_lib  # noqa: PLC0415
   from jaxpretrain.data import pipeline, sources  # noqa: PLC0415
 
   if modality == "image":
-    size = config.image_size or preprocessing.get("image_size") or DEFAULT_IMAGE_SIZE
+    default = DEFAULT_IMAGE_SIZE
     if spec is not None and spec.family == "vit" and not config.image_size:
-      size = spec.kwargs.get("image_size", size)
-      size = size[0] if isinstance(size, (list, tuple)) else size
-    channels = int(spec.kwargs.get("num_channels", 3)) if spec else int(
-        preprocessing.get("channels", 3))
-    mean = tuple(preprocessing.get("mean", pipeline.IMAGENET_MEAN))
-    std = tuple(preprocessing.get("std", pipeline.IMAGENET_STD))
-    common = dict(image_size=int(size), channels=channels, mean=mean, std=std)
-    train = pipeline.ImagePreprocess(**common, crop_padding=config.crop_padding,
-                                     flip=config.flip)
-    record = {**common, "mean": list(mean), "std": list(std), "resize": "resize"}
-    return train, pipeline.ImagePreprocess(**common), record, None
+      size = spec.kwargs.get("image_size", default)
+      default = size[0] if isinstance(size, (list, tuple)) else size
+    channels = int(spec.kwargs.get("num_channels", 3)) if spec else None
+    try:
+      pre = pipeline.ImagePreprocess.from_record(
+          preprocessing, image_size=config.image_size, channels=channels, default_size=default)
+    except ValueError as e:
+      raise ConfigError(f"the checkpoint's image preprocessing: {e}") from None
+    origin = (f"--image_size={config.image_size}" if config.image_size
+              else "the checkpoint's config.json" if preprocessing else "defaults")
+    log(f"image preprocessing ({origin}): {prep_lib.describe(pre.record)}")
+    train = dataclasses.replace(pre, crop_padding=config.crop_padding, flip=config.flip)
+    return train, pre, dict(pre.record), None
   tok = None
   if spec is not None and "tokenizer.json" in spec.files:
     tok = spec.files["tokenizer.json"]
@@ -273,13 +282,18 @@ def make_preprocess(config: JobConfig, modality: str, preprocessing: dict[str, A
       "max_len", 512)
   if max_len > limit:
     raise ConfigError(f"--max_len={max_len}; allowed: <= {limit} (the model's positions)")
-  pre = pipeline.TextPreprocess(str(tok), max_len)
+  try:
+    record = prep_lib.normalize_record(preprocessing, modality="text")
+  except ValueError as e:
+    raise ConfigError(f"the checkpoint's text preprocessing: {e}") from None
+  record.update(tokenizer="tokenizer.json", max_len=max_len)
+  pre = pipeline.TextPreprocess(str(tok), max_len, record=record)
   if spec is not None:
     vocab = pre.tokenizer.get_vocab_size()
     if vocab > spec.kwargs.get("vocab_size", 30522):
       raise ConfigError(f"the tokenizer {tok} has {vocab} tokens but the model's vocab_size is "
                         f"{spec.kwargs.get('vocab_size')}; set --model_kwargs vocab_size")
-  record = {"tokenizer": "tokenizer.json", "max_len": max_len}
+  log(f"text preprocessing: {prep_lib.describe(record)} ({tok})")
   return pre, pre, record, pathlib.Path(tok)
 
 

@@ -13,7 +13,8 @@ Features are what a linear head would see: the model's `aux["pooled"]` (ResNet's
 average pool, BERT's pooler, ViT's pooler or final-LN [CLS] token), or for text the mean of
 the last hidden state over the attention mask. Candidates with a classification head also
 give the head's softmax, the source probabilities LEEP and NCE need. Images are preprocessed
-as the checkpoint's config.json says (image_size, mean, std; gray repeated to RGB), text with
+as the checkpoint's config.json records (`jaxpretrain.preprocess`: resize, crop, mean, std;
+gray repeated to RGB; `image_size` replaces resize and crop by a plain resize), text with
 the checkpoint's tokenizer.json. Extraction is one jit-compiled function over the data
 pipeline's eval iterator, whose `mask` drops the padding of the last batch, so every example
 counts once.
@@ -35,7 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from jaxpretrain import data, models, perf, pretrained
+from jaxpretrain import data, models, perf, preprocess, pretrained
 from jaxpretrain.data import sources
 
 POOLINGS = ("pooled", "mean")  # aux["pooled"] (or ViT's pre_logits) | masked mean of tokens
@@ -183,14 +184,6 @@ def load_candidate(spec: str, cache_dir: str | pathlib.Path, *, seed: int = 0) -
 # ------------------------------------------------------------------------------------------
 
 
-def _square(size: Any) -> int:
-  if isinstance(size, (list, tuple)):
-    if len(set(size)) != 1:
-      raise ValueError(f"image_size {size} is not square; only square inputs are supported")
-    size = size[0]
-  return int(size)
-
-
 def preprocessor(candidate: Candidate, *, image_size: int | None = None, max_len: int = 128):
   """The data pipeline's preprocessing for this candidate.
 
@@ -208,13 +201,16 @@ def preprocessor(candidate: Candidate, *, image_size: int | None = None, max_len
     if not tokenizer.is_file():
       raise ValueError(f"{candidate.path}: no tokenizer file {tokenizer.name}; a text candidate "
                        "needs the tokenizer.json it was trained with")
-    return data.TextPreprocess(str(tokenizer), min(max_len, int(prep.get("max_len", max_len))))
-  size = image_size or _square(prep.get("image_size", RANDOM_IMAGE_PREPROCESSING["image_size"]))
+    return data.TextPreprocess(str(tokenizer), min(max_len, int(prep.get("max_len", max_len))),
+                               record=prep)
   channels = int(candidate.config["model_kwargs"].get("num_channels", 3))
-  mean = prep.get("mean", RANDOM_IMAGE_PREPROCESSING["mean"])
-  std = prep.get("std", RANDOM_IMAGE_PREPROCESSING["std"])
-  return data.ImagePreprocess(image_size=size, channels=channels, mean=tuple(mean),
-                              std=tuple(std))
+  pre = data.ImagePreprocess.from_record(
+      prep or RANDOM_IMAGE_PREPROCESSING, image_size=image_size, channels=channels,
+      default_size=RANDOM_IMAGE_PREPROCESSING["image_size"])
+  logging.info("%s: image preprocessing (%s): %s", candidate.name,
+               f"image_size={image_size}" if image_size else "the checkpoint's",
+               preprocess.describe(pre.record))
+  return pre
 
 
 class Subset:

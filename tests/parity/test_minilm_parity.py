@@ -92,7 +92,11 @@ def test_checkpoint_folder(checkpoint):
   assert config["model_kwargs"]["hidden_size"] == 384
   assert config["source"]["format"] == "huggingface"
   assert config["source"]["prefixed"] is False
-  assert config["preprocessing"]["max_len"] == 512
+  # sentence_bert_config.json's max_seq_length (what sentence-transformers truncates to) rather
+  # than the 512 positions, with its Pooling and Normalize modules, so that embed() matches.
+  assert config["preprocessing"]["max_len"] == 256
+  assert config["preprocessing"]["pooling"] == "mean"
+  assert config["preprocessing"]["normalize"] is True
   assert "tokenizer.json" in config["files"] and (checkpoint / "tokenizer.json").is_file()
 
 
