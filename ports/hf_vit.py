@@ -13,7 +13,6 @@ projection is a torch Conv2d (OIHW -> HWIO). A classifier's id2label becomes the
 
 from __future__ import annotations
 
-import math
 import os
 import pathlib
 from collections.abc import Mapping
@@ -203,15 +202,6 @@ def _flag(cfg: Mapping[str, Any], key: str, default: bool) -> bool:
   if not isinstance(value, bool):
     raise PortError(f"{key}={value!r}; allowed: true, false")
   return value
-
-
-def _channel_values(values: Any, where: str) -> list[float]:
-  """image_mean / image_std: 1 to 4 finite numbers (one per channel)."""
-  if not (isinstance(values, list) and 1 <= len(values) <= 4
-          and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-                  for v in values)):
-    raise PortError(f"{where}={short(values)}; allowed: a list of 1-4 finite numbers")
-  return [float(v) for v in values]
 
 
 def hf_config_for(model_kwargs: Mapping[str, Any], source: Mapping[str, Any],
