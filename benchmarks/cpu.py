@@ -9,12 +9,25 @@ run, so the fraction of peak is against the same machine state, and a drift show
 FLOPs per step come from XLA's cost analysis of the lowered JAX step (every HLO op, so
 elementwise work is included; convolutions and dots dominate). torch runs the same model, so
 its GFLOP/s uses the same count.
+
+With `isolate=True` (`--isolate`) each framework of each (case, mode) runs in a fresh Python
+process of its own (`python -m benchmarks.cpu --worker ...`), so one framework's allocator,
+page-fault and thread-pool state cannot change the other's numbers (NOTES.md, attempt 16:
+in one process, which framework ran first moved JAX's train steps by up to 45%). The
+variants of one framework are still interleaved inside its process; the two frameworks are
+not, so a machine whose speed drifts between them shows up as a difference -- the noise
+line and the matmul peaks at the start and the end say whether it did.
 """
 
 from __future__ import annotations
 
+import argparse
 import gc
+import json
 import os
+import subprocess
+import sys
+import tempfile
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -38,6 +51,7 @@ QUICK_CASES = (
     Case("minilm_l6_b32", "minilm_l6", batch=4, seq=32, num_classes=2),
 )
 MODES = ("infer", "train")
+FRAMEWORKS = ("jax", "torch")
 PEAK_N, QUICK_PEAK_N = 4096, 1024
 VERSIONS = ("jax", "jaxlib", "flax", "optax", "numpy", "torch", "torchvision", "transformers")
 
@@ -59,21 +73,27 @@ def matmul_peak(n: int, reps: int, log: Callable[[str], None]) -> dict[str, Any]
   return out
 
 
-def _variants(case: Case, mode: str, compile_limit_s: float | None, log) -> tuple[dict, dict]:
+def _variants(case: Case, mode: str, compile_limit_s: float | None, log,
+              frameworks: Sequence[str] = FRAMEWORKS) -> tuple[dict, dict]:
   """name -> blocking callable, name -> build facts (compile times, FLOPs); failures skipped."""
-  from benchmarks import jax_cases, torch_cases  # noqa: PLC0415
-
-  build = {"infer": (jax_cases.inference, torch_cases.inference),
-           "train": (jax_cases.train, torch_cases.train)}[mode]
   fns, facts = {}, {}
-  fns["jax"], facts["jax"] = build[0](case)
-  log(f"    jax: lower {facts['jax']['lower_s']:.1f}s, compile {facts['jax']['compile_s']:.1f}s, "
-      f"{(facts['jax']['flops'] or 0) / 1e9:.1f} GFLOP/step")
+  if "jax" in frameworks:
+    from benchmarks import jax_cases  # noqa: PLC0415
+
+    build = jax_cases.inference if mode == "infer" else jax_cases.train
+    fns["jax"], facts["jax"] = build(case)
+    log(f"    jax: lower {facts['jax']['lower_s']:.1f}s, compile "
+        f"{facts['jax']['compile_s']:.1f}s, {(facts['jax']['flops'] or 0) / 1e9:.1f} GFLOP/step")
+  if "torch" not in frameworks:
+    return fns, facts
+  from benchmarks import torch_cases  # noqa: PLC0415
+
+  build = torch_cases.inference if mode == "infer" else torch_cases.train
   layouts = {"torch": False, "torch_cl": True} if case.family == "resnet" else {"torch": False}
   for name, channels_last in layouts.items():
-    fns[name], facts[name] = build[1](case, channels_last=channels_last)
+    fns[name], facts[name] = build(case, channels_last=channels_last)
   if compile_limit_s is not None:
-    fns, facts = _add_compiled(case, build[1], layouts, fns, facts, compile_limit_s, log)
+    fns, facts = _add_compiled(case, build, layouts, fns, facts, compile_limit_s, log)
   return fns, facts
 
 
@@ -97,17 +117,19 @@ def _add_compiled(case, torch_build, layouts, fns, facts, limit_s, log):
 
 
 def run_case(case: Case, mode: str, *, reps: int, warmup: int, target_s: float,
-             compile_limit_s: float | None, log) -> dict[str, Any]:
+             compile_limit_s: float | None, log, frameworks: Sequence[str] = FRAMEWORKS
+             ) -> dict[str, Any]:
   """Times every variant of (case, mode), interleaved; returns the record of the case."""
   log(f"  {case.name} {mode}: batch {case.batch}, "
-      + (f"{case.image}px" if case.family == "resnet" else f"seq {case.seq}"))
-  fns, facts = _variants(case, mode, compile_limit_s, log)
+      + (f"{case.image}px" if case.family == "resnet" else f"seq {case.seq}")
+      + ("" if tuple(frameworks) == FRAMEWORKS else f" ({'+'.join(frameworks)} only)"))
+  fns, facts = _variants(case, mode, compile_limit_s, log, frameworks)
   share = harness.CpuShare()
   cpu_times: dict[str, list[float]] = {}
   times, iters = harness.interleaved(fns, reps=reps, warmup=warmup, target_s=target_s, log=log,
                                      cpu_times=cpu_times)
   others = share.others()
-  flops = facts["jax"]["flops"]
+  flops = facts["jax"]["flops"] if "jax" in facts else None  # torch alone: set when merged
   variants = {}
   for name, ts in times.items():
     stats = harness.summarize(ts)
@@ -123,8 +145,38 @@ def run_case(case: Case, mode: str, *, reps: int, warmup: int, target_s: float,
   return {"case": case.name, "model": case.model, "mode": mode, "batch": case.batch,
           "image": case.image if case.family == "resnet" else None,
           "seq": case.seq if case.family != "resnet" else None, "unit": case.unit,
-          "flops_per_step": flops, "flops_source": facts["jax"]["flops_source"],
+          "flops_per_step": flops, "flops_source": "xla cost analysis of the lowered step",
           "others_cpu_share": others, "variants": variants}
+
+
+def run_case_isolated(case: Case, mode: str, *, reps: int, quick: bool,
+                      compile_limit_s: float | None, log) -> dict[str, Any]:
+  """run_case with each framework in a fresh process of its own; the records merged."""
+  parts = {}
+  for framework in FRAMEWORKS:
+    with tempfile.TemporaryDirectory() as tmp:
+      out = os.path.join(tmp, "record.json")
+      args = [sys.executable, "-m", "benchmarks.cpu", "--worker", "--case", case.name,
+              "--mode", mode, "--framework", framework, "--reps", str(reps), "--out", out]
+      if quick:
+        args.append("--quick")
+      if compile_limit_s is not None:
+        args += ["--compile_limit_s", str(compile_limit_s)]
+      log(f"  {case.name} {mode}: {framework} in a fresh process")
+      proc = subprocess.run(args, env=os.environ.copy(), check=False)
+      if proc.returncode != 0 or not os.path.exists(out):
+        raise RuntimeError(f"{framework} worker exited with status {proc.returncode}")
+      with open(out) as f:
+        parts[framework] = json.load(f)
+  record = dict(parts["jax"])
+  record["variants"] = {**parts["jax"]["variants"], **parts["torch"]["variants"]}
+  flops = record["flops_per_step"]
+  for stats in parts["torch"]["variants"].values():  # the JAX step's count, as in one process
+    if flops and "median" in stats:
+      stats["gflops"] = flops / stats["median"] / 1e9
+  record["others_cpu_share"] = max((p["others_cpu_share"] or 0) for p in parts.values())
+  record["isolated"] = True
+  return record
 
 
 def _allocator(machine: dict[str, Any]) -> str:
@@ -174,7 +226,10 @@ def markdown(report: dict[str, Any]) -> str:
       f"load average {m['loadavg'][0]:.2f} at the start, {report['loadavg_end'][0]:.2f} at the "
       "end. " + ", ".join(f"{k} {v}" for k, v in report["versions"].items()) + ".",
       f"XLA_FLAGS=`{m['xla_flags']}`; torch threads {report['settings']['torch_threads']}; "
-      f"allocator: {_allocator(m)}.", "",
+      f"allocator: {_allocator(m)}. ISA: {', '.join(m.get('isa') or []) or 'unknown'}.", "",
+      ("Mode: **isolated** -- each framework of each case timed in a fresh process of its "
+       "own; variants of one framework interleaved." if report["settings"].get("isolate") else
+       "Mode: **interleaved** -- both frameworks in one process, variants timed in turn."), "",
       _noise_line(report.get("others_cpu_share"), m["cores"]), "",
       f"Matmul peak ({peak['start']['n']}³ float32, median GFLOP/s): start XLA "
       f"{peak['start']['xla']['gflops']:.0f}, torch {peak['start']['torch']['gflops']:.0f}; "
@@ -216,8 +271,12 @@ def markdown(report: dict[str, Any]) -> str:
 
 
 def run(*, quick: bool, only: Sequence[str], reps: int | None, compile_limit_s: float | None,
-        out_dir: str | None = None) -> dict[str, Any]:
-  """Runs the suite, writes results/cpu-*.md and .json, returns the report."""
+        out_dir: str | None = None, isolate: bool = False) -> dict[str, Any]:
+  """Runs the suite, writes results/cpu-*.md and .json, returns the report.
+
+  Args:
+    isolate: time each framework of each case in a fresh process of its own.
+  """
   from benchmarks import torch_cases  # noqa: PLC0415
 
   log = harness.Log()
@@ -230,7 +289,8 @@ def run(*, quick: bool, only: Sequence[str], reps: int | None, compile_limit_s: 
   report = {"suite": "cpu", "quick": quick, "date": started.isoformat(timespec="seconds"),
             "machine": harness.machine(), "versions": harness.versions(VERSIONS),
             "settings": {"reps": reps, "warmup": warmup, "target_block_s": target_s,
-                         "torch_threads": threads, "compile_limit_s": compile_limit_s},
+                         "torch_threads": threads, "compile_limit_s": compile_limit_s,
+                         "isolate": isolate},
             "cases": [], "errors": []}
   log(f"cpu suite: {len(cases)} case(s) x {MODES}, {reps} reps, {threads} threads")
   share = harness.CpuShare()
@@ -240,8 +300,13 @@ def run(*, quick: bool, only: Sequence[str], reps: int | None, compile_limit_s: 
   for case in cases:
     for mode in MODES:
       try:
-        report["cases"].append(run_case(case, mode, reps=reps, warmup=warmup, target_s=target_s,
-                                        compile_limit_s=compile_limit_s, log=log))
+        if isolate:
+          record = run_case_isolated(case, mode, reps=reps, quick=quick,
+                                     compile_limit_s=compile_limit_s, log=log)
+        else:
+          record = run_case(case, mode, reps=reps, warmup=warmup, target_s=target_s,
+                            compile_limit_s=compile_limit_s, log=log)
+        report["cases"].append(record)
       except Exception as e:  # noqa: BLE001 -- one broken case must not lose the others
         report["errors"].append(f"{case.name} {mode}: {type(e).__name__}: {e}")
         log(f"  FAILED: {report['errors'][-1]}")
@@ -258,3 +323,32 @@ def run(*, quick: bool, only: Sequence[str], reps: int | None, compile_limit_s: 
   print(md)
   log(f"wrote {paths[0]} and {paths[1]}")
   return report
+
+
+def _worker(argv: Sequence[str] | None = None) -> None:
+  """`python -m benchmarks.cpu --worker ...`: one framework of one case, a JSON record out."""
+  parser = argparse.ArgumentParser(description=_worker.__doc__)
+  parser.add_argument("--worker", action="store_true", required=True)
+  parser.add_argument("--case", required=True)
+  parser.add_argument("--mode", choices=MODES, required=True)
+  parser.add_argument("--framework", choices=FRAMEWORKS, required=True)
+  parser.add_argument("--reps", type=int, required=True)
+  parser.add_argument("--quick", action="store_true")
+  parser.add_argument("--compile_limit_s", type=float, default=None)
+  parser.add_argument("--out", required=True)
+  a = parser.parse_args(argv)
+  (case,) = harness.select(QUICK_CASES if a.quick else CASES, [a.case])
+  warmup, target_s = (1, 0.2) if a.quick else (2, 1.0)
+  if a.framework == "torch":
+    from benchmarks import torch_cases  # noqa: PLC0415
+
+    torch_cases.set_threads(harness.cores())
+  record = run_case(case, a.mode, reps=a.reps, warmup=warmup, target_s=target_s,
+                    compile_limit_s=a.compile_limit_s if a.framework == "torch" else None,
+                    log=harness.Log(), frameworks=(a.framework,))
+  with open(a.out, "w") as f:
+    json.dump(record, f, default=harness._jsonable)
+
+
+if __name__ == "__main__":
+  _worker()

@@ -41,7 +41,8 @@ def cores() -> int:
 
 
 def interleaved(fns: Mapping[str, Callable[[], Any]], *, reps: int, warmup: int = 1,
-                target_s: float = 1.0, sync: Callable[[Any], Any] | None = None,
+                target_s: float = 1.0,
+                sync: Callable[[Any], Any] | Mapping[str, Callable[[Any], Any]] | None = None,
                 log: Callable[[str], None] | None = None,
                 cpu_times: dict[str, list[float]] | None = None
                 ) -> tuple[dict[str, list[float]], dict[str, int]]:
@@ -60,7 +61,8 @@ def interleaved(fns: Mapping[str, Callable[[], Any]], *, reps: int, warmup: int 
     reps: timed repetitions per function.
     warmup: untimed calls per function before the first repetition (at least 1).
     target_s: wanted duration of one timed block.
-    sync: waits for a function's result (e.g. jax.block_until_ready); None: fns block.
+    sync: waits for a function's result (e.g. jax.block_until_ready), or name -> such a
+      function (JAX and torch variants of one GPU case); None: fns block.
     log: called with a progress line after each repetition.
     cpu_times: if given, filled with name -> [CPU seconds of this process per call] (all its
       threads): the work done, which other processes on a shared machine disturb less than
@@ -69,16 +71,17 @@ def interleaved(fns: Mapping[str, Callable[[], Any]], *, reps: int, warmup: int 
     (name -> [seconds per call] of length reps in repetition order, name -> calls per block).
   """
   names = list(fns)
+  syncs = {n: sync.get(n) if isinstance(sync, Mapping) else sync for n in names}
   iters = {}
   for name in names:
     for _ in range(max(warmup, 1) - 1):
-      _sync(sync, fns[name]())
-    iters[name] = calls_per_rep(_timed_block(fns[name], 1, sync)[0], target_s)
+      _sync(syncs[name], fns[name]())
+    iters[name] = calls_per_rep(_timed_block(fns[name], 1, syncs[name])[0], target_s)
   times: dict[str, list[float]] = {n: [] for n in names}
   for r in range(reps):
     order = names[r % len(names):] + names[:r % len(names)]
     for name in order:
-      wall, cpu = _timed_block(fns[name], iters[name], sync)
+      wall, cpu = _timed_block(fns[name], iters[name], syncs[name])
       times[name].append(wall)
       if cpu_times is not None:
         cpu_times.setdefault(name, []).append(cpu)
@@ -166,10 +169,28 @@ def memory_gib() -> float | None:
   return None
 
 
+# Instruction-set features that decide which kernels XLA and oneDNN/MKL can use (a ratio
+# against torch is a property of the machine: README, "Speed against torch").
+ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_tile",
+             "amx_bf16", "amx_int8")
+
+
+def isa_features() -> list[str]:
+  """The ISA_FLAGS this CPU reports in /proc/cpuinfo (empty where it cannot be read)."""
+  try:
+    for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
+      if line.startswith("flags"):
+        have = set(line.split(":", 1)[1].split())
+        return [f for f in ISA_FLAGS if f in have]
+  except OSError:
+    pass
+  return []
+
+
 def machine() -> dict[str, Any]:
   """Where the numbers come from: CPU, cores, memory, OS, Python, XLA_FLAGS, load."""
   return {
-      "cpu": cpu_model(), "cores": cores(), "host_cpus": os.cpu_count(),
+      "cpu": cpu_model(), "isa": isa_features(), "cores": cores(), "host_cpus": os.cpu_count(),
       "memory_gib": memory_gib(), "os": platform.platform(), "python": platform.python_version(),
       "xla_flags": os.environ.get("XLA_FLAGS", ""), "loadavg": list(os.getloadavg()),
       # The memory allocator changes CPU step times by up to 1.6x here (NOTES.md, attempt 16).

@@ -1,10 +1,14 @@
-"""The torch side of the CPU suite: the same models, inputs and steps in torch's best setting.
+"""The torch side of the CPU and GPU suites: the same models, inputs and steps, torch at its best.
 
-torchvision ResNets in NCHW and channels_last (the suite keeps the faster), Hugging Face
-BertModel / BertForSequenceClassification with SDPA attention (transformers' default),
-`torch.inference_mode()` for inference, fused optimizers (SGD momentum 0.9, AdamW weight decay
-0.01) for training, and optionally `torch.compile` of the model. Inputs are the NumPy arrays of
-`jax_cases.make_batch`, so both frameworks see the same numbers.
+torchvision ResNets in NCHW and channels_last (the CPU suite keeps the faster; the GPU suite
+uses channels_last, what NVIDIA's and torchvision's recipes use), Hugging Face BertModel /
+BertForSequenceClassification with SDPA attention (transformers' default: flash or
+memory-efficient kernels on a GPU), `torch.inference_mode()` for inference, fused optimizers
+(SGD momentum 0.9, AdamW weight decay 0.01) for training, and optionally `torch.compile` of the
+model. On a GPU (`device="cuda"`, `bf16=True`) parameters stay float32 and the forward runs
+under `torch.autocast(dtype=bfloat16)` -- the same mixed precision as jaxpretrain's
+`dtype=bfloat16, param_dtype=float32`. Inputs are the NumPy arrays of `jax_cases.make_batch`,
+so both frameworks see the same numbers.
 """
 
 from __future__ import annotations
@@ -51,27 +55,32 @@ def _bert(case: Case, train: bool) -> torch.nn.Module:
   return cls(config)
 
 
-def _inputs(case: Case, channels_last: bool) -> dict[str, torch.Tensor]:
+def _inputs(case: Case, channels_last: bool, device: str = "cpu") -> dict[str, torch.Tensor]:
   batch = make_batch(case)
   if case.family == "resnet":
     x = torch.from_numpy(np.ascontiguousarray(batch["image"].transpose(0, 3, 1, 2)))
     if channels_last:
       x = x.contiguous(memory_format=torch.channels_last)
-    return {"x": x, "label": torch.from_numpy(batch["label"]).long()}
-  return {"input_ids": torch.from_numpy(batch["input_ids"]).long(),
-          "attention_mask": torch.from_numpy(batch["attention_mask"]).long(),
-          "label": torch.from_numpy(batch["label"]).long()}
+    out = {"x": x, "label": torch.from_numpy(batch["label"]).long()}
+  else:
+    out = {"input_ids": torch.from_numpy(batch["input_ids"]).long(),
+           "attention_mask": torch.from_numpy(batch["attention_mask"]).long(),
+           "label": torch.from_numpy(batch["label"]).long()}
+  return {k: v.to(device) for k, v in out.items()}
 
 
-def model_and_inputs(case: Case, train: bool, channels_last: bool = False):
+def model_and_inputs(case: Case, train: bool, channels_last: bool = False, device: str = "cpu"):
   model = _resnet(case, channels_last) if case.family == "resnet" else _bert(case, train)
-  return model.train(train), _inputs(case, channels_last)
+  return model.to(device).train(train), _inputs(case, channels_last, device)
 
 
-def _forward(model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-  if "x" in inputs:
-    return model(inputs["x"])
-  out = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])
+def _forward(model: torch.nn.Module, inputs: dict[str, torch.Tensor], bf16: bool = False
+             ) -> torch.Tensor:
+  device = inputs["label"].device.type
+  with torch.autocast(device, dtype=torch.bfloat16, enabled=bf16):
+    if "x" in inputs:
+      return model(inputs["x"])
+    out = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])
   return out.logits if hasattr(out, "logits") else out.last_hidden_state
 
 
@@ -83,35 +92,49 @@ def _optimizer(case: Case, model: torch.nn.Module) -> torch.optim.Optimizer:
                            weight_decay=ADAMW["weight_decay"], fused=True)
 
 
-def inference(case: Case, channels_last: bool = False, compile_limit_s: float | None = None
+def _compile(model: torch.nn.Module, mode: str | None) -> Callable[..., Any]:
+  return torch.compile(model, mode=mode) if mode else torch.compile(model)
+
+
+def inference(case: Case, channels_last: bool = False, compile_limit_s: float | None = None,
+              *, device: str = "cpu", bf16: bool = False, compile_mode: str | None = None
               ) -> tuple[Callable[[], Any], dict[str, float]]:
-  """One forward pass under inference_mode; with compile_limit_s, torch.compile'd first."""
-  model, inputs = model_and_inputs(case, train=False, channels_last=channels_last)
+  """One forward pass under inference_mode; with compile_limit_s, torch.compile'd first.
+
+  On a GPU the call only launches the work (timing syncs once per block, `sync`).
+  """
+  model, inputs = model_and_inputs(case, train=False, channels_last=channels_last,
+                                   device=device)
   fwd = model
   info: dict[str, float] = {}
   if compile_limit_s is not None:
-    fwd = torch.compile(model)
+    fwd = _compile(model, compile_mode)
 
   def run():
     with torch.inference_mode():
-      return _forward(fwd, inputs)
+      return _forward(fwd, inputs, bf16)
 
   if compile_limit_s is not None:
     info["compile_s"] = _first_call(run, compile_limit_s)
   return run, info
 
 
-def train(case: Case, channels_last: bool = False, compile_limit_s: float | None = None
+def train(case: Case, channels_last: bool = False, compile_limit_s: float | None = None,
+          *, device: str = "cpu", bf16: bool = False, compile_mode: str | None = None
           ) -> tuple[Callable[[], Any], dict[str, float]]:
-  """One train step: zero_grad(set_to_none), forward, cross-entropy, backward, fused step."""
-  model, inputs = model_and_inputs(case, train=True, channels_last=channels_last)
+  """One train step: zero_grad(set_to_none), forward, cross-entropy, backward, fused step.
+
+  With bf16, the forward and the loss run under autocast; parameters, gradients and the
+  optimizer state stay float32 (no GradScaler: bf16 has float32's exponent range).
+  """
+  model, inputs = model_and_inputs(case, train=True, channels_last=channels_last, device=device)
   opt = _optimizer(case, model)
-  fwd = torch.compile(model) if compile_limit_s is not None else model
+  fwd = _compile(model, compile_mode) if compile_limit_s is not None else model
   info: dict[str, float] = {}
 
   def run():
     opt.zero_grad(set_to_none=True)
-    loss = F.cross_entropy(_forward(fwd, inputs), inputs["label"])
+    loss = F.cross_entropy(_forward(fwd, inputs, bf16).float(), inputs["label"])
     loss.backward()
     opt.step()
     return loss
@@ -132,11 +155,18 @@ def matmul(n: int) -> tuple[Callable[[], Any], dict[str, float]]:
   return run, {"flops": 2.0 * n**3}
 
 
+def sync(_out: Any = None) -> None:
+  """Waits for the GPU's queued work (a no-op without CUDA)."""
+  if torch.cuda.is_available():
+    torch.cuda.synchronize()
+
+
 def _first_call(run: Callable[[], Any], limit_s: float) -> float:
   """Runs the first (compiling) call under a wall-clock limit; returns its seconds."""
   t0 = time.perf_counter()
   with time_limit(limit_s):
     run()
+    sync()
   return time.perf_counter() - t0
 
 
