@@ -24,6 +24,8 @@ from ports.rules import PortError
 
 # Hugging Face model_type -> port module.
 HF_PORTS = {"bert": "ports.hf_bert", "roberta": "ports.hf_bert", "vit": "ports.hf_vit"}
+HF_PORTS.update({"dinov2": "ports.hf_dinov2", "dinov2_with_registers": "ports.hf_dinov2",
+                 "distilbert": "ports.hf_distilbert", "clip": "ports.hf_clip"})
 # Files that travel from a Hugging Face folder into the checkpoint (tokenizers, processors).
 TRAVELLING_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt",
                     "special_tokens_map.json", "preprocessor_config.json", "merges.txt",

@@ -20,6 +20,9 @@ _FAMILIES = {
     "resnet": "jaxpretrain.models.resnet",
     "bert": "jaxpretrain.models.bert",
     "vit": "jaxpretrain.models.vit",
+    "dinov2": "jaxpretrain.models.dinov2",
+    "distilbert": "jaxpretrain.models.distilbert",
+    "clip": "jaxpretrain.models.clip",
 }
 
 
