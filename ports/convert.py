@@ -2,6 +2,7 @@
 
     python -m ports.convert resnet50.pth out/resnet50 --arch resnet50
     python -m ports.convert path/to/hf_model_folder out/minilm
+    python -m ports.convert model.onnx out/dinov2 --family dinov2   # ports/onnx_in.py
 
 A Hugging Face folder (config.json + model.safetensors, a sharded index, or pytorch_model.bin)
 names its architecture in config.json; a torchvision file needs --arch. Safetensors never
@@ -36,10 +37,13 @@ def port_module(name: str):
   return importlib.import_module(name)
 
 
-def read_source(src: str | os.PathLike, arch: str | None = None) -> tuple[Converted, dict]:
+def read_source(src: str | os.PathLike, arch: str | None = None,
+                family: str | None = None) -> tuple[Converted, dict]:
   """SRC (file or HF folder) -> (Converted, files to copy). Checks shapes; writes nothing."""
   src = pathlib.Path(src)
-  if src.is_dir():
+  if src.suffix == ".onnx" and not src.is_dir():  # ONNX in: ports/onnx_in.py, --family names it
+    converted, files = port_module("ports.onnx_in").to_converted(src, family), {}
+  elif src.is_dir():
     hf_config, weights = readers.load_hf_folder(src)
     model_type = hf_config.get("model_type")
     if model_type not in HF_PORTS:
@@ -65,14 +69,14 @@ def read_source(src: str | os.PathLike, arch: str | None = None) -> tuple[Conver
 
 
 def convert(src: str | os.PathLike, dst: str | os.PathLike, *, arch: str | None = None,
-            overwrite: bool = False) -> pathlib.Path:
+            overwrite: bool = False, family: str | None = None) -> pathlib.Path:
   """Converts SRC into a checkpoint folder DST; returns DST."""
   from jaxpretrain import params, pretrained  # noqa: PLC0415
 
   dst = pathlib.Path(dst)
   if dst.exists() and not overwrite:
     raise FileExistsError(f"{dst} already exists; pass --overwrite to replace it")
-  converted, files = read_source(src, arch)
+  converted, files = read_source(src, arch, family)
   return pretrained.save_pretrained(
       dst, converted.model, converted.model_kwargs, params.unflatten(converted.flat_variables),
       source=converted.source, preprocessing=converted.preprocessing, files=files,
@@ -81,13 +85,15 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, *, arch: str | None 
 
 _ARCH = flags.DEFINE_string("arch", None, "Architecture of a single weights file (resnet50...).")
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace DST if it exists.")
+_FAMILY = flags.DEFINE_string("family", None, "Family of an .onnx SRC (bert, distilbert, dinov2).")
 
 
 def main(argv):
   if len(argv) != 3:
     raise app.UsageError("usage: python -m ports.convert SRC DST [--arch NAME] [--overwrite]")
   try:
-    dst = convert(argv[1], argv[2], arch=_ARCH.value, overwrite=_OVERWRITE.value)
+    dst = convert(argv[1], argv[2], arch=_ARCH.value, overwrite=_OVERWRITE.value,
+                  family=_FAMILY.value)
   except (PortError, FileExistsError, FileNotFoundError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 1
