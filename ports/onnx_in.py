@@ -82,8 +82,8 @@ class Graph:
 
 
 def _np_dtypes():
-  from onnx import TensorProto  # noqa: PLC0415
   import ml_dtypes  # noqa: PLC0415
+  from onnx import TensorProto  # noqa: PLC0415
 
   return {TensorProto.FLOAT: np.dtype("<f4"), TensorProto.FLOAT16: np.dtype("<f2"),
           TensorProto.BFLOAT16: np.dtype(ml_dtypes.bfloat16), TensorProto.DOUBLE: np.dtype("<f8"),

@@ -21,7 +21,6 @@ Not implemented: SwiGLU MLPs (use_swiglu_ffn, the giant model) and stochastic de
 from __future__ import annotations
 
 import functools
-import math
 from typing import Any
 
 import flax.linen as nn
