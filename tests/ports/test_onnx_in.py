@@ -84,6 +84,23 @@ def test_real_dinov2_records_what_it_skipped_and_rejoined(dinov2_real):
       "onnx::MatMul_1966")
 
 
+def test_real_dinov2_exports_a_folder_transformers_runs(dinov2_real, tmp_path):
+  """ONNX -> jaxpretrain -> Hugging Face folder: Dinov2Model.from_pretrained matches the file."""
+  torch = pytest.importorskip("torch")
+  transformers = pytest.importorskip("transformers")
+  from ports import export  # noqa: PLC0415
+
+  path, dst, _, _ = dinov2_real
+  out = export.export(dst, tmp_path / "hf")
+  ref = transformers.Dinov2Model.from_pretrained(out).eval()
+  image = np.random.RandomState(0).rand(1, 224, 224, 3).astype(np.float32)
+  (expected,) = run_onnx(path, {"input_image": image.transpose(0, 3, 1, 2)},
+                         ["/backbone/layernorm/Add_1_output_0"])
+  with torch.no_grad():
+    got = ref(torch.tensor(image).permute(0, 3, 1, 2)).last_hidden_state.numpy()
+  assert rel_err(got, expected) <= RTOL
+
+
 def test_real_paraphrase_minilm_l3_matches_onnxruntime(tmp_path, highest_precision):
   from tokenizers import Tokenizer  # noqa: PLC0415
 
