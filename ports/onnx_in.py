@@ -247,14 +247,14 @@ def _weight_node(g: Graph, origin: Mapping[str, str], key: str, where: str):
   return node
 
 
-def _const_dims(g: Graph, tensor: str) -> list[int | None]:
+def _const_dims(g: Graph, tensor: str, depth: int = 0) -> list[int | None]:
   """A shape tensor's values, None where they are computed at run time (Concat pieces)."""
   value = g.const(tensor)
   if value is not None:
-    return [int(v) for v in np.ravel(value)]
+    return [int(v) for v in np.ravel(value)[:16]]
   node = g.producer.get(tensor)
-  if node is not None and node.op_type == "Concat":
-    return [d for inp in node.input for d in _const_dims(g, inp)]
+  if node is not None and node.op_type == "Concat" and depth < 4:  # a crafted cycle ends here
+    return [d for inp in node.input for d in _const_dims(g, inp, depth + 1)]
   if node is not None and node.op_type == "Unsqueeze":
     return [None]
   return [None]
@@ -447,14 +447,16 @@ def _users(g: Graph, name: str) -> str:
 
 def _trace_back(g: Graph, tensor: str, where: str):
   """The initializer a tensor comes from through PASS_THROUGH ops (checking any Resize)."""
-  while tensor not in g.inits:
+  for _ in range(32):  # a bounded walk: a crafted file may loop
+    if tensor in g.inits:
+      return tensor
     node = g.producer.get(tensor)
     if node is None or node.op_type not in PASS_THROUGH:
       return None
     if node.op_type == "Resize":
       _check_resize(g, node, where)
     tensor = node.input[0]
-  return tensor
+  return None
 
 
 def _check_resize(g: Graph, node, where: str) -> None:
