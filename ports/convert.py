@@ -2,6 +2,7 @@
 
     python -m ports.convert resnet50.pth out/resnet50 --arch resnet50 [--resize_size 232]
     python -m ports.convert path/to/hf_model_folder out/minilm
+    python -m ports.convert model.onnx out/dinov2 --family dinov2   # ports/onnx_in.py
 
 A Hugging Face folder (config.json + model.safetensors, a sharded index, or pytorch_model.bin)
 names its architecture in config.json; a torchvision file needs --arch. Safetensors never
@@ -25,7 +26,7 @@ import sys
 from absl import app, flags
 
 from jaxpretrain import safe_io
-from ports import readers
+from ports import hf_common, readers
 from ports.base import Converted, check
 from ports.rules import PortError
 
@@ -35,6 +36,8 @@ HF_PORTS = {"bert": "ports.hf_bert", "roberta": "ports.hf_bert", "xlm-roberta": 
 # torchvision families other than ResNet, by --arch prefix -> port module (single files).
 TORCHVISION_PORTS = {"vgg": "ports.torchvision_vgg", "convnext": "ports.torchvision_convnext",
                      "efficientnet": "ports.torchvision_efficientnet"}
+HF_PORTS.update({"dinov2": "ports.hf_dinov2", "dinov2_with_registers": "ports.hf_dinov2",
+                 "distilbert": "ports.hf_distilbert", "clip": "ports.hf_clip"})
 # Files that travel from a Hugging Face folder into the checkpoint (tokenizers, processors).
 TRAVELLING_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt",
                     "special_tokens_map.json", "preprocessor_config.json", "merges.txt",
@@ -53,8 +56,8 @@ def torchvision_port(arch: str | None) -> str:
               "ports.torchvision_resnet")
 
 
-def read_source(src: str | os.PathLike, arch: str | None = None, *,
-                resize_size: int | None = None, crop_size: int | None = None
+def read_source(src: str | os.PathLike, arch: str | None = None, family: str | None = None,
+                *, resize_size: int | None = None, crop_size: int | None = None
                 ) -> tuple[Converted, dict]:
   """SRC (file or HF folder) -> (Converted, files to copy). Checks shapes; writes nothing.
 
@@ -65,7 +68,9 @@ def read_source(src: str | os.PathLike, arch: str | None = None, *,
   if src.is_dir() and (resize_size or crop_size):
     raise PortError("--resize_size/--crop_size are for torchvision files; a Hugging Face "
                     "folder's preprocessor_config.json says how its images are made")
-  if src.is_dir():
+  if src.suffix == ".onnx" and not src.is_dir():  # ONNX in: ports/onnx_in.py, --family names it
+    converted, files = port_module("ports.onnx_in").to_converted(src, family), {}
+  elif src.is_dir():
     hf_config, weights = readers.load_hf_folder(src)
     model_type = hf_config.get("model_type")
     if model_type not in HF_PORTS:
@@ -76,6 +81,9 @@ def read_source(src: str | os.PathLike, arch: str | None = None, *,
     # What the weights do not carry: preprocessor_config.json, sentence-transformers modules.
     if hasattr(port, "folder_preprocessing"):
       converted.preprocessing.update(port.folder_preprocessing(src))
+    if converted.class_names is None and converted.model_kwargs.get("head") == "classification":
+      converted.class_names = hf_common.class_names(hf_config,
+                                                    converted.model_kwargs["num_labels"])
     files = {n: read_travelling_file(src, n) for n in TRAVELLING_FILES
              if readers.side_file(src, n) is not None}
   elif os.path.lexists(src):  # a weights file (load_state_dict refuses FIFOs, devices...)
@@ -131,7 +139,7 @@ def _eval_sizes(record: dict, resize_size: int | None, crop_size: int | None) ->
 
 
 def convert(src: str | os.PathLike, dst: str | os.PathLike, *, arch: str | None = None,
-            overwrite: bool = False, resize_size: int | None = None,
+            overwrite: bool = False, family: str | None = None, resize_size: int | None = None,
             crop_size: int | None = None) -> pathlib.Path:
   """Converts SRC into a checkpoint folder DST; returns DST."""
   from jaxpretrain import params, pretrained  # noqa: PLC0415
@@ -139,7 +147,8 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, *, arch: str | None 
   dst = pathlib.Path(dst)
   if dst.exists() and not overwrite:
     raise FileExistsError(f"{dst} already exists; pass --overwrite to replace it")
-  converted, files = read_source(src, arch, resize_size=resize_size, crop_size=crop_size)
+  converted, files = read_source(src, arch, family, resize_size=resize_size,
+                                 crop_size=crop_size)
   return pretrained.save_pretrained(
       dst, converted.model, converted.model_kwargs, params.unflatten(converted.flat_variables),
       source=converted.source, preprocessing=converted.preprocessing, files=files,
@@ -153,6 +162,7 @@ _RESIZE_SIZE = flags.DEFINE_integer(
     "torchvision's for the arch's weights, 256 for the classic ones).", lower_bound=1)
 _CROP_SIZE = flags.DEFINE_integer("crop_size", None, "torchvision file: eval center crop "
                                   "(default 224).", lower_bound=1)
+_FAMILY = flags.DEFINE_string("family", None, "Family of an .onnx SRC (bert, distilbert, dinov2).")
 
 
 def main(argv):
@@ -161,7 +171,8 @@ def main(argv):
                          exitcode=EXIT_BAD_INPUT)
   try:
     dst = convert(argv[1], argv[2], arch=_ARCH.value, overwrite=_OVERWRITE.value,
-                  resize_size=_RESIZE_SIZE.value, crop_size=_CROP_SIZE.value)
+                  family=_FAMILY.value, resize_size=_RESIZE_SIZE.value,
+                  crop_size=_CROP_SIZE.value)
   except (PortError, safe_io.UntrustedInputError, FileExistsError, FileNotFoundError) as e:
     print(f"error: {e}", file=sys.stderr)
     return EXIT_BAD_INPUT

@@ -23,6 +23,9 @@ _FAMILIES = {
     "vgg": "jaxpretrain.models.vgg",
     "convnext": "jaxpretrain.models.convnext",
     "efficientnet": "jaxpretrain.models.efficientnet",
+    "dinov2": "jaxpretrain.models.dinov2",
+    "distilbert": "jaxpretrain.models.distilbert",
+    "clip": "jaxpretrain.models.clip",
 }
 
 

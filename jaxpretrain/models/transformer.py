@@ -1,4 +1,4 @@
-"""The Transformer encoder shared by BERT (post-LN) and ViT (pre-LN).
+"""The Transformer encoder shared by BERT and DistilBERT (post-LN), ViT, DINOv2 and CLIP (pre-LN).
 
 One block serves both families; `pre_norm` picks the LayerNorm placement:
 
@@ -9,6 +9,9 @@ Parameter names are the same in both orders, so one port rule set covers the blo
 `attention/{query,key,value,out}`, `attention_norm` (the LayerNorm of the attention
 sub-layer: after it in BERT, before it in ViT), `mlp/fc1`, `mlp/fc2`, `mlp_norm`.
 Projections are plain [in, out] Dense kernels, so a torch Linear weight needs only a transpose.
+Options, each off by default: `layer_scale` (DINOv2's LayerScale, Touvron et al. 2021: each
+pre-LN branch times a learned per-channel `layer_scale1` / `layer_scale2`), `causal` (CLIP's
+text tower), and the "quick_gelu" activation (CLIP).
 """
 
 from __future__ import annotations
@@ -33,6 +36,8 @@ ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "gelu_pytorch_tanh": functools.partial(nn.gelu, approximate=True),
     "relu": nn.relu,
     "tanh": jnp.tanh,
+    # CLIP's QuickGELUActivation: x * sigmoid(1.702 x) (Radford et al. 2021, OpenAI's code).
+    "quick_gelu": lambda x: x * jax.nn.sigmoid(1.702 * x),
 }
 
 
@@ -79,6 +84,20 @@ def additive_mask(mask: jax.Array | None) -> jax.Array | None:
     return None
   neg = jnp.finfo(jnp.float32).min
   return jnp.where(mask[:, None, None, :].astype(bool), 0.0, neg).astype(jnp.float32)
+
+
+def attention_bias(mask: jax.Array | None, seq: int, causal: bool = False) -> jax.Array | None:
+  """A padding mask [batch, seq] or None, optionally causal -> additive [batch|1, 1, seq, seq].
+
+  A key is hidden (most negative float32, once, however many reasons) when it is padding or,
+  with `causal`, after the query: transformers' create_causal_mask with a padding mask.
+  """
+  if not causal:
+    return additive_mask(mask)
+  allowed = jnp.tril(jnp.ones((seq, seq), bool))[None, None]  # [1, 1, q, k]
+  if mask is not None:
+    allowed = allowed & mask[:, None, None, :].astype(bool)
+  return jnp.where(allowed, 0.0, jnp.finfo(jnp.float32).min).astype(jnp.float32)
 
 
 def layer_norm(eps: float, dtype: Dtype, param_dtype: Dtype, name: str | None = None
@@ -157,11 +176,12 @@ class EncoderBlock(nn.Module):
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
   init_std: float = 0.02
+  layer_scale: float | None = None  # DINOv2's LayerScale init value; None: no layer scale
 
   @nn.compact
   def __call__(self, x: jax.Array, mask: jax.Array | None = None, *,
                train: bool = False) -> jax.Array:
-    """[batch, seq, dim], additive mask [batch, 1, 1, seq] or None -> [batch, seq, dim]."""
+    """[batch, seq, dim], additive mask [batch|1, 1, 1|seq, seq] or None -> [batch, seq, dim]."""
     norm = functools.partial(layer_norm, self.layer_norm_eps, self.dtype, self.param_dtype)
     drop = lambda t: nn.Dropout(self.dropout_rate)(t, deterministic=not train)
     attn = SelfAttention(
@@ -171,10 +191,22 @@ class EncoderBlock(nn.Module):
               init_std=self.init_std, name="mlp")
     attn_norm, mlp_norm = norm(name="attention_norm"), norm(name="mlp_norm")
     if self.pre_norm:
-      x = x + drop(attn(attn_norm(x), mask, train=train))
-      return x + drop(mlp(mlp_norm(x)))
+      scale1, scale2 = self._layer_scales(x.shape[-1])
+      x = x + drop(scale1(attn(attn_norm(x), mask, train=train)))
+      return x + drop(scale2(mlp(mlp_norm(x))))
+    if self.layer_scale is not None:
+      raise ValueError("layer_scale needs pre_norm=True (DINOv2's block)")
     x = attn_norm(x + drop(attn(x, mask, train=train)))
     return mlp_norm(x + drop(mlp(x)))
+
+  def _layer_scales(self, dim: int):
+    """(attention, MLP) output scalings: DINOv2's LayerScale `x * lambda1`, or identities."""
+    if self.layer_scale is None:
+      return (lambda t: t), (lambda t: t)
+    init = nn.initializers.constant(self.layer_scale)
+    scales = [self.param(n, init, (dim,), self.param_dtype) for n in ("layer_scale1",
+                                                                       "layer_scale2")]
+    return tuple((lambda t, g=g: t * g.astype(t.dtype)) for g in scales)
 
 
 class Encoder(nn.Module):
@@ -191,6 +223,8 @@ class Encoder(nn.Module):
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
   init_std: float = 0.02
+  layer_scale: float | None = None  # DINOv2's LayerScale init value; None: no layer scale
+  causal: bool = False  # True: a query sees only keys at or before it (CLIP's text tower)
 
   @nn.compact
   def __call__(self, x: jax.Array, mask: jax.Array | None = None, *,
@@ -204,13 +238,14 @@ class Encoder(nn.Module):
     Returns:
       (the last layer's output [batch, seq, dim], {"layer_{i}": each layer's output}).
     """
-    bias = additive_mask(mask)
+    bias = attention_bias(mask, x.shape[1], self.causal)
     hidden = {}
     for i in range(self.num_layers):
       x = EncoderBlock(
           self.num_heads, self.mlp_dim, self.pre_norm, self.act, self.dropout_rate,
           self.attention_dropout_rate, self.layer_norm_eps, self.qkv_bias, dtype=self.dtype,
-          param_dtype=self.param_dtype, init_std=self.init_std, name=f"layer_{i}",
+          param_dtype=self.param_dtype, init_std=self.init_std, layer_scale=self.layer_scale,
+          name=f"layer_{i}",
       )(x, bias, train=train)
       hidden[f"layer_{i}"] = x
     return x, hidden
