@@ -2,7 +2,9 @@
 
 Exit status: 0 done; 1 a failed run (non-finite loss, workdir in use, full or read-only, the
 disk filling up mid-run, a data file that cannot be read, no checkpoint that restores); 2 a
-bad flag; 143 stopped by SIGTERM after writing a checkpoint (rerun the same command to resume).
+bad flag; 143 stopped by SIGTERM, 130 by Ctrl-C (SIGINT), after writing a checkpoint (rerun the
+same command to resume; a second Ctrl-C aborts at once, also 130). Ctrl-C before training has
+started (while converting, building data) ends the run with status 130 and one line.
 
 `run_main` is the mains' body: after the one line it never waits on threads left behind (a
 failed async orbax save leaves signalling threads that wait out orbax's coordination timeout,
@@ -35,6 +37,10 @@ def run_main(argv: list[str]) -> int:
   threads still running after EXIT_GRACE_S do not keep the process alive."""
   try:
     status = train_main(argv)
+  except KeyboardInterrupt:  # Ctrl-C before the loop took over SIGINT: nothing to save yet
+    print("\ninterrupted before training started; nothing was lost: rerun the same command",
+          file=sys.stderr)
+    status = loop.EXIT_INTERRUPTED
   except Exception:  # a bug: its traceback, then the same bounded exit as any failure
     traceback.print_exc()
     status = 1
@@ -75,7 +81,7 @@ def train_main(argv: list[str]) -> int:
     return 1
   except loop.Stopped as e:
     print(f"stopped: {e}", file=sys.stderr)
-    return loop.EXIT_STOPPED
+    return e.status
   except (OSError, ValueError) as e:  # a full disk or a corrupt data file, met mid-run
     message = _failure_mid_run(e, config)
     if message is None:

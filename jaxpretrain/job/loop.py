@@ -78,6 +78,7 @@ RESULT = "final.json"
 REPORT = "report.md"
 CURVES = "curves.png"
 EXIT_STOPPED = 143  # 128 + SIGTERM, what a shell reports for a process killed by it
+EXIT_INTERRUPTED = 130  # 128 + SIGINT: Ctrl-C
 
 
 class NonFiniteError(FloatingPointError):
@@ -85,12 +86,15 @@ class NonFiniteError(FloatingPointError):
 
 
 class Stopped(RuntimeError):
-  """SIGTERM: a checkpoint of `step` was written; rerun the same command to resume."""
+  """SIGTERM or Ctrl-C: a checkpoint of `step` was written; rerun the same command to resume.
+
+  `status` is the exit status the mains give: 143 for SIGTERM, 130 for SIGINT."""
 
   def __init__(self, step: int, signal_name: str, workdir: pathlib.Path):
     super().__init__(f"{signal_name} at step {step}: checkpoint written to {workdir}/"
                      f"{checkpoint_lib.CHECKPOINT_DIR}/{step}; rerun the same command to resume")
     self.step = step
+    self.status = EXIT_INTERRUPTED if signal_name == "SIGINT" else EXIT_STOPPED
 
 
 @dataclasses.dataclass
