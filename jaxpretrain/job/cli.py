@@ -20,10 +20,10 @@ import threading
 import time
 import traceback
 
-from absl import logging
-
+from jaxpretrain import console
 from jaxpretrain.job import flags as flags_lib
 from jaxpretrain.job import loop
+from jaxpretrain.job import report as report_lib
 from jaxpretrain.job.config import ConfigError
 from jaxpretrain.job.workdir import WorkdirError
 from jaxpretrain.train.checkpoint import CheckpointError
@@ -68,7 +68,7 @@ def train_main(argv: list[str]) -> int:
   if len(argv) > 1:
     print(f"error: unexpected arguments {argv[1:]}; every setting is a --flag", file=sys.stderr)
     return 2
-  logging.set_verbosity(logging.WARNING)  # orbax and TFDS log every file at INFO
+  console.after_flags()  # orbax and TFDS log every file at INFO; --verbosity shows them
   config = None
   try:
     config = flags_lib.config_from_flags()
@@ -90,8 +90,9 @@ def train_main(argv: list[str]) -> int:
     return 1
   m = result.metrics
   if "macro_f1" in m:
-    print(f"test accuracy {m['accuracy']:.4f} (macro-F1 {m['macro_f1']:.4f}, top-5 "
-          f"{m['top5']:.4f}, majority baseline {m['majority_baseline']:.4f})")
+    top5 = f", top-5 {m['top5']:.4f}" if report_lib.has_top5(m) else ""
+    print(f"test accuracy {m['accuracy']:.4f} (macro-F1 {m['macro_f1']:.4f}{top5}, "
+          f"majority baseline {m['majority_baseline']:.4f})")
   else:
     print(f"test masked-token accuracy {m['accuracy']:.4f}, loss {m['loss']:.4f}, "
           f"perplexity {m['perplexity']:.1f}")
