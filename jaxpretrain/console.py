@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging as py_logging
 import os
 import sys
+import textwrap
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 
@@ -78,9 +79,10 @@ def grouped_help(doc: str | None, flag_values: flags.FlagValues = flags.FLAGS) -
   for module in names:
     title = module[len(GROUP_PREFIX):] if module.startswith(GROUP_PREFIX) else "flags"
     out.append(f"{title}:")
-    for flag in sorted(by_module[module], key=lambda f: f.name):
+    for flag in by_module[module]:  # in definition order
       default = "" if flag.default is None else f" (default: {flag.default_as_str})"
-      out.append(f"  --{flag.name}: {flag.help}{default}")
+      out.append(textwrap.fill(f"--{flag.name}: {flag.help}{default}", 96,
+                               initial_indent="  ", subsequent_indent="      "))
     out.append("")
   out.append("--verbosity=0 shows library logs; --helpfull lists every flag, absl's too.")
   return "\n".join(out) + "\n"
