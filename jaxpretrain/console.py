@@ -18,8 +18,7 @@ import textwrap
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 
-from absl import flags
-from absl import logging
+from absl import flags, logging
 
 _HELP = ("--help", "-h", "-?", "--help=true", "--helpshort")
 GROUP_PREFIX = "jaxpretrain.job: "  # flags.py's module_name of each group
