@@ -9,10 +9,12 @@ written as a checkpoint folder (<workdir>/model, or --export_dir) that
 `python -m jaxpretrain.finetune --init_checkpoint=...` accepts.
 """
 
-from absl import app
+from jaxpretrain import console
 
-from jaxpretrain.job import cli
-from jaxpretrain.job import flags as job_flags
+console.quiet_logs()  # before TF/TFDS/orbax are imported
+
+from jaxpretrain.job import cli  # noqa: E402
+from jaxpretrain.job import flags as job_flags  # noqa: E402
 
 job_flags.define_train_flags(pretrain=True)
 
@@ -21,5 +23,10 @@ def main(argv: list[str]) -> int:
   return cli.run_main(argv)
 
 
+def run() -> None:
+  """The console script (`jaxpretrain pretrain`)."""
+  console.run_app(main, __doc__)
+
+
 if __name__ == "__main__":
-  app.run(main)
+  run()

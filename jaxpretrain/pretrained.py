@@ -33,6 +33,13 @@ CONFIG = "config.json"
 VARIABLES = "variables"
 
 
+def current_umask() -> int:
+  """The process's umask (read by setting it and putting it back)."""
+  mask = os.umask(0o022)
+  os.umask(mask)
+  return mask
+
+
 @contextlib.contextmanager
 def atomic_folder(dst: str | os.PathLike, overwrite: bool = False) -> Iterator[pathlib.Path]:
   """Yields a temporary folder that replaces `dst` only if the block completes."""
@@ -41,6 +48,7 @@ def atomic_folder(dst: str | os.PathLike, overwrite: bool = False) -> Iterator[p
     raise FileExistsError(f"{dst} already exists; pass overwrite=True (--overwrite) to replace it")
   dst.parent.mkdir(parents=True, exist_ok=True)
   tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{dst.name}.partial-", dir=dst.parent))
+  os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp makes it 0700; the user's umask rules
   try:
     yield tmp
     if dst.exists():

@@ -2,7 +2,9 @@
 
 Exit status: 0 done; 1 a failed run (non-finite loss, workdir in use, full or read-only, the
 disk filling up mid-run, a data file that cannot be read, no checkpoint that restores); 2 a
-bad flag; 143 stopped by SIGTERM after writing a checkpoint (rerun the same command to resume).
+bad flag; 143 stopped by SIGTERM, 130 by Ctrl-C (SIGINT), after writing a checkpoint (rerun the
+same command to resume; a second Ctrl-C aborts at once, also 130). Ctrl-C before training has
+started (while converting, building data) ends the run with status 130 and one line.
 
 `run_main` is the mains' body: after the one line it never waits on threads left behind (a
 failed async orbax save leaves signalling threads that wait out orbax's coordination timeout,
@@ -18,10 +20,10 @@ import threading
 import time
 import traceback
 
-from absl import logging
-
+from jaxpretrain import console
 from jaxpretrain.job import flags as flags_lib
 from jaxpretrain.job import loop
+from jaxpretrain.job import report as report_lib
 from jaxpretrain.job.config import ConfigError
 from jaxpretrain.job.workdir import WorkdirError
 from jaxpretrain.train.checkpoint import CheckpointError
@@ -35,6 +37,10 @@ def run_main(argv: list[str]) -> int:
   threads still running after EXIT_GRACE_S do not keep the process alive."""
   try:
     status = train_main(argv)
+  except KeyboardInterrupt:  # Ctrl-C before the loop took over SIGINT: nothing to save yet
+    print("\ninterrupted before training started; nothing was lost: rerun the same command",
+          file=sys.stderr)
+    status = loop.EXIT_INTERRUPTED
   except Exception:  # a bug: its traceback, then the same bounded exit as any failure
     traceback.print_exc()
     status = 1
@@ -62,7 +68,7 @@ def train_main(argv: list[str]) -> int:
   if len(argv) > 1:
     print(f"error: unexpected arguments {argv[1:]}; every setting is a --flag", file=sys.stderr)
     return 2
-  logging.set_verbosity(logging.WARNING)  # orbax and TFDS log every file at INFO
+  console.after_flags()  # orbax and TFDS log every file at INFO; --verbosity shows them
   config = None
   try:
     config = flags_lib.config_from_flags()
@@ -75,7 +81,7 @@ def train_main(argv: list[str]) -> int:
     return 1
   except loop.Stopped as e:
     print(f"stopped: {e}", file=sys.stderr)
-    return loop.EXIT_STOPPED
+    return e.status
   except (OSError, ValueError) as e:  # a full disk or a corrupt data file, met mid-run
     message = _failure_mid_run(e, config)
     if message is None:
@@ -84,8 +90,9 @@ def train_main(argv: list[str]) -> int:
     return 1
   m = result.metrics
   if "macro_f1" in m:
-    print(f"test accuracy {m['accuracy']:.4f} (macro-F1 {m['macro_f1']:.4f}, top-5 "
-          f"{m['top5']:.4f}, majority baseline {m['majority_baseline']:.4f})")
+    top5 = f", top-5 {m['top5']:.4f}" if report_lib.has_top5(m) else ""
+    print(f"test accuracy {m['accuracy']:.4f} (macro-F1 {m['macro_f1']:.4f}{top5}, "
+          f"majority baseline {m['majority_baseline']:.4f})")
   else:
     print(f"test masked-token accuracy {m['accuracy']:.4f}, loss {m['loss']:.4f}, "
           f"perplexity {m['perplexity']:.1f}")

@@ -59,7 +59,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from jaxpretrain import perf, pretrained
+from jaxpretrain import console, perf, pretrained
 from jaxpretrain.job import config as config_lib
 from jaxpretrain.job import evaluation as evaluation_lib
 from jaxpretrain.job import flags as flags_lib
@@ -78,6 +78,7 @@ RESULT = "final.json"
 REPORT = "report.md"
 CURVES = "curves.png"
 EXIT_STOPPED = 143  # 128 + SIGTERM, what a shell reports for a process killed by it
+EXIT_INTERRUPTED = 130  # 128 + SIGINT: Ctrl-C
 
 
 class NonFiniteError(FloatingPointError):
@@ -85,12 +86,15 @@ class NonFiniteError(FloatingPointError):
 
 
 class Stopped(RuntimeError):
-  """SIGTERM: a checkpoint of `step` was written; rerun the same command to resume."""
+  """SIGTERM or Ctrl-C: a checkpoint of `step` was written; rerun the same command to resume.
+
+  `status` is the exit status the mains give: 143 for SIGTERM, 130 for SIGINT."""
 
   def __init__(self, step: int, signal_name: str, workdir: pathlib.Path):
     super().__init__(f"{signal_name} at step {step}: checkpoint written to {workdir}/"
                      f"{checkpoint_lib.CHECKPOINT_DIR}/{step}; rerun the same command to resume")
     self.step = step
+    self.status = EXIT_INTERRUPTED if signal_name == "SIGINT" else EXIT_STOPPED
 
 
 @dataclasses.dataclass
@@ -306,14 +310,22 @@ def make_predict(par: parallel.Parallel, model) -> Callable[[Any, dict], tuple]:
   return lambda state, batch: tuple(parallel.to_host(compiled(state, par.put_batch(batch))))
 
 
-def predict_split(predict, state, source, preprocess, batch_size: int) -> tuple:
+def _batches(it, source, batch_size: int, what: str | None):
+  """The eval iterator, with progress and an ETA on stderr when `what` names the phase."""
+  if what is None:
+    return it
+  return console.progress(it, math.ceil(len(source) / batch_size), what)
+
+
+def predict_split(predict, state, source, preprocess, batch_size: int,
+                  what: str | None = None) -> tuple:
   """(logits [n, C], labels [n]) over a whole split, padding dropped."""
   from jaxpretrain.data import pipeline  # noqa: PLC0415
 
   it = pipeline.eval_iterator(source, preprocess, global_batch_size=batch_size, num_threads=2,
                               prefetch_buffer_size=4)
   logits, labels = [], []
-  for batch in it:
+  for batch in _batches(it, source, batch_size, what):
     out, y, mask = predict(state, batch)
     keep = mask > 0
     logits.append(out[keep])
@@ -323,7 +335,7 @@ def predict_split(predict, state, source, preprocess, batch_size: int) -> tuple:
 
 
 def mlm_evaluate(par: parallel.Parallel, state, source, preprocess, batch_fn, batch_size: int,
-                 seed: int) -> dict[str, float]:
+                 seed: int, what: str | None = None) -> dict[str, float]:
   """Masked-token loss and accuracy over the split, masks drawn from a fixed key per batch."""
   from jaxpretrain.data import pipeline  # noqa: PLC0415
 
@@ -332,7 +344,7 @@ def mlm_evaluate(par: parallel.Parallel, state, source, preprocess, batch_fn, ba
   it = pipeline.eval_iterator(source, preprocess, global_batch_size=batch_size, num_threads=2,
                               prefetch_buffer_size=4)
   stats = None
-  for i, batch in enumerate(it):
+  for i, batch in enumerate(_batches(it, source, batch_size, what)):
     masked = jax.tree.map(np.asarray, mask(jax.random.fold_in(key, i), batch))
     out = par.get_metrics(par.eval_step(state, par.put_batch(masked)))
     stats = losses.add_stats(stats, out)
@@ -413,9 +425,10 @@ def _run_locked(config, wd, stop, hooks, log, newest) -> Result:
   state = par.put_state(state0)
   del state0
   ckpt = checkpoint_lib.Checkpointer(wd.path, max_to_keep=config.keep_checkpoints)
-  with ckpt:  # closed on every path; a failing one does not raise a failed save again
+  tb = metrics_lib.TensorBoard(wd.path, enabled=lead)
+  with ckpt, tb:  # closed on every path; a failing one does not raise a failed save again
     return _train(config, wd, stop, hooks, log, lead, t_start, spec, data, model, par, state,
-                  ckpt, batch_fn, total, run_record)
+                  ckpt, batch_fn, total, run_record, tb=tb)
 
 
 def _fingerprint(config: JobConfig) -> dict:
@@ -429,14 +442,20 @@ def _fingerprint(config: JobConfig) -> dict:
 
 
 def _train(config, wd, stop, hooks, log, lead, t_start, spec, data, model, par, state, ckpt,
-           batch_fn, total, run_record) -> Result:
+           batch_fn, total, run_record, *, tb) -> Result:
   from jaxpretrain.data import pipeline  # noqa: PLC0415
 
   mlog = workdir_lib.MetricsLog(wd / workdir_lib.METRICS, enabled=lead)
+
+  def write(record):  # metrics.jsonl and TensorBoard
+    mlog.write(record)
+    tb.write(record)
+
   train_it = pipeline.train_iterator(data.train, data.preprocess,
                                      global_batch_size=config.batch_size, seed=config.seed,
                                      num_threads=2, prefetch_buffer_size=4)
   skipped: set[int] = set()
+  restored_state: dict = {}  # the data state of the last restore (its "wall_s")
 
   def check(step_now, data_state):
     record = data_state.get("run")
@@ -452,22 +471,27 @@ def _train(config, wd, stop, hooks, log, lead, t_start, spec, data, model, par, 
     if got is None:
       return None
     restored, data_state = got
+    restored_state.clear()
+    restored_state.update(data_state)
     train_it.set_state(data_state)
     skipped.update(data_state.get("skipped", []))
     return par.put_state(restored), int(data_state.get("train_step", 0))
 
   def save(step_now):
     data_state = {**train_it.get_state(), "skipped": sorted(skipped), "train_step": step_now,
-                  "run": run_record}
+                  "run": run_record, "wall_s": wall_before + time.perf_counter() - t_start}
     ckpt.save(step_now, par.global_state(state), data_state=data_state)
 
-  step, resumed_from = 0, None
+  step, resumed_from, wall_before = 0, None, 0.0
   got = restore()
   if got is not None:
     state, step = got
     resumed_from = step
+    wall_before = _wall_s(restored_state.get("wall_s"))
     log(f"resuming from the checkpoint of step {step} in {ckpt.directory}")
     mlog.truncate_after(step, final_step=total)  # a final evaluation logged is done again
+    tb.resume(step)
+    write({"kind": "resume", "step": step, "time": time.time()})
   elif config.on_nan == "skip":
     save(0)  # something to roll back to
   elif mlog.path.exists():
@@ -479,17 +503,17 @@ def _train(config, wd, stop, hooks, log, lead, t_start, spec, data, model, par, 
         data.test_meta.class_names, data.meta.class_names,
         what=f"--dataset={config.dataset!r} (test split)", warn=log)
 
-  def evaluate(state_now):
+  def evaluate(state_now, what=None):
     if predict is None:
       return mlm_evaluate(par, state_now, data.test, data.eval_preprocess, batch_fn,
-                          config.batch_size, config.seed)
+                          config.batch_size, config.seed, what)
     logits, labels = predict_split(predict, state_now, data.test, data.eval_preprocess,
-                                   config.batch_size)
+                                   config.batch_size, what)
     names = model_record.class_names(data.meta.class_names, logits.shape[-1])
     return metrics_lib.classification_metrics(logits, test_to_train[labels], names)
 
   progress = report_lib.Progress(step, total, config.progress)
-  sums, count, t_log = {}, 0, time.perf_counter()
+  sums, count, t_log, timed = {}, 0, time.perf_counter(), 0
   train_time, train_steps, t_first = 0.0, 0, None
   while step < total:
     if stop.requested:
@@ -510,9 +534,11 @@ def _train(config, wd, stop, hooks, log, lead, t_start, spec, data, model, par, 
     host = {k: float(v) for k, v in par.get_metrics(metrics).items()}
     if t_first is None:
       t_first = time.perf_counter() - t0  # compilation included
+      t_log = time.perf_counter()  # steps/s starts after it, also after a resume
     else:
       train_time += time.perf_counter() - t0
       train_steps += 1
+      timed += 1
     bad = [k for k in ("loss", "grad_norm") if not math.isfinite(host[k])]
     if bad:
       what = ", ".join(f"{k}={host[k]}" for k in bad)
@@ -543,17 +569,19 @@ def _train(config, wd, stop, hooks, log, lead, t_start, spec, data, model, par, 
     if step % config.log_every == 0 or step == total:
       now = time.perf_counter()
       record = {"kind": "train", "step": step, **{k: v / count for k, v in sums.items()},
-                "steps_per_s": count / max(now - t_log, 1e-9), "time": time.time()}
-      mlog.write(record)
+                "time": time.time()}
+      if timed:  # a window holding only the compiling first step has no rate
+        record["steps_per_s"] = timed / max(now - t_log, 1e-9)
+      write(record)
       progress.log(f"step {step}/{total}  " + report_lib.format_metrics(
           record, ["loss", "accuracy", "lr", "grad_norm"]) + f"  {progress.rate(step):.2f} "
           f"steps/s  ETA {progress.eta(step)}")
-      sums, count, t_log = {}, 0, now
+      sums, count, t_log, timed = {}, 0, now, 0
     if config.eval_every and step % config.eval_every == 0 and step != total:
       m = evaluate(state)
       rec = {"kind": "eval", "step": step, **{k: m[k] for k in (
           "loss", "accuracy", "macro_f1", "perplexity") if k in m}, "time": time.time()}
-      mlog.write(rec)
+      write(rec)
       progress.log(f"eval at step {step}: " + report_lib.format_metrics(rec, [
           "loss", "accuracy", "macro_f1", "perplexity"]))
     if (config.checkpoint_every and step % config.checkpoint_every == 0) or step == total:
@@ -562,21 +590,26 @@ def _train(config, wd, stop, hooks, log, lead, t_start, spec, data, model, par, 
   train_it.close()
   ckpt.wait()
 
-  final = evaluate(state)
-  mlog.write({"kind": "eval", "step": step, **{k: final[k] for k in (
+  final = evaluate(state, "final evaluation" if lead else None)
+  write({"kind": "eval", "step": step, **{k: final[k] for k in (
       "loss", "accuracy", "macro_f1", "perplexity") if k in final}, "time": time.time()})
   export = pathlib.Path(config.export_dir or wd / "model").absolute()
   if lead:
     _export(config, spec, data, par, state, export, final, step)
   steps_per_s = train_steps / train_time if train_time > 0 else float("nan")
+  init = _init_name(config)
+  wall = time.perf_counter() - t_start
+  named = f"{init} ({spec.name})" if spec.checkpoint else spec.name
   summary = {
-      "title": f"{_kind(config, spec)}: {spec.name} on {config.dataset}",
-      "model": spec.name, "init": str(spec.checkpoint) if spec.checkpoint else "scratch",
+      "title": f"{_kind(config, spec)}: {named} on {config.dataset}",
+      "model": spec.name,
+      "init": f"{init} ({spec.checkpoint})" if spec.checkpoint else "scratch",
       "new head": spec.new_head, "dataset": config.dataset, "task": config.task,
       "steps": step, "batch size": config.batch_size, "parallel": config.parallel,
       "devices": jax.device_count(),
       "resumed from step": resumed_from if resumed_from is not None else "-",
-      "wall time (this invocation)": f"{time.perf_counter() - t_start:.1f} s",
+      "wall time (this invocation)": f"{wall:.1f} s",
+      "wall time (all invocations)": f"{wall_before + wall:.1f} s",
       "first step (compilation)": f"{t_first:.1f} s" if t_first else "-",
       "steps/s (after the first step)": f"{steps_per_s:.3f}",
       "skipped batches": sorted(skipped) or "-",
@@ -587,10 +620,27 @@ def _train(config, wd, stop, hooks, log, lead, t_start, spec, data, model, par, 
                   steps_per_s=steps_per_s, resumed_from=resumed_from, summary=summary)
   if lead:
     records = mlog.read()
-    report_lib.plot_curves(records, wd / CURVES, summary["title"])
+    report_lib.plot_curves(records, wd / CURVES, summary["title"],
+                           baseline=final.get("majority_baseline"), log_every=config.log_every)
     (wd / REPORT).write_text(report_lib.run_report(summary=summary, final=final, curves=CURVES))
     _write_atomic(wd / RESULT, json.dumps(dataclasses.asdict(result), indent=1, default=str))
   return result
+
+
+def _wall_s(value) -> float:
+  """A checkpoint's stored wall time (untrusted): a finite number >= 0, else 0."""
+  ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+  return float(value) if ok and value >= 0 else 0.0
+
+
+def _init_name(config: JobConfig) -> str:
+  """The init checkpoint as its user named it: the packaged MiniLM's model name, else the
+  file or folder name given to --init_checkpoint."""
+  if config.init_checkpoint is None:
+    return "scratch"
+  if config.init_checkpoint == config_lib.MINILM:
+    return "all-MiniLM-L6-v2"
+  return pathlib.Path(config.init_checkpoint.rstrip("/")).name or config.init_checkpoint
 
 
 def _kind(config: JobConfig, spec: task_lib.ModelSpec) -> str:

@@ -110,3 +110,49 @@ def classification_metrics(logits: np.ndarray, labels: np.ndarray,
            "recall": float(rows["recall"][i]), "f1": float(rows["f1"][i]),
            "support": int(rows["support"][i])} for i in range(num_classes)],
   }
+
+
+class TensorBoard:
+  """TensorBoard event files in the workdir (tensorboardX: no TensorFlow), so that
+  `tensorboard --logdir workdirs/` shows every run. Scalars are tagged `train/loss`,
+  `eval/accuracy`, ...; a resumed run first writes TensorBoard's "restart at step N" marker,
+  which drops the points the stopped run wrote past its checkpoint. Without tensorboardX it
+  does nothing (metrics.jsonl holds the same numbers)."""
+
+  KINDS = ("train", "eval")
+
+  def __init__(self, logdir, enabled: bool = True):
+    self._writer = None
+    if enabled:
+      try:
+        from tensorboardX import SummaryWriter  # noqa: PLC0415
+      except ImportError:
+        return
+      self._writer = SummaryWriter(logdir=str(logdir), flush_secs=10)
+
+  def resume(self, step: int) -> None:
+    if self._writer is not None:
+      from tensorboardX.proto.event_pb2 import Event, SessionLog  # noqa: PLC0415
+
+      self._writer._get_file_writer().add_event(
+          Event(step=step, session_log=SessionLog(status=SessionLog.START)))
+
+  def write(self, record: dict[str, Any]) -> None:
+    kind = record.get("kind")
+    if self._writer is None or kind not in self.KINDS:
+      return
+    for key, value in record.items():
+      if key not in ("kind", "step", "time") and isinstance(value, (int, float)):
+        self._writer.add_scalar(f"{kind}/{key}", value, record["step"],
+                                walltime=record.get("time"))
+
+  def close(self) -> None:
+    if self._writer is not None:
+      self._writer.close()
+      self._writer = None
+
+  def __enter__(self) -> TensorBoard:
+    return self
+
+  def __exit__(self, *exc) -> None:
+    self.close()

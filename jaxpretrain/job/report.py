@@ -81,24 +81,38 @@ class Progress:
 
 
 def plot_curves(records: Sequence[Mapping[str, Any]], path: str | os.PathLike,
-                title: str = "") -> pathlib.Path:
-  """curves.png: loss and accuracy against step, training (logged) and evaluation."""
+                title: str = "", *, baseline: float | None = None,
+                log_every: int | None = None) -> pathlib.Path:
+  """curves.png: loss, accuracy and learning rate against step; training points (each the
+  mean over --log_every steps, stated on the figure) and evaluation points; the
+  majority-class `baseline` on accuracy; dotted lines where the run was resumed."""
   import matplotlib  # noqa: PLC0415 -- heavy; only at the end of a run
 
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # noqa: PLC0415
 
-  fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
-  for ax, key in zip(axes, ("loss", "accuracy"), strict=True):
-    for kind, style in (("train", "-"), ("eval", "o-")):
+  resumes = sorted({r["step"] for r in records if r.get("kind") == "resume"})
+  smoothing = (f"training: mean over each {log_every} steps" if log_every and log_every > 1
+               else "training: every step")
+  fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
+  for ax, key in zip(axes, ("loss", "accuracy", "lr"), strict=True):
+    kinds = (("train", "-", smoothing),) if key == "lr" else (
+        ("train", "-", smoothing), ("eval", "o-", "evaluation"))
+    for kind, style, label in kinds:
       pts = [(r["step"], r[key]) for r in records if r.get("kind") == kind and key in r]
       if pts:
         xs, ys = zip(*pts, strict=True)
-        ax.plot(xs, ys, style, label=kind, markersize=3)
+        ax.plot(xs, ys, style, label=label, markersize=3)
+    if key == "accuracy" and baseline is not None:
+      ax.axhline(baseline, color="gray", linestyle="--", label=f"majority class {baseline:.3f}")
+    for i, step in enumerate(resumes):
+      ax.axvline(step, color="black", linestyle=":", alpha=0.6,
+                 label="resumed" if i == 0 else None)
     ax.set_xlabel("step")
-    ax.set_ylabel(key)
+    ax.set_ylabel("learning rate" if key == "lr" else key)
     ax.grid(alpha=0.3)
-    ax.legend()
+    if ax.get_legend_handles_labels()[0]:
+      ax.legend(fontsize=8)
   if title:
     fig.suptitle(title)
   fig.tight_layout()
@@ -108,10 +122,17 @@ def plot_curves(records: Sequence[Mapping[str, Any]], path: str | os.PathLike,
   return path
 
 
+def has_top5(m: Mapping[str, Any]) -> bool:
+  """Top-5 accuracy means something only with more than 5 classes (else it is 1)."""
+  return "top5" in m and len(m.get("class_names", ())) > 5
+
+
 def metrics_table(m: Mapping[str, Any]) -> str:
   """The headline metrics as a markdown table."""
-  rows = [("examples", f"{m['num_examples']}"), ("accuracy", f"{m['accuracy']:.4f}"),
-          ("top-5 accuracy", f"{m['top5']:.4f}"), ("macro-F1", f"{m['macro_f1']:.4f}"),
+  rows = [("examples", f"{m['num_examples']}"), ("accuracy", f"{m['accuracy']:.4f}")]
+  if has_top5(m):
+    rows.append(("top-5 accuracy", f"{m['top5']:.4f}"))
+  rows += [("macro-F1", f"{m['macro_f1']:.4f}"),
           ("MCC", f"{m['mcc']:.4f}"), ("loss", f"{m['loss']:.4f}"),
           ("majority-class baseline", f"{m['majority_baseline']:.4f}")]
   return "| metric | value |\n|---|---|\n" + "".join(f"| {k} | {v} |\n" for k, v in rows)
@@ -151,7 +172,7 @@ def run_report(*, summary: Mapping[str, Any], final: Mapping[str, Any] | None,
       lines.append(f"| {k} | {v} |")
   text = "\n".join(lines) + "\n\n"
   if curves:
-    text += f"![loss and accuracy against step]({curves})\n\n"
+    text += f"![loss, accuracy and learning rate against step]({curves})\n\n"
   if final is not None:
     if "per_class" in final:
       text += evaluation_markdown(final, "Test set")

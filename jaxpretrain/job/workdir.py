@@ -236,13 +236,14 @@ def _step(record: dict[str, Any]) -> float:
 
 
 class StopSignal:
-  """While active, SIGTERM sets `requested` instead of killing the process.
+  """While active, SIGTERM and SIGINT (Ctrl-C) set `requested` instead of killing the process.
 
   The training loop polls it after every step, writes a checkpoint and raises `Stopped`.
+  A second SIGINT while a stop is pending aborts at once (exit status 130, no checkpoint).
   Outside the main thread (where Python cannot install handlers) it does nothing.
   """
 
-  def __init__(self, signals: tuple[int, ...] = (signal.SIGTERM,)):
+  def __init__(self, signals: tuple[int, ...] = (signal.SIGTERM, signal.SIGINT)):
     self.signals, self.requested, self._old = signals, None, {}
 
   def __enter__(self) -> StopSignal:
@@ -253,6 +254,12 @@ class StopSignal:
 
   def _handle(self, signum, frame) -> None:
     del frame
+    if self.requested is not None and signum == signal.SIGINT:  # a second Ctrl-C
+      os.write(2, b"\ninterrupted again: aborting without a checkpoint\n")
+      os._exit(128 + signal.SIGINT)
+    if self.requested is None and signum == signal.SIGINT:
+      os.write(2, b"\nCtrl-C: finishing the step and writing a checkpoint (Ctrl-C again to "
+               b"abort at once)\n")
     self.requested = signal.Signals(signum).name
 
   def __exit__(self, *exc) -> None:
