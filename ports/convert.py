@@ -22,8 +22,6 @@ from ports import readers
 from ports.base import Converted, check
 from ports.rules import PortError
 
-# Hugging Face model_type -> port module.
-HF_PORTS = {"bert": "ports.hf_bert", "roberta": "ports.hf_bert", "vit": "ports.hf_vit"}
 # Files that travel from a Hugging Face folder into the checkpoint (tokenizers, processors).
 TRAVELLING_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt",
                     "special_tokens_map.json", "preprocessor_config.json", "merges.txt",
@@ -34,16 +32,36 @@ def port_module(name: str):
   return importlib.import_module(name)
 
 
+def hf_ports() -> dict[str, str]:
+  """Hugging Face model_type -> port module, from the model families (models/registry.py)."""
+  from jaxpretrain.models import registry  # noqa: PLC0415
+
+  return {t: f.ports["huggingface"] for f in registry.families() for t in f.hf_model_types}
+
+
+def torchvision_port(arch: str | None):
+  """The port module reading torchvision architecture `arch` (its family's "torchvision")."""
+  from jaxpretrain.models import registry  # noqa: PLC0415
+
+  ports = [port_module(f.ports["torchvision"]) for f in registry.families()
+           if "torchvision" in f.ports]
+  for port in ports:
+    if arch in port.ARCHS:
+      return port
+  known = [a for port in ports for a in port.ARCHS]
+  raise PortError(f"unknown torchvision arch {arch!r}; known: {', '.join(known)}")
+
+
 def read_source(src: str | os.PathLike, arch: str | None = None) -> tuple[Converted, dict]:
   """SRC (file or HF folder) -> (Converted, files to copy). Checks shapes; writes nothing."""
   src = pathlib.Path(src)
   if src.is_dir():
     hf_config, weights = readers.load_hf_folder(src)
-    model_type = hf_config.get("model_type")
-    if model_type not in HF_PORTS:
+    model_type, known = hf_config.get("model_type"), hf_ports()
+    if model_type not in known:
       raise PortError(f"{src / 'config.json'}: unknown model_type {model_type!r}; "
-                      f"known: {sorted(HF_PORTS)}")
-    port = port_module(HF_PORTS[model_type])
+                      f"known: {sorted(known)}")
+    port = port_module(known[model_type])
     converted = port.to_jaxpretrain(weights, hf_config=hf_config, arch=arch)
     # Processor files the weights do not carry (ViT's preprocessor_config.json: mean, std, size).
     if hasattr(port, "folder_preprocessing"):
@@ -52,8 +70,8 @@ def read_source(src: str | os.PathLike, arch: str | None = None) -> tuple[Conver
   elif src.is_file():
     if not arch:
       raise PortError(f"{src}: a single weights file needs --arch (e.g. --arch resnet50)")
-    converted = port_module("ports.torchvision_resnet").to_jaxpretrain(
-        readers.load_state_dict(src), arch=arch)
+    port = torchvision_port(arch)  # before reading: an unknown arch loads nothing
+    converted = port.to_jaxpretrain(readers.load_state_dict(src), arch=arch)
     files = {}
   else:
     raise PortError(f"{src}: no such file or folder")

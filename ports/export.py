@@ -17,7 +17,7 @@ import sys
 from absl import app, flags
 
 from ports import readers
-from ports.convert import HF_PORTS, port_module
+from ports.convert import hf_ports, port_module, torchvision_port
 from ports.rules import PortError
 
 # ports.convert (imported above) defines --overwrite too; allow_override lets both modules load
@@ -28,9 +28,14 @@ _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace OUT if it exists.", 
 def _port_for(config: dict):
   fmt = config.get("source", {}).get("format")
   if fmt == "torchvision":
-    return port_module("ports.torchvision_resnet")
+    return torchvision_port(config.get("source", {}).get("arch", config.get("model")))
   if fmt == "huggingface":
-    return port_module(HF_PORTS[config["source"]["model_type"]])
+    known = hf_ports()
+    model_type = config["source"].get("model_type")
+    if model_type not in known:
+      raise PortError(f"checkpoint source model_type {model_type!r} has no exporter; known: "
+                      f"{sorted(known)}")
+    return port_module(known[model_type])
   raise PortError(f"checkpoint source format {fmt!r} has no exporter; known: torchvision, "
                   "huggingface")
 

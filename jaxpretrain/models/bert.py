@@ -18,6 +18,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxpretrain.models import registry
 from jaxpretrain.models.transformer import Dtype, Encoder, activation, dot_2d, layer_norm
 
 HEADS = (None, "classification", "mlm")
@@ -207,3 +208,31 @@ def dummy_inputs(model: Bert, batch: int = 1) -> dict[str, Any]:
   token = (model.pad_token_id + 1) % model.vocab_size  # any id but padding
   return {"x": jnp.full((batch, seq), token, jnp.int32),
           "attention_mask": jnp.ones((batch, seq), jnp.int32)}
+
+
+# ------------------------------------------------------------------------------------------
+# The family descriptor (jaxpretrain/models/registry.py).
+# ------------------------------------------------------------------------------------------
+
+FAMILY = registry.register(registry.Family(
+    name="bert", modality="text", build=build, variants=VARIANTS, dummy_inputs=dummy_inputs,
+    heads={
+        # BertForSequenceClassification: the classifier reads the pooler, so it turns it on.
+        "classification": registry.Head(
+            patterns=("params/classifier/.*",),
+            set=lambda kw, n: ({**kw, "head": None} if n is None else
+                               {**kw, "head": "classification", "num_labels": n,
+                                "pooler": True}),
+            size=lambda kw: kw.get("num_labels") if kw.get("head") == "classification"
+            else None),
+        # BertForMaskedLM: its size is the vocabulary's (n is ignored).
+        "mlm": registry.Head(
+            patterns=("params/mlm_.*",),
+            set=lambda kw, n: {**kw, "head": "mlm"},
+            size=lambda kw: kw.get("vocab_size", 30522) if kw.get("head") == "mlm" else None),
+    },
+    # A pooler the checkpoint lacks (sentence-transformers' BertModel) starts fresh.
+    fresh_when_added={"pooler": ("params/pooler/.*",)},
+    preprocessing=lambda model: {"max_len": model.max_position_embeddings,
+                                 "pad_token_id": model.pad_token_id},
+    ports={"huggingface": "ports.hf_bert"}, hf_model_types=("bert", "roberta")))

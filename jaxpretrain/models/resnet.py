@@ -22,7 +22,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxpretrain.models import ops
+from jaxpretrain.models import ops, registry
 
 Dtype = Any
 
@@ -421,3 +421,22 @@ def dummy_inputs(model: ResNet, batch: int = 1) -> dict[str, Any]:
   """Smallest input that keeps every stage non-empty: 32x32 images (layer4 is 1x1)."""
   del model
   return {"x": jnp.zeros((batch, 32, 32, 3), jnp.float32)}
+
+
+# ------------------------------------------------------------------------------------------
+# The family descriptor (jaxpretrain/models/registry.py).
+# ------------------------------------------------------------------------------------------
+
+FAMILY = registry.register(registry.Family(
+    name="resnet", modality="image", build=build, variants=VARIANTS,
+    dummy_inputs=dummy_inputs,
+    # `fc` is the classifier; num_classes None builds none (the output is the pooled features).
+    heads={"classification": registry.Head(
+        patterns=("params/fc/.*",),
+        set=lambda kw, n: {**kw, "num_classes": n},
+        size=lambda kw: kw.get("num_classes", 1000))},
+    # torchvision's ImageNet statistics at the project's small-image size (a torchvision
+    # checkpoint records its own 224 with the port's PREPROCESSING).
+    preprocessing={"image_size": registry.SMALL_IMAGE_SIZE, "mean": registry.IMAGENET_MEAN,
+                   "std": registry.IMAGENET_STD},
+    ports={"torchvision": "ports.torchvision_resnet"}))

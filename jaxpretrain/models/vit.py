@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxpretrain.models import registry
 from jaxpretrain.models.transformer import Dtype, Encoder, activation, layer_norm
 
 HEADS = (None, "classification")
@@ -200,3 +201,24 @@ def dummy_inputs(model: ViT, batch: int = 1) -> dict[str, Any]:
   """{"x": zero images [batch, height, width, channels]} at the model's image_size."""
   h, w = _pair(model.image_size)
   return {"x": jnp.zeros((batch, h, w, model.num_channels), jnp.float32)}
+
+
+# ------------------------------------------------------------------------------------------
+# The family descriptor (jaxpretrain/models/registry.py).
+# ------------------------------------------------------------------------------------------
+
+FAMILY = registry.register(registry.Family(
+    name="vit", modality="image", build=build, variants=VARIANTS, dummy_inputs=dummy_inputs,
+    # ViTForImageClassification: the classifier reads the final-LN [CLS] token.
+    heads={"classification": registry.Head(
+        patterns=("params/classifier/.*",),
+        set=lambda kw, n: ({**kw, "head": None} if n is None else
+                           {**kw, "head": "classification", "num_labels": n}),
+        size=lambda kw: kw.get("num_labels") if kw.get("head") == "classification" else None)},
+    fresh_when_added={"pooler": ("params/pooler/.*",)},
+    # The position embeddings fix the input size; random-init models use ImageNet statistics
+    # (a Hugging Face folder's preprocessor_config.json overrides them on conversion).
+    size_kwarg="image_size",
+    preprocessing=lambda model: {"image_size": model.image_size, "mean": registry.IMAGENET_MEAN,
+                                 "std": registry.IMAGENET_STD},
+    ports={"huggingface": "ports.hf_vit"}, hf_model_types=("vit",)))
