@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxpretrain.models import registry
-from jaxpretrain.models.transformer import Dtype, Encoder, activation, dot_2d, layer_norm
+from jaxpretrain.models.transformer import Dtype, Encoder, activation, dense_dot, layer_norm
 
 HEADS = (None, "classification", "mlm")
 POSITION_STYLES = ("absolute", "roberta")
@@ -134,6 +134,7 @@ class Bert(nn.Module):
   initializer_range: float = 0.02
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
+  cpu_forms: bool = True  # implementation: Dense layers as 2-D matmuls on a CPU (`ops`)
 
   @nn.compact
   def __call__(self, input_ids: jax.Array, *, attention_mask: jax.Array | None = None,
@@ -155,7 +156,7 @@ class Bert(nn.Module):
     if self.head not in HEADS:
       raise ValueError(f"unknown head {self.head!r}; known: {HEADS}")
     dense = functools.partial(nn.Dense, dtype=self.dtype, param_dtype=self.param_dtype,
-                              dot_general=dot_2d,
+                              dot_general=dense_dot(self.cpu_forms),
                               kernel_init=nn.initializers.normal(self.initializer_range))
     embeddings = Embeddings(
         self.vocab_size, self.hidden_size, self.max_position_embeddings, self.type_vocab_size,
@@ -169,7 +170,7 @@ class Bert(nn.Module):
         pre_norm=False, act=self.hidden_act, dropout_rate=self.hidden_dropout_prob,
         attention_dropout_rate=self.attention_probs_dropout_prob,
         layer_norm_eps=self.layer_norm_eps, dtype=self.dtype, param_dtype=self.param_dtype,
-        init_std=self.initializer_range, name="encoder",
+        init_std=self.initializer_range, cpu_forms=self.cpu_forms, name="encoder",
     )(x, attention_mask, train=train)
     aux.update(layers)
     aux["last_hidden_state"] = x

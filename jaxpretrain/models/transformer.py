@@ -69,6 +69,11 @@ def dot_2d(lhs: jax.Array, rhs: jax.Array, dimension_numbers, precision=None,
   return plain(lhs, rhs)
 
 
+def dense_dot(cpu_forms: bool = True) -> Callable:
+  """`nn.Dense`'s `dot_general`: `dot_2d` with the CPU forms, the plain contraction without."""
+  return dot_2d if cpu_forms else jax.lax.dot_general
+
+
 def additive_mask(mask: jax.Array | None) -> jax.Array | None:
   """A padding mask [batch, seq] (1 = token, 0 = padding) -> additive [batch, 1, 1, seq].
 
@@ -98,6 +103,7 @@ class SelfAttention(nn.Module):
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
   init_std: float = 0.02  # normal(0, initializer_range), as BERT and ViT initialize
+  cpu_forms: bool = True  # Dense layers as 2-D matmuls on a CPU (`dot_2d`); False: plain
 
   @nn.compact
   def __call__(self, x: jax.Array, mask: jax.Array | None = None, *,
@@ -108,8 +114,8 @@ class SelfAttention(nn.Module):
       raise ValueError(f"hidden size {d} is not a multiple of num_heads {self.num_heads}")
     hd = d // self.num_heads
     dense = functools.partial(
-        nn.Dense, d, dtype=self.dtype, param_dtype=self.param_dtype, dot_general=dot_2d,
-        kernel_init=nn.initializers.normal(self.init_std))
+        nn.Dense, d, dtype=self.dtype, param_dtype=self.param_dtype,
+        dot_general=dense_dot(self.cpu_forms), kernel_init=nn.initializers.normal(self.init_std))
     split = lambda t: t.reshape(b, s, self.num_heads, hd)
     q = split(dense(use_bias=self.qkv_bias, name="query")(x))  # [b, s, h, hd]
     k = split(dense(use_bias=self.qkv_bias, name="key")(x))
@@ -133,12 +139,13 @@ class Mlp(nn.Module):
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
   init_std: float = 0.02
+  cpu_forms: bool = True  # Dense layers as 2-D matmuls on a CPU (`dot_2d`); False: plain
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     """[..., dim] -> [..., dim]."""
     dense = functools.partial(nn.Dense, dtype=self.dtype, param_dtype=self.param_dtype,
-                              dot_general=dot_2d,
+                              dot_general=dense_dot(self.cpu_forms),
                               kernel_init=nn.initializers.normal(self.init_std))
     h = activation(self.act)(dense(self.mlp_dim, name="fc1")(x))
     return dense(x.shape[-1], name="fc2")(h)
@@ -157,6 +164,7 @@ class EncoderBlock(nn.Module):
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
   init_std: float = 0.02
+  cpu_forms: bool = True  # Dense layers as 2-D matmuls on a CPU (`dot_2d`); False: plain
 
   @nn.compact
   def __call__(self, x: jax.Array, mask: jax.Array | None = None, *,
@@ -166,9 +174,10 @@ class EncoderBlock(nn.Module):
     drop = lambda t: nn.Dropout(self.dropout_rate)(t, deterministic=not train)
     attn = SelfAttention(
         self.num_heads, self.attention_dropout_rate, self.qkv_bias, dtype=self.dtype,
-        param_dtype=self.param_dtype, init_std=self.init_std, name="attention")
+        param_dtype=self.param_dtype, init_std=self.init_std, cpu_forms=self.cpu_forms,
+        name="attention")
     mlp = Mlp(self.mlp_dim, self.act, dtype=self.dtype, param_dtype=self.param_dtype,
-              init_std=self.init_std, name="mlp")
+              init_std=self.init_std, cpu_forms=self.cpu_forms, name="mlp")
     attn_norm, mlp_norm = norm(name="attention_norm"), norm(name="mlp_norm")
     if self.pre_norm:
       x = x + drop(attn(attn_norm(x), mask, train=train))
@@ -191,6 +200,7 @@ class Encoder(nn.Module):
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
   init_std: float = 0.02
+  cpu_forms: bool = True  # Dense layers as 2-D matmuls on a CPU (`dot_2d`); False: plain
 
   @nn.compact
   def __call__(self, x: jax.Array, mask: jax.Array | None = None, *,
@@ -210,7 +220,8 @@ class Encoder(nn.Module):
       x = EncoderBlock(
           self.num_heads, self.mlp_dim, self.pre_norm, self.act, self.dropout_rate,
           self.attention_dropout_rate, self.layer_norm_eps, self.qkv_bias, dtype=self.dtype,
-          param_dtype=self.param_dtype, init_std=self.init_std, name=f"layer_{i}",
+          param_dtype=self.param_dtype, init_std=self.init_std, cpu_forms=self.cpu_forms,
+          name=f"layer_{i}",
       )(x, bias, train=train)
       hidden[f"layer_{i}"] = x
     return x, hidden

@@ -139,6 +139,7 @@ class ViT(nn.Module):
   initializer_range: float = 0.02
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
+  cpu_forms: bool = True  # implementation: Dense layers as 2-D matmuls on a CPU (`ops`)
 
   @nn.compact
   def __call__(self, images: jax.Array, *, train: bool = False
@@ -171,7 +172,8 @@ class ViT(nn.Module):
         act=self.hidden_act, dropout_rate=self.hidden_dropout_prob,
         attention_dropout_rate=self.attention_probs_dropout_prob,
         layer_norm_eps=self.layer_norm_eps, qkv_bias=self.qkv_bias, dtype=self.dtype,
-        param_dtype=self.param_dtype, init_std=self.initializer_range, name="encoder",
+        param_dtype=self.param_dtype, init_std=self.initializer_range,
+        cpu_forms=self.cpu_forms, name="encoder",
     )(x, None, train=train)
     aux.update(layers)
     x = layer_norm(self.layer_norm_eps, self.dtype, self.param_dtype, name="final_norm")(x)
