@@ -8,7 +8,7 @@ A variant is `NAME[:ITEM;ITEM...]` (quote it for the shell); an item `key=value`
 debug option for that compilation only (`jax.jit(...).lower(...).compile(compiler_options=...)`:
 the XLA_FLAGS name without dashes; repeated enums take full names, comma-separated, e.g.
 `xla_cpu_experimental_ynn_fusion_type=LIBRARY_FUSION_TYPE_REDUCE`), an item `@patch` applies
-a candidate model change from benchmarks/patches.py while the variant is built and traced.
+a candidate model change from benchmarks/patches.py (model kwargs the variant is built with).
 All variants are compiled first, then timed in rotation (`harness.interleaved`), so machine
 noise hits them alike; the table gives each one's median wall and CPU time per step and their
 ratios to the first variant. Results go to stdout (for benchmarks/NOTES.md). A variant
@@ -73,8 +73,8 @@ def main(argv):
   fns, facts = {}, {}
   for spec in _VARIANTS.value:
     name, options, patches = parse_variant(spec)
-    with patches_lib.applied(patches):
-      fns[name], facts[name] = build(case, compiler_options=options or None)
+    with patches_lib.applied(patches, case) as variant:
+      fns[name], facts[name] = build(variant, compiler_options=options or None)
     log(f"{name}: {options} {patches} compile {facts[name]['compile_s']:.1f}s")
   share = harness.CpuShare()
   cpu: dict[str, list[float]] = {}

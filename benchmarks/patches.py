@@ -1,15 +1,34 @@
 """Candidate model changes for `benchmarks.ab` and `benchmarks.profile`, applied by name.
 
-A patch is a context manager that changes jaxpretrain while a variant is built and traced,
-so a candidate can be measured against the library as it is, in the same process, before it
-is written into the library (and, once it is, the old behaviour can stay here as a patch).
+A patch is a variant of the library's models, so a candidate can be measured against the
+library as it is, in the same process, before it is written into the library (and, once it is,
+the old behaviour can stay here as a patch). Where the model has a field for the choice
+(`cpu_forms`, `bn_custom_vjp`, ResNet's `conv_factory`), a patch is constructor kwargs that the
+case's model is built with: nothing in jaxpretrain changes, and jit's cache sees the variant.
+Only code the library has no field for (BERT's old embeddings, flax's max-pool) is still
+replaced while the variant is built and traced.
+
+    with patches.applied(["autodiff_bn"], case) as case:
+      run, info = jax_cases.train(case)
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+import dataclasses
+import functools
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
+
+
+@dataclasses.dataclass(frozen=True)
+class Patch:
+  """Model kwargs by family ("*": any family) and/or a context replacing library code."""
+  kwargs: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
+  context: Callable[[], contextlib.AbstractContextManager] | None = None
+
+  def kwargs_for(self, family: str) -> dict[str, Any]:
+    return {**self.kwargs.get("*", {}), **self.kwargs.get(family, {})}
 
 
 @contextlib.contextmanager
@@ -41,21 +60,28 @@ def _replaced(obj: Any, attr: str, value: Any) -> Iterator[None]:
     setattr(obj, attr, old)
 
 
-@contextlib.contextmanager
-def _legacy_conv1x1() -> Iterator[None]:
-  """ResNet 1x1 convolutions as nn.Conv, as before models.resnet.Conv1x1 (a dot)."""
+def _nn_conv(parts, features, kernel, stride=1, groups=1, *, name):
+  """flax nn.Conv with torch's padding and resnet.Conv's parameter (before resnet.Conv)."""
   import flax.linen as nn  # noqa: PLC0415
 
   from jaxpretrain.models import resnet  # noqa: PLC0415
 
-  def conv(self, features, kernel, stride=1, groups=1, *, name):
-    p = kernel // 2
-    return nn.Conv(features, (kernel, kernel), (stride, stride), padding=((p, p), (p, p)),
-                   feature_group_count=groups, use_bias=False, kernel_init=resnet.conv_init,
-                   dtype=self.dtype, param_dtype=self.param_dtype, name=name)
+  p = kernel // 2
+  return nn.Conv(features, (kernel, kernel), (stride, stride), padding=((p, p), (p, p)),
+                 feature_group_count=groups, use_bias=False, kernel_init=resnet.conv_init,
+                 dtype=parts.dtype, param_dtype=parts.param_dtype, name=name)
 
-  with _replaced(resnet._Parts, "conv", conv):
-    yield
+
+def _library_conv(parts, features, kernel, stride=1, groups=1, *, name):
+  """What resnet._Parts.conv builds without a factory."""
+  return parts.default_conv(features, kernel, stride, groups, name=name)
+
+
+def _legacy_conv1x1(parts, features, kernel, stride=1, groups=1, *, name):
+  """ResNet 1x1 convolutions as nn.Conv, as before models.resnet.Conv1x1 (a dot)."""
+  if kernel == 1 and groups == 1:
+    return _nn_conv(parts, features, kernel, stride, groups, name=name)
+  return _library_conv(parts, features, kernel, stride, groups, name=name)
 
 
 @contextlib.contextmanager
@@ -87,13 +113,15 @@ def _maxpool_slices() -> Iterator[None]:
     yield
 
 
-@contextlib.contextmanager
-def _legacy_dense_nd() -> Iterator[None]:
-  """Transformer Dense layers and ResNet 1x1 dots as N-D contractions (before `dot_2d`)."""
+def _conv1x1_nd(parts, features, kernel, stride=1, groups=1, *, name):
+  """ResNet 1x1 dots as N-D contractions (before `dot_2d`); other convs as the library's."""
   import flax.linen as nn  # noqa: PLC0415
   import jax  # noqa: PLC0415
 
-  from jaxpretrain.models import bert, resnet, transformer  # noqa: PLC0415
+  from jaxpretrain.models import resnet  # noqa: PLC0415
+
+  if kernel != 1 or groups != 1:
+    return _library_conv(parts, features, kernel, stride, groups, name=name)
 
   class Conv1x1ND(resnet.Conv1x1):
     @nn.compact
@@ -105,38 +133,22 @@ def _legacy_dense_nd() -> Iterator[None]:
       x, kernel = nn.dtypes.promote_dtype(x, kernel, dtype=self.dtype)
       return jax.lax.dot_general(x, kernel[0, 0], (((x.ndim - 1,), (0,)), ((), ())))
 
-  with contextlib.ExitStack() as stack:
-    stack.enter_context(_replaced(transformer, "dot_2d", jax.lax.dot_general))
-    stack.enter_context(_replaced(bert, "dot_2d", jax.lax.dot_general))
-    stack.enter_context(_replaced(resnet, "Conv1x1", Conv1x1ND))
-    yield
+  return Conv1x1ND(features, stride, dtype=parts.dtype, param_dtype=parts.param_dtype,
+                   name=name)
 
 
-@contextlib.contextmanager
-def _legacy_conv_kxk() -> Iterator[None]:
+def _legacy_conv_kxk(parts, features, kernel, stride=1, groups=1, *, name):
   """ResNet k x k convolutions as nn.Conv whatever the map size (before resnet.Conv)."""
-  import flax.linen as nn  # noqa: PLC0415
-
-  from jaxpretrain.models import resnet  # noqa: PLC0415
-
-  old = resnet._Parts.conv
-
-  def conv(self, features, kernel, stride=1, groups=1, *, name):
-    if kernel == 1 and groups == 1:
-      return old(self, features, kernel, stride, groups, name=name)
-    p = kernel // 2
-    return nn.Conv(features, (kernel, kernel), (stride, stride), padding=((p, p), (p, p)),
-                   feature_group_count=groups, use_bias=False, kernel_init=resnet.conv_init,
-                   dtype=self.dtype, param_dtype=self.param_dtype, name=name)
-
-  with _replaced(resnet._Parts, "conv", conv):
-    yield
+  if kernel == 1 and groups == 1:
+    return _library_conv(parts, features, kernel, stride, groups, name=name)
+  return _nn_conv(parts, features, kernel, stride, groups, name=name)
 
 
-def _conv_variant(body: Callable) -> type:
-  """A resnet.Conv whose convolution is `body(x, kernel, stride, pad, groups)`.
+def _conv_variant(body: Callable) -> Callable:
+  """A conv factory: k x k convolutions computing `body(x, kernel, stride, pad, groups)`.
 
-  Same parameter as resnet.Conv; unlike it, no per-platform choice (these are CPU candidates).
+  Same parameter as resnet.Conv; unlike it, no per-platform choice (these are CPU
+  candidates). 1x1 convolutions stay the library's.
   """
   import flax.linen as nn  # noqa: PLC0415
 
@@ -151,18 +163,27 @@ def _conv_variant(body: Callable) -> type:
       x, kernel = nn.dtypes.promote_dtype(x, kernel, dtype=self.dtype)
       return body(x, kernel, s, p, self.groups)
 
-  return Variant
+  def make(parts, features, kernel, stride=1, groups=1, *, name):
+    if kernel == 1 and groups == 1:
+      return _library_conv(parts, features, kernel, stride, groups, name=name)
+    return Variant(features, kernel, stride, groups, dtype=parts.dtype,
+                   param_dtype=parts.param_dtype, name=name)
+
+  return make
 
 
-@contextlib.contextmanager
-def _conv_dw_matmul() -> Iterator[None]:
+def _conv_dw_matmul(parts, features, kernel, stride=1, groups=1, *, name):
+  """Candidate: k x k convolutions whose weight gradient is an im2col matmul (custom VJP)."""
+  return _conv_dw_matmul_factory()(parts, features, kernel, stride, groups, name=name)
+
+
+@functools.cache
+def _conv_dw_matmul_factory() -> Callable:
   """Candidate: k x k convolutions whose weight gradient is an im2col matmul (custom VJP).
 
   XLA's CPU weight-gradient convolutions (a "convolution" with the feature map as window and
   a 3x3 output) run at ~30% of the matmul peak; [k*k*c, n*h*w] @ [n*h*w, f] runs near it.
   """
-  import functools  # noqa: PLC0415
-
   import jax  # noqa: PLC0415
   import jax.numpy as jnp  # noqa: PLC0415
 
@@ -192,12 +213,16 @@ def _conv_dw_matmul() -> Iterator[None]:
       return resnet._conv(x, kernel, s, p, groups)
     return conv_dw(x, kernel, s, p)
 
-  with _replaced(resnet, "Conv", _conv_variant(body)):
-    yield
+  return _conv_variant(body)
 
 
-@contextlib.contextmanager
-def _conv_matmul_input_only() -> Iterator[None]:
+def _conv_matmul_input_only(parts, features, kernel, stride=1, groups=1, *, name):
+  """resnet.Conv's matmul path only for inputs smaller than the kernel (its first version)."""
+  return _conv_matmul_input_only_factory()(parts, features, kernel, stride, groups, name=name)
+
+
+@functools.cache
+def _conv_matmul_input_only_factory() -> Callable:
   """resnet.Conv's matmul path only for inputs smaller than the kernel (its first version)."""
   from jaxpretrain.models import resnet  # noqa: PLC0415
 
@@ -206,37 +231,41 @@ def _conv_matmul_input_only() -> Iterator[None]:
       return resnet._conv_as_matmul(x, kernel, s, p)
     return resnet._conv(x, kernel, s, p, groups)
 
-  with _replaced(resnet, "Conv", _conv_variant(body)):
-    yield
+  return _conv_variant(body)
 
 
-@contextlib.contextmanager
-def _autodiff_bn() -> Iterator[None]:
-  """Train-mode BatchNorm differentiated by autodiff, as before its hand-written backward."""
-  from jaxpretrain.models import resnet  # noqa: PLC0415
-
-  with _replaced(resnet, "BN_CUSTOM_VJP", False):
-    yield
-
-
-# name -> a context manager factory that changes the model while a variant is built.
-PATCHES: dict[str, Callable[[], contextlib.AbstractContextManager]] = {
-    "legacy_embeddings": _legacy_embeddings,
-    "legacy_conv1x1": _legacy_conv1x1,
-    "maxpool_slices": _maxpool_slices,
-    "legacy_dense_nd": _legacy_dense_nd,
-    "legacy_conv_kxk": _legacy_conv_kxk,
-    "conv_dw_matmul": _conv_dw_matmul,
-    "conv_matmul_input_only": _conv_matmul_input_only,
-    "autodiff_bn": _autodiff_bn,
+# name -> the patch. Conv factories are module-level functions: equal variants hash alike.
+PATCHES: dict[str, Patch] = {
+    "legacy_embeddings": Patch(context=_legacy_embeddings),
+    "legacy_conv1x1": Patch(kwargs={"resnet": {"conv_factory": _legacy_conv1x1}}),
+    "maxpool_slices": Patch(context=_maxpool_slices),
+    # Transformer Dense layers as N-D contractions (`cpu_forms=False` gives the plain
+    # dot_general) and ResNet 1x1 dots as N-D contractions, as before `dot_2d`.
+    "legacy_dense_nd": Patch(kwargs={"bert": {"cpu_forms": False}, "vit": {"cpu_forms": False},
+                                     "resnet": {"conv_factory": _conv1x1_nd}}),
+    "legacy_conv_kxk": Patch(kwargs={"resnet": {"conv_factory": _legacy_conv_kxk}}),
+    "conv_dw_matmul": Patch(kwargs={"resnet": {"conv_factory": _conv_dw_matmul}}),
+    "conv_matmul_input_only": Patch(
+        kwargs={"resnet": {"conv_factory": _conv_matmul_input_only}}),
+    # Train-mode BatchNorm differentiated by autodiff, as before its hand-written backward.
+    "autodiff_bn": Patch(kwargs={"resnet": {"bn_custom_vjp": False}}),
 }
 
 
 @contextlib.contextmanager
-def applied(patches: list[str]) -> Iterator[None]:
+def applied(patches: list[str], case: Any) -> Iterator[Any]:
+  """Yields `case` (a jax_cases.Case) built with the patches' model kwargs, inside their
+  contexts. Two patches setting the same kwarg fail (they would silently override)."""
+  family = case.family
+  extra: dict[str, Any] = {}
+  for name in patches:
+    for key, value in PATCHES[name].kwargs_for(family).items():
+      if key in extra:
+        raise ValueError(f"patches {patches}: two set {key!r}; apply one at a time")
+      extra[key] = value
+  case = dataclasses.replace(case, model_kwargs=tuple(case.model_kwargs) + tuple(extra.items()))
   with contextlib.ExitStack() as stack:
     for name in patches:
-      stack.enter_context(PATCHES[name]())
-    yield
-
-
+      if PATCHES[name].context is not None:
+        stack.enter_context(PATCHES[name].context())
+    yield case

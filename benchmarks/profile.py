@@ -140,8 +140,8 @@ def profile(suite: str, case_name: str, mode: str, dtype_name: str, quick: bool,
   out = out or tempfile.mkdtemp(prefix="jaxpretrain-profile-")
   os.makedirs(out, exist_ok=True)
   build = jax_cases.train if mode == "train" else jax_cases.inference
-  with patches.applied(list(patch_names)):
-    run, info = build(case, dtype=dtype)
+  with patches.applied(list(patch_names), case) as variant:
+    run, info = build(variant, dtype=dtype)
   hlo = run.compiled.as_text()
   with open(os.path.join(out, "optimized_hlo.txt"), "w") as f:
     f.write(hlo)

@@ -30,14 +30,6 @@ from ports import hf_common, readers
 from ports.base import Converted, check
 from ports.rules import PortError
 
-# Hugging Face model_type -> port module.
-HF_PORTS = {"bert": "ports.hf_bert", "roberta": "ports.hf_bert", "xlm-roberta": "ports.hf_bert",
-            "vit": "ports.hf_vit"}
-# torchvision families other than ResNet, by --arch prefix -> port module (single files).
-TORCHVISION_PORTS = {"vgg": "ports.torchvision_vgg", "convnext": "ports.torchvision_convnext",
-                     "efficientnet": "ports.torchvision_efficientnet"}
-HF_PORTS.update({"dinov2": "ports.hf_dinov2", "dinov2_with_registers": "ports.hf_dinov2",
-                 "distilbert": "ports.hf_distilbert", "clip": "ports.hf_clip"})
 # Files that travel from a Hugging Face folder into the checkpoint (tokenizers, processors).
 TRAVELLING_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt",
                     "special_tokens_map.json", "preprocessor_config.json", "merges.txt",
@@ -50,10 +42,25 @@ def port_module(name: str):
   return importlib.import_module(name)
 
 
-def torchvision_port(arch: str | None) -> str:
-  """The port module of a torchvision architecture name (ResNet unless another matches)."""
-  return next((m for p, m in TORCHVISION_PORTS.items() if (arch or "").startswith(p)),
-              "ports.torchvision_resnet")
+def hf_ports() -> dict[str, str]:
+  """Hugging Face model_type -> port module, from the model families (models/registry.py)."""
+  from jaxpretrain.models import registry  # noqa: PLC0415
+
+  return {t: f.ports["huggingface"] for f in registry.families() for t in f.hf_model_types}
+
+
+def torchvision_port(arch: str | None):
+  """The port module reading torchvision architecture `arch` (its family's "torchvision")."""
+  from jaxpretrain.models import registry  # noqa: PLC0415
+
+  ports = [port_module(f.ports["torchvision"]) for f in registry.families()
+           if "torchvision" in f.ports]
+  base = (arch or "").split(":")[0]  # "vgg16_bn:39": a backbone cut after features[:39]
+  for port in ports:
+    if arch in port.ARCHS or base in port.ARCHS:
+      return port
+  known = [a for port in ports for a in port.ARCHS]
+  raise PortError(f"unknown torchvision arch {arch!r}; known: {', '.join(known)}")
 
 
 def read_source(src: str | os.PathLike, arch: str | None = None, family: str | None = None,
@@ -72,11 +79,11 @@ def read_source(src: str | os.PathLike, arch: str | None = None, family: str | N
     converted, files = port_module("ports.onnx_in").to_converted(src, family), {}
   elif src.is_dir():
     hf_config, weights = readers.load_hf_folder(src)
-    model_type = hf_config.get("model_type")
-    if model_type not in HF_PORTS:
+    model_type, known = hf_config.get("model_type"), hf_ports()
+    if model_type not in known:
       raise PortError(f"{src / 'config.json'}: unknown model_type {model_type!r}; "
-                      f"known: {sorted(HF_PORTS)}")
-    port = port_module(HF_PORTS[model_type])
+                      f"known: {sorted(known)}")
+    port = port_module(known[model_type])
     converted = port.to_jaxpretrain(weights, hf_config=hf_config, arch=arch)
     # What the weights do not carry: preprocessor_config.json, sentence-transformers modules.
     if hasattr(port, "folder_preprocessing"):
@@ -89,7 +96,7 @@ def read_source(src: str | os.PathLike, arch: str | None = None, family: str | N
   elif os.path.lexists(src):  # a weights file (load_state_dict refuses FIFOs, devices...)
     if not arch:
       raise PortError(f"{src}: a single weights file needs --arch (e.g. --arch resnet50)")
-    port = port_module(torchvision_port(arch))
+    port = torchvision_port(arch)  # before reading: an unknown arch loads nothing
     converted = port.to_jaxpretrain(readers.load_state_dict(src), arch=arch)
     if hasattr(port, "eval_preprocessing"):  # the transforms of this very weights file
       converted.preprocessing = port.eval_preprocessing(arch, src.name)

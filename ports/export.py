@@ -23,7 +23,7 @@ from absl import app, flags
 
 from jaxpretrain import safe_io
 from ports import readers, run_export
-from ports.convert import EXIT_BAD_INPUT, HF_PORTS, port_module, torchvision_port
+from ports.convert import EXIT_BAD_INPUT, hf_ports, port_module, torchvision_port
 from ports.rules import PortError
 
 # ports.convert (imported above) defines --overwrite too; allow_override lets both modules load
@@ -39,15 +39,15 @@ def _port_for(config: dict, where: str):
     if not isinstance(arch, str):
       raise PortError(f"{where}: source arch={safe_io.short(arch)}; allowed: a torchvision "
                       "architecture name")
-    return port_module(torchvision_port(arch))
+    return torchvision_port(arch)
   if fmt == "efficientnet_pytorch":
     return port_module("ports.efficientnet_pytorch")
   if fmt == "huggingface":
-    model_type = source.get("model_type")
-    if not isinstance(model_type, str) or model_type not in HF_PORTS:
+    model_type, known = source.get("model_type"), hf_ports()
+    if not isinstance(model_type, str) or model_type not in known:
       raise PortError(f"{where}: source model_type {safe_io.short(model_type)} has no "
-                      f"exporter; known: {sorted(HF_PORTS)}")
-    return port_module(HF_PORTS[model_type])
+                      f"exporter; known: {sorted(known)}")
+    return port_module(known[model_type])
   raise PortError(f"{where}: source format {safe_io.short(fmt)} has no exporter; known: "
                   f"torchvision, efficientnet_pytorch, huggingface, {run_export.RUN_FORMAT} "
                   "(a fine-tuned run)")

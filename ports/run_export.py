@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from ports import readers
-from ports.convert import HF_PORTS, port_module
+from ports.convert import hf_ports, port_module
 from ports.rules import PortError
 
 RUN_FORMAT = "jaxpretrain-run"
@@ -198,12 +198,13 @@ def _to_huggingface(model_dir: pathlib.Path, workdir: pathlib.Path | None, confi
   from jaxpretrain import pretrained  # noqa: PLC0415
 
   model_type = as_converted["source"].get("model_type")
-  if model_type not in HF_PORTS:
+  known = hf_ports()
+  if model_type not in known:
     raise PortError(f"{model_dir}: base Hugging Face model_type {model_type!r} has no "
-                    f"exporter; known: {sorted(HF_PORTS)}")
+                    f"exporter; known: {sorted(known)}")
   if out.suffix in TORCHVISION_SUFFIXES:
     raise PortError(f"{out}: a Hugging Face export is a folder, not a {out.suffix} file")
-  exported = port_module(HF_PORTS[model_type]).from_jaxpretrain(as_converted, flat)
+  exported = port_module(known[model_type]).from_jaxpretrain(as_converted, flat)
   from jaxpretrain.job import model_record  # noqa: PLC0415
 
   listed = set(config.get("files") or [])

@@ -31,7 +31,7 @@ from jaxpretrain.job import metrics as metrics_lib
 from jaxpretrain.job import report as report_lib
 from jaxpretrain.job import task as task_lib
 from jaxpretrain.job.config import ConfigError, JobConfig
-from jaxpretrain.train import step as step_lib
+from jaxpretrain.models import registry
 
 
 def resolve_model_dir(path: str | pathlib.Path) -> pathlib.Path:
@@ -90,15 +90,17 @@ def label_mapping(data_names, model_names, *, what: str, warn=print) -> np.ndarr
   return np.asarray([index[n] for n in data_names], np.int64)
 
 
-def predict_source(model, variables, source, preprocess, batch_size: int):
-  """(logits [n, C], labels [n]) of a whole split on the default device."""
+def predict_source(model, variables, source, preprocess, batch_size: int,
+                   family: registry.Family | str | None = None):
+  """(logits [n, C], labels [n]) of a whole split on the default device.
+
+  `family` feeds the batch to the model (`registry.forward`); None tells inputs by batch keys.
+  """
   from jaxpretrain.data import pipeline  # noqa: PLC0415
 
   @functools.partial(jax.jit, compiler_options=perf.compiler_options("inference"))
   def fwd(batch):
-    args, kwargs = step_lib.model_inputs(batch)
-    out = model.apply(variables, *args, train=False, **kwargs)
-    return out[0] if isinstance(out, tuple) else out
+    return registry.forward(family, model, variables, batch)[0]
 
   it = pipeline.eval_iterator(source, preprocess, global_batch_size=batch_size,
                               local_device_count=1, process_count=1, process_index=0,
@@ -133,10 +135,10 @@ def evaluate_checkpoint(checkpoint: str | pathlib.Path, dataset: str, *, split: 
   job = JobConfig(workdir=str(model_dir), dataset=dataset, data_dir=data_dir, model=cfg["model"],
                   steps=1, max_len=max_len or prep.get("max_len", 128), image_size=image_size)
   data = task_lib.load_data(job, None, split=split, train=False, preprocessing=prep)
-  family = task_lib.models.family_of(cfg["model"])
-  if task_lib.MODALITY[family] != data.test_meta.modality:
+  family = registry.family_of(cfg["model"])
+  if family.modality != data.test_meta.modality:
     raise ConfigError(f"--dataset={dataset!r} holds {data.test_meta.modality}s but the "
-                      f"checkpoint's model '{cfg['model']}' takes {task_lib.MODALITY[family]}s")
+                      f"checkpoint's model '{cfg['model']}' takes {family.modality}s")
   to_model = None
   if model_names is not None:
     to_model = label_mapping(data.test_meta.class_names, model_names,
@@ -147,7 +149,8 @@ def evaluate_checkpoint(checkpoint: str | pathlib.Path, dataset: str, *, split: 
         f"dataset's label ids are taken as the model's class ids; the scores are wrong if "
         f"--dataset={dataset!r} orders or numbers its classes differently from the training "
         "data")
-  logits, labels = predict_source(model, variables, data.test, data.eval_preprocess, batch_size)
+  logits, labels = predict_source(model, variables, data.test, data.eval_preprocess, batch_size,
+                                  family)
   if logits.ndim != 2:
     raise ConfigError(f"--checkpoint={str(checkpoint)!r}: the model has no classification head "
                       f"(output shape {logits.shape[1:]} per example); fine-tune it first")

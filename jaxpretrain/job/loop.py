@@ -69,9 +69,9 @@ from jaxpretrain.job import report as report_lib
 from jaxpretrain.job import task as task_lib
 from jaxpretrain.job import workdir as workdir_lib
 from jaxpretrain.job.config import ConfigError, JobConfig
+from jaxpretrain.models import registry
 from jaxpretrain.train import checkpoint as checkpoint_lib
 from jaxpretrain.train import losses, optim, parallel
-from jaxpretrain.train import step as step_lib
 from jaxpretrain.train.state import create_train_state
 
 RESULT = "final.json"
@@ -286,12 +286,13 @@ def _nbytes(tree) -> int:
 
 # ----------------------------------------------------------------------------- evaluation
 
-def make_predict(par: parallel.Parallel, model) -> Callable[[Any, dict], tuple]:
-  """`predict(state, host_batch) -> (logits [b, C], label [b], mask [b])` as NumPy, global."""
+def make_predict(par: parallel.Parallel, model, family=None) -> Callable[[Any, dict], tuple]:
+  """`predict(state, host_batch) -> (logits [b, C], label [b], mask [b])` as NumPy, global.
+
+  `family` (a registry.Family or its name) feeds the batch; None tells inputs by batch keys.
+  """
   def fwd(state, batch):
-    args, kwargs = step_lib.model_inputs(batch)
-    out = model.apply(state.variables, *args, train=False, **kwargs)
-    logits = out[0] if isinstance(out, tuple) else out
+    logits = registry.forward(family, model, state.variables, batch)[0]
     mask = batch.get("mask", jax.numpy.ones(batch["label"].shape, jax.numpy.float32))
     return logits.astype(jax.numpy.float32), batch["label"], mask
 
@@ -421,7 +422,8 @@ def _run_locked(config, wd, stop, hooks, log, newest) -> Result:
     _write_run_files(wd, config)
 
   par = parallel.make_parallel(config.parallel, model=model, tx=opt.tx, loss_fn=loss_fn,
-                               lr_fn=opt.lr_fn, batch_fn=batch_fn, example_state=state0)
+                               lr_fn=opt.lr_fn, batch_fn=batch_fn, example_state=state0,
+                               inputs_fn=spec.descriptor.inputs)
   state = par.put_state(state0)
   del state0
   ckpt = checkpoint_lib.Checkpointer(wd.path, max_to_keep=config.keep_checkpoints)
@@ -497,7 +499,7 @@ def _train(config, wd, stop, hooks, log, lead, t_start, spec, data, model, par, 
   elif mlog.path.exists():
     mlog.truncate_after(0)
 
-  predict = make_predict(par, model) if config.task == "classification" else None
+  predict = make_predict(par, model, spec.family) if config.task == "classification" else None
   if predict is not None:  # the test split's label names -> the train split's class ids
     test_to_train = evaluation_lib.label_mapping(
         data.test_meta.class_names, data.meta.class_names,

@@ -4,11 +4,12 @@ Initialization order (STYLE.md): the workdir's own checkpoint (restored later by
 then `--init_checkpoint`, then scratch. A Hugging Face folder or torchvision file given as
 `--init_checkpoint` is converted once into `<workdir>/init_checkpoint` (reused on resume).
 
-Heads: a classification run builds the family's classification head with `num_classes`
-outputs (ResNet `fc`, BERT and ViT `classifier`; BERT also needs its `pooler`). It is taken
-from the checkpoint only when the checkpoint has one of that size and `--reset_head` is off;
-otherwise `merge_params(dont_load=...)` keeps the fresh initialization for it, and for any
-head the checkpoint has but the new model does not (a masked-LM head under a classifier).
+Heads: a run builds its family's head for the task (`Family.heads[task]`, e.g. ResNet `fc`,
+BERT and ViT `classifier`; BERT's also turns on its `pooler`). It is taken from the checkpoint
+only when the checkpoint has one of that size and `--reset_head` is off; otherwise
+`merge_params(dont_load=...)` keeps the fresh initialization for it, and for any head the
+checkpoint has but the new model does not (a masked-LM head under a classifier). What a
+family is (modality, heads, inputs, preprocessing) comes from `jaxpretrain.models.registry`.
 """
 
 from __future__ import annotations
@@ -27,15 +28,11 @@ import numpy as np
 
 from jaxpretrain import models, params, pretrained
 from jaxpretrain.job.config import MINILM, ConfigError, JobConfig
+from jaxpretrain.models import registry
 from jaxpretrain.train import losses
 
 INIT_DIR = "init_checkpoint"
 DEFAULT_IMAGE_SIZE = 32
-# Regexes over '/'-joined variable paths ("params/...") of each family's heads.
-HEADS = {"resnet": ["params/fc/.*"], "bert": ["params/classifier/.*", "params/mlm_.*"],
-         "vit": ["params/classifier/.*"]}
-POOLER = "params/pooler/.*"
-MODALITY = {"resnet": "image", "vit": "image", "bert": "text"}
 
 
 @dataclasses.dataclass
@@ -43,7 +40,7 @@ class ModelSpec:
   """A model as the registry builds it, and where its initial weights come from."""
   name: str
   kwargs: dict[str, Any]  # JSON-ready: what an exported checkpoint stores
-  family: str
+  family: str  # the Family's name (`registry.get(family)`)
   checkpoint: pathlib.Path | None  # converted folder, or None for scratch
   dont_load: list[str]  # regexes kept from the fresh init when loading the checkpoint
   new_head: bool
@@ -52,6 +49,10 @@ class ModelSpec:
 
   def build(self, dtype: str = "float32") -> nn.Module:
     return models.build_model(self.name, **self.kwargs, dtype=jnp.dtype(dtype))
+
+  @property
+  def descriptor(self) -> registry.Family:
+    return registry.get(self.family)
 
 
 def minilm_folder() -> pathlib.Path:
@@ -97,15 +98,6 @@ def resolve_checkpoint(spec: str, workdir: pathlib.Path, arch: str | None,
   return dst
 
 
-def _head_size(family: str, kw: dict[str, Any]) -> int | None:
-  """Outputs of the classification head described by constructor kwargs (None: no head)."""
-  if family == "resnet":
-    return kw.get("num_classes", 1000)
-  if kw.get("head") == "classification":
-    return kw.get("num_labels")
-  return None
-
-
 def model_spec(config: JobConfig, workdir: pathlib.Path, log=print) -> ModelSpec:
   """Resolves the model's name, checkpoint and constructor kwargs (before its head is set)."""
   ckpt, ckpt_cfg = None, {}
@@ -120,16 +112,17 @@ def model_spec(config: JobConfig, workdir: pathlib.Path, log=print) -> ModelSpec
       models.family_of(name)
     except ValueError as e:
       raise ConfigError(f"--model={name!r}: {e}") from None
-  family = models.family_of(name)
+  family = registry.family_of(name)
   kwargs.update(config.model_kwargs)
   if config.model_kwargs:
     _check_model_kwargs(name, kwargs, config.model_kwargs)
-  if family == "vit" and ckpt is None and config.image_size and "image_size" not in kwargs:
-    kwargs["image_size"] = config.image_size
+  size_kwarg = family.size_kwarg  # a model whose input size is a field (ViT's image_size)
+  if size_kwarg and ckpt is None and config.image_size and size_kwarg not in kwargs:
+    kwargs[size_kwarg] = config.image_size
   files = {}
   if ckpt is not None:
     files = {n: ckpt / n for n in ckpt_cfg.get("files", []) if (ckpt / n).is_file()}
-  return ModelSpec(name, kwargs, family, ckpt, [], False,
+  return ModelSpec(name, kwargs, family.name, ckpt, [], False,
                    dict(ckpt_cfg.get("preprocessing", {})), files)
 
 
@@ -146,33 +139,28 @@ def _check_model_kwargs(name: str, kwargs: dict[str, Any], given: dict[str, Any]
 
 def with_head(spec: ModelSpec, config: JobConfig, num_classes: int | None) -> ModelSpec:
   """The spec with the run's head (see the module docstring) and what not to load."""
-  family, before = spec.family, dict(spec.kwargs)
-  kwargs = dict(before)
-  if config.task == "mlm":
-    if family != "bert":
-      raise ConfigError(f"--task=mlm needs a BERT model; --model/--init_checkpoint gives "
-                        f"'{spec.name}' ({family}); allowed families: bert")
-    kwargs["head"] = "mlm"
-  elif family == "resnet":
-    kwargs["num_classes"] = num_classes
-  else:
-    kwargs.update(head="classification", num_labels=num_classes)
-    if family == "bert":  # RoBERTa's head reads <s> itself: no pooler, as Hugging Face's
-      kwargs["pooler"] = kwargs.get("classifier", "pooler") == "pooler"
+  family, before = spec.descriptor, dict(spec.kwargs)
+  head = family.heads.get(config.task)
+  if head is None:
+    allowed = [f.name for f in registry.families() if config.task in f.heads]
+    raise ConfigError(f"--task={config.task} needs a model with a {config.task} head; "
+                      f"--model/--init_checkpoint gives '{spec.name}' ({family.name}); "
+                      f"allowed families: {', '.join(allowed)}")
+  kwargs = head.set(before, num_classes)
   dont_load, new_head = [], False
   if spec.checkpoint is not None:
-    if config.task == "mlm":
-      new_head = config.reset_head or before.get("head") != "mlm"
-    else:
-      new_head = config.reset_head or _head_size(family, before) != num_classes
+    new_head = config.reset_head or head.size(before) != head.size(kwargs)
     if new_head:
-      dont_load = list(HEADS[family])
-    elif family == "bert":  # keep the run's own head; drop the other one if present
-      dont_load = ["params/classifier/.*"] if config.task == "mlm" else ["params/mlm_.*"]
-    if family in ("bert", "vit") and kwargs.get("pooler") and not before.get("pooler"):
-      dont_load.append(POOLER)
-    elif family == "bert" and not kwargs.get("pooler", True) and before.get("pooler", True):
-      dont_load.append(POOLER)  # RoBERTa's classifier has no pooler: the checkpoint's is dropped
+      dont_load = family.head_patterns
+    else:  # keep the run's own head; drop the family's other heads if present
+      dont_load = [p for task, h in family.heads.items() if task != config.task
+                   for p in h.patterns]
+    # Parts a head adds or removes (BERT's pooler: added by BertForSequenceClassification's
+    # head, absent under RoBERTa's): fresh when added, dropped from the checkpoint when removed.
+    had, has = models.build_model(spec.name, **before), models.build_model(spec.name, **kwargs)
+    for field, patterns in family.fresh_when_added.items():
+      if bool(getattr(had, field, None)) != bool(getattr(has, field, None)):
+        dont_load += list(patterns)
   return dataclasses.replace(spec, kwargs=kwargs, dont_load=dont_load, new_head=new_head)
 
 
@@ -233,10 +221,10 @@ def load_data(config: JobConfig, spec: ModelSpec | None = None, *, split: str = 
   train_source, meta = load("train") if train else (None, None)
   test_source, test_meta = load(split)
   preprocessing = dict(spec.preprocessing if spec else preprocessing or {})
-  family = spec.family if spec else None
-  if family and MODALITY[family] != test_meta.modality:
+  family = spec.descriptor if spec else None
+  if family and family.modality != test_meta.modality:
     raise ConfigError(f"--dataset={config.dataset!r} holds {test_meta.modality}s but the "
-                      f"model '{spec.name}' ({family}) takes {MODALITY[family]}s")
+                      f"model '{spec.name}' ({family.name}) takes {family.modality}s")
   pre, eval_pre, record, tok = make_preprocess(config, test_meta.modality, preprocessing,
                                                spec)
   return Data(train_source, test_source, meta, test_meta, pre, eval_pre, record, tok)
@@ -256,8 +244,9 @@ def make_preprocess(config: JobConfig, modality: str, preprocessing: dict[str, A
 
   if modality == "image":
     default = DEFAULT_IMAGE_SIZE
-    if spec is not None and spec.family == "vit" and not config.image_size:
-      size = spec.kwargs.get("image_size", default)
+    size_kwarg = spec.descriptor.size_kwarg if spec is not None else None
+    if size_kwarg and not config.image_size:  # the model's own input size (ViT)
+      size = spec.kwargs.get(size_kwarg, default)
       default = size[0] if isinstance(size, (list, tuple)) else size
     channels = int(spec.kwargs.get("num_channels", 3)) if spec else None
     try:
@@ -278,7 +267,8 @@ def make_preprocess(config: JobConfig, modality: str, preprocessing: dict[str, A
   else:
     tok = sources.minilm_tokenizer_path()
   max_len = config.max_len
-  limit = spec.kwargs.get("max_position_embeddings", 512) if spec else preprocessing.get(
+  model = spec.build() if spec is not None else None
+  limit = (spec.descriptor.default_preprocessing(model) if spec else preprocessing).get(
       "max_len", 512)
   if max_len > limit:
     raise ConfigError(f"--max_len={max_len}; allowed: <= {limit} (the model's positions)")
@@ -288,11 +278,11 @@ def make_preprocess(config: JobConfig, modality: str, preprocessing: dict[str, A
     raise ConfigError(f"the checkpoint's text preprocessing: {e}") from None
   record.update(tokenizer="tokenizer.json", max_len=max_len)
   pre = pipeline.TextPreprocess(str(tok), max_len, record=record)
-  if spec is not None:
+  if spec is not None and getattr(model, "vocab_size", None) is not None:
     vocab = pre.tokenizer.get_vocab_size()
-    if vocab > spec.kwargs.get("vocab_size", 30522):
+    if vocab > model.vocab_size:
       raise ConfigError(f"the tokenizer {tok} has {vocab} tokens but the model's vocab_size is "
-                        f"{spec.kwargs.get('vocab_size')}; set --model_kwargs vocab_size")
+                        f"{model.vocab_size}; set --model_kwargs vocab_size")
   log(f"text preprocessing: {prep_lib.describe(record)} ({tok})")
   return pre, pre, record, pathlib.Path(tok)
 

@@ -20,7 +20,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxpretrain.models.transformer import Dtype, Encoder, activation, dot_2d, layer_norm
+from jaxpretrain.models import registry
+from jaxpretrain.models.transformer import Dtype, Encoder, activation, dense_dot, layer_norm
 
 HEADS = (None, "classification", "mlm")
 CLASSIFIERS = ("pooler", "roberta")  # BertForSequenceClassification's | RobertaClassificationHead
@@ -123,12 +124,13 @@ class RobertaClassificationHead(nn.Module):
   init_std: float = 0.02
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
+  cpu_forms: bool = True  # implementation: Dense layers as 2-D matmuls on a CPU (`ops`)
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
     """[batch, seq, hidden_size] -> [batch, num_labels] logits from the first token."""
     dense = functools.partial(nn.Dense, dtype=self.dtype, param_dtype=self.param_dtype,
-                              dot_general=dot_2d,
+                              dot_general=dense_dot(self.cpu_forms),
                               kernel_init=nn.initializers.normal(self.init_std))
     h = nn.Dropout(self.dropout_rate)(x[:, 0], deterministic=not train)
     h = jnp.tanh(dense(self.hidden_size, name="dense")(h))
@@ -161,6 +163,7 @@ class Bert(nn.Module):
   initializer_range: float = 0.02
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
+  cpu_forms: bool = True  # implementation: Dense layers as 2-D matmuls on a CPU (`ops`)
 
   @nn.compact
   def __call__(self, input_ids: jax.Array, *, attention_mask: jax.Array | None = None,
@@ -182,7 +185,7 @@ class Bert(nn.Module):
     if self.head not in HEADS:
       raise ValueError(f"unknown head {self.head!r}; known: {HEADS}")
     dense = functools.partial(nn.Dense, dtype=self.dtype, param_dtype=self.param_dtype,
-                              dot_general=dot_2d,
+                              dot_general=dense_dot(self.cpu_forms),
                               kernel_init=nn.initializers.normal(self.initializer_range))
     embeddings = Embeddings(
         self.vocab_size, self.hidden_size, self.max_position_embeddings, self.type_vocab_size,
@@ -196,7 +199,7 @@ class Bert(nn.Module):
         pre_norm=False, act=self.hidden_act, dropout_rate=self.hidden_dropout_prob,
         attention_dropout_rate=self.attention_probs_dropout_prob,
         layer_norm_eps=self.layer_norm_eps, dtype=self.dtype, param_dtype=self.param_dtype,
-        init_std=self.initializer_range, name="encoder",
+        init_std=self.initializer_range, cpu_forms=self.cpu_forms, name="encoder",
     )(x, attention_mask, train=train)
     aux.update(layers)
     aux["last_hidden_state"] = x
@@ -210,7 +213,8 @@ class Bert(nn.Module):
       if self.classifier == "roberta":
         logits = RobertaClassificationHead(
             self.hidden_size, self.num_labels, rate, self.initializer_range, dtype=self.dtype,
-            param_dtype=self.param_dtype, name="classifier")(x, train=train)  # [b, num_labels]
+            param_dtype=self.param_dtype, cpu_forms=self.cpu_forms,
+            name="classifier")(x, train=train)  # [b, num_labels]
       elif self.classifier != "pooler":
         raise ValueError(f"unknown classifier {self.classifier!r}; known: {CLASSIFIERS}")
       elif not self.pooler:
@@ -242,3 +246,33 @@ def dummy_inputs(model: Bert, batch: int = 1) -> dict[str, Any]:
   token = (model.pad_token_id + 1) % model.vocab_size  # any id but padding
   return {"x": jnp.full((batch, seq), token, jnp.int32),
           "attention_mask": jnp.ones((batch, seq), jnp.int32)}
+
+
+# ------------------------------------------------------------------------------------------
+# The family descriptor (jaxpretrain/models/registry.py).
+# ------------------------------------------------------------------------------------------
+
+FAMILY = registry.register(registry.Family(
+    name="bert", modality="text", build=build, variants=VARIANTS, dummy_inputs=dummy_inputs,
+    heads={
+        # BertForSequenceClassification: the classifier reads the pooler, so it turns it on;
+        # RobertaClassificationHead (classifier="roberta") reads <s> itself: no pooler, as in
+        # Hugging Face's RobertaForSequenceClassification.
+        "classification": registry.Head(
+            patterns=("params/classifier/.*",),
+            set=lambda kw, n: ({**kw, "head": None} if n is None else
+                               {**kw, "head": "classification", "num_labels": n,
+                                "pooler": kw.get("classifier", "pooler") == "pooler"}),
+            size=lambda kw: kw.get("num_labels") if kw.get("head") == "classification"
+            else None),
+        # BertForMaskedLM: its size is the vocabulary's (n is ignored).
+        "mlm": registry.Head(
+            patterns=("params/mlm_.*",),
+            set=lambda kw, n: {**kw, "head": "mlm"},
+            size=lambda kw: kw.get("vocab_size", 30522) if kw.get("head") == "mlm" else None),
+    },
+    # A pooler the checkpoint lacks (sentence-transformers' BertModel) starts fresh.
+    fresh_when_added={"pooler": ("params/pooler/.*",)},
+    preprocessing=lambda model: {"max_len": model.max_position_embeddings,
+                                 "pad_token_id": model.pad_token_id},
+    ports={"huggingface": "ports.hf_bert"}, hf_model_types=("bert", "roberta", "xlm-roberta")))

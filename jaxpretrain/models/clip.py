@@ -37,7 +37,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxpretrain.models import vit
+from jaxpretrain.models import registry, vit
 from jaxpretrain.models.transformer import Dtype, Encoder, dot_2d, layer_norm
 
 HEADS = (None, "classification")
@@ -379,3 +379,20 @@ FAMILY_INFO = {
     # class names, tokenize) with PROMPT.
     "zero_shot": "jaxpretrain.models.clip.zero_shot_classify",
 }
+
+
+# The family descriptor (jaxpretrain/models/registry.py): fine-tuning and features use the
+# image tower (CLIPForImageClassification); texts serve zero-shot classification
+# (`zero_shot_classify`). A new head leaves the text tower and projections unloaded.
+FAMILY = registry.register(registry.Family(
+    name="clip", modality="image", build=build, variants=VARIANTS, dummy_inputs=dummy_inputs,
+    heads={"classification": registry.Head(
+        patterns=tuple(FAMILY_INFO["heads"]),
+        set=lambda kw, n: ({**kw, "head": None} if n is None else
+                           {**kw, "head": "classification", "num_labels": n}),
+        size=lambda kw: kw.get("num_labels") if kw.get("head") == "classification" else None)},
+    size_kwarg="vision_image_size",
+    preprocessing=lambda model: {"image_size": model.vision_image_size,
+                                 "mean": FAMILY_INFO["preprocessing"]["mean"],
+                                 "std": FAMILY_INFO["preprocessing"]["std"]},
+    ports={"huggingface": "ports.hf_clip"}, hf_model_types=("clip",)))

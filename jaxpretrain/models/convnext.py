@@ -30,6 +30,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxpretrain.models import registry
+
 Dtype = Any
 
 # torchvision.models.convnext: CNBlockConfig(input_channels, out_channels, num_layers) per
@@ -184,3 +186,24 @@ FAMILY_INFO = {
                                "convnext_base": 232, "convnext_large": 232},
     "port": "ports.torchvision_convnext",
 }
+
+
+def _pool(aux, batch, pooling):
+  """What classifier_2 sees: the LayerNorm-ed global average (aux["pre_logits"])."""
+  del batch, pooling  # images: one pooling
+  return aux["pre_logits"].astype(jnp.float32)
+
+
+# The family descriptor (jaxpretrain/models/registry.py); FAMILY_INFO above keeps the
+# torchvision eval transforms the port records.
+FAMILY = registry.register(registry.Family(
+    name="convnext", modality="image", build=build, variants=VARIANTS,
+    dummy_inputs=dummy_inputs,
+    heads={"classification": registry.Head(
+        patterns=(r"params/classifier_2/.*",),
+        set=lambda kw, n: {**kw, "num_classes": n},
+        size=lambda kw: kw.get("num_classes", 1000))},
+    pool=_pool,
+    preprocessing={"image_size": registry.SMALL_IMAGE_SIZE, "mean": registry.IMAGENET_MEAN,
+                   "std": registry.IMAGENET_STD},
+    ports={"torchvision": "ports.torchvision_convnext"}))

@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxpretrain.models import vit
+from jaxpretrain.models import registry, vit
 from jaxpretrain.models.transformer import Dtype, Encoder, layer_norm
 
 HEADS = (None, "classification")
@@ -251,3 +251,18 @@ FAMILY_INFO = {
     "preprocessing": {"image_size": [224, 224], "mean": [0.485, 0.456, 0.406],
                       "std": [0.229, 0.224, 0.225], "rescale": 1 / 255, "layout": "NHWC"},
 }
+
+
+# The family descriptor (jaxpretrain/models/registry.py). Position embeddings are interpolated
+# to any image size, so no constructor field fixes the input size.
+FAMILY = registry.register(registry.Family(
+    name="dinov2", modality="image", build=build, variants=VARIANTS, dummy_inputs=dummy_inputs,
+    heads={"classification": registry.Head(
+        patterns=tuple(FAMILY_INFO["heads"]),
+        set=lambda kw, n: ({**kw, "head": None} if n is None else
+                           {**kw, "head": "classification", "num_labels": n}),
+        size=lambda kw: kw.get("num_labels") if kw.get("head") == "classification" else None)},
+    preprocessing={"image_size": registry.SMALL_IMAGE_SIZE, "mean": registry.IMAGENET_MEAN,
+                   "std": registry.IMAGENET_STD},
+    ports={"huggingface": "ports.hf_dinov2"},
+    hf_model_types=("dinov2", "dinov2_with_registers")))

@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxpretrain.models import registry
 from jaxpretrain.models.transformer import Dtype, Encoder, layer_norm
 
 HEADS = (None, "classification")
@@ -164,3 +165,24 @@ FAMILY_INFO = {
     # The tokenizer travels with the checkpoint; no token types (inputs: ids and mask).
     "preprocessing": {"tokenizer": "tokenizer.json", "max_len": 512, "pad_token_id": 0},
 }
+
+
+def _inputs(batch):
+  """(input_ids,), {attention_mask}: DistilBERT has no token types."""
+  kw = {"attention_mask": batch["attention_mask"]} if "attention_mask" in batch else {}
+  return (batch["input_ids"],), kw
+
+
+# The family descriptor (jaxpretrain/models/registry.py).
+FAMILY = registry.register(registry.Family(
+    name="distilbert", modality="text", build=build, variants=VARIANTS,
+    dummy_inputs=dummy_inputs,
+    heads={"classification": registry.Head(
+        patterns=tuple(FAMILY_INFO["heads"]),
+        set=lambda kw, n: ({**kw, "head": None} if n is None else
+                           {**kw, "head": "classification", "num_labels": n}),
+        size=lambda kw: kw.get("num_labels") if kw.get("head") == "classification" else None)},
+    inputs=_inputs,
+    preprocessing=lambda model: {"max_len": model.max_position_embeddings,
+                                 "pad_token_id": model.pad_token_id},
+    ports={"huggingface": "ports.hf_distilbert"}, hf_model_types=("distilbert",)))

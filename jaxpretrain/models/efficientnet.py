@@ -38,7 +38,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxpretrain.models import resnet
+from jaxpretrain.models import registry, resnet
 from jaxpretrain.models.convnext import stochastic_depth
 
 Dtype = Any
@@ -331,3 +331,17 @@ FAMILY_INFO = {
     },
     "port": "ports.torchvision_efficientnet",  # and ports.efficientnet_pytorch (Lite files)
 }
+
+
+# The family descriptor (jaxpretrain/models/registry.py); FAMILY_INFO above keeps the eval
+# transforms the ports record (torchvision's, or EfficientNet-Lite's [-1, 1) inputs).
+FAMILY = registry.register(registry.Family(
+    name="efficientnet", modality="image", build=build, variants=VARIANTS,
+    dummy_inputs=dummy_inputs,
+    heads={"classification": registry.Head(
+        patterns=(r"params/classifier_1/.*",),
+        set=lambda kw, n: {**kw, "num_classes": n},
+        size=lambda kw: kw.get("num_classes", 1000))},
+    preprocessing={"image_size": registry.SMALL_IMAGE_SIZE, "mean": registry.IMAGENET_MEAN,
+                   "std": registry.IMAGENET_STD},
+    ports={"torchvision": "ports.torchvision_efficientnet"}))

@@ -11,6 +11,10 @@ Check failed: subdim_size_accumulator == dim_size (784 vs. 56)`, H200, attempt 1
 when the computation is lowered for its platform (not by the process's default backend), so
 a jit placed on a GPU, or an AOT export for one, gets the plain form; only the chosen branch
 reaches the compiler, and gradients follow the same choice.
+
+Whether the CPU forms are used at all is the calling module's `cpu_forms` field (ResNet's
+convolutions, the transformer's Dense layers), passed here as `enabled`: a choice fixed when
+the module is built, so jit's cache keys on it (no module-level switch).
 """
 
 from __future__ import annotations
@@ -19,13 +23,13 @@ from collections.abc import Callable
 
 import jax
 
-# Set to False to trace only the `default` forms (e.g. to compare both on a CPU in a test).
-USE_CPU_FORMS = True
-
 
 def cpu_or_default(cpu: Callable[..., jax.Array], default: Callable[..., jax.Array],
-                   *args: jax.Array) -> jax.Array:
-  """`cpu(*args)` when lowered for a CPU, `default(*args)` on every other platform."""
-  if not USE_CPU_FORMS:
+                   *args: jax.Array, enabled: bool = True) -> jax.Array:
+  """`cpu(*args)` when lowered for a CPU, `default(*args)` on every other platform.
+
+  With `enabled=False`, `default(*args)` everywhere (e.g. to compare both forms on a CPU).
+  """
+  if not enabled:
     return default(*args)
   return jax.lax.platform_dependent(*args, cpu=cpu, default=default)

@@ -22,7 +22,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxpretrain.models import ops
+from jaxpretrain.models import ops, registry
 
 Dtype = Any
 
@@ -79,6 +79,7 @@ class BatchNorm(nn.Module):
   param_dtype: Dtype = jnp.float32
   scale_init: Callable = nn.initializers.ones
   axis_name: str | None = None
+  custom_vjp: bool = True  # train mode: the hand-written backward below; False: autodiff
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
@@ -100,7 +101,7 @@ class BatchNorm(nn.Module):
         m = self.momentum
         ra_mean.value = m * ra_mean.value + (1 - m) * mean
         ra_var.value = m * ra_var.value + (1 - m) * unbiased
-      if BN_CUSTOM_VJP:
+      if self.custom_vjp:
         return _normalize_with_batch_stats(x, scale, bias, self.epsilon, self.axis_name,
                                            jnp.dtype(self.dtype or x.dtype))
       mean, var = self._batch_stats(xf)  # autodiff through the statistics
@@ -113,10 +114,6 @@ class BatchNorm(nn.Module):
   def _batch_stats(self, xf: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Mean and biased variance over all axes but the last, two-pass for accuracy."""
     return _stats(xf, self.axis_name)
-
-
-# Train-mode BatchNorm with the hand-written backward below (False: autodiff of the forward).
-BN_CUSTOM_VJP = True
 
 
 def _stats(x: jax.Array, axis_name: str | None) -> tuple[jax.Array, jax.Array]:
@@ -189,6 +186,7 @@ class Conv1x1(nn.Module):
   stride: int = 1
   dtype: Dtype | None = None
   param_dtype: Dtype = jnp.float32
+  cpu_forms: bool = True  # the matmul on a CPU (`ops`); False: the convolution everywhere
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -201,7 +199,7 @@ class Conv1x1(nn.Module):
     # On a CPU as a 2-D matmul [n*h*w, c] @ [c, features]: the N-D contraction's gradient
     # costs transposed copies of the output gradient there (NOTES.md, attempt 7). Elsewhere
     # the plain convolution (`ops`: XLA's GPU compiler aborts on the reshaped dot).
-    return ops.cpu_or_default(_dot_1x1, _conv, x, kernel)
+    return ops.cpu_or_default(_dot_1x1, _conv, x, kernel, enabled=self.cpu_forms)
 
 
 class Conv(nn.Module):
@@ -221,6 +219,7 @@ class Conv(nn.Module):
   groups: int = 1
   dtype: Dtype | None = None
   param_dtype: Dtype = jnp.float32
+  cpu_forms: bool = True  # im2col for small maps on a CPU (`ops`); False: the convolution
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -234,7 +233,7 @@ class Conv(nn.Module):
     conv = functools.partial(_conv, stride=s, pad=p, groups=self.groups)
     if self.groups == 1 and min(*x.shape[1:3], *out) < k:
       return ops.cpu_or_default(functools.partial(_conv_as_matmul, stride=s, pad=p), conv,
-                                x, kernel)
+                                x, kernel, enabled=self.cpu_forms)
     return conv(x, kernel)
 
 
@@ -273,24 +272,45 @@ def _conv_as_matmul(x: jax.Array, kernel: jax.Array, stride: int, pad: int) -> j
 
 
 class _Parts(nn.Module):
-  """Shared fields and constructors of the blocks and the network."""
+  """Shared fields and constructors of the blocks and the network.
+
+  The last three fields choose implementations, not the function computed: they are fixed
+  when the model is built (and so seen by jit's cache); the benchmarks build variants with them.
+  """
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
   axis_name: str | None = None
+  cpu_forms: bool = True  # CPU-only conv forms (Conv1x1's matmul, Conv's im2col); False: plain
+  bn_custom_vjp: bool = True  # train-mode BatchNorm's hand-written backward; False: autodiff
+  # None: Conv1x1 / Conv. Otherwise `make(parts, features, kernel, stride, groups, *, name)`
+  # -> a module with resnet.Conv's `kernel` parameter (benchmarks' candidate convolutions).
+  conv_factory: Callable[..., nn.Module] | None = None
+
+  def implementation(self) -> dict[str, Any]:
+    """The implementation fields, passed on to the blocks."""
+    return dict(cpu_forms=self.cpu_forms, bn_custom_vjp=self.bn_custom_vjp,
+                conv_factory=self.conv_factory)
 
   def conv(self, features: int, kernel: int, stride: int = 1, groups: int = 1, *,
            name: str) -> nn.Module:
+    if self.conv_factory is not None:
+      return self.conv_factory(self, features, kernel, stride, groups, name=name)
+    return self.default_conv(features, kernel, stride, groups, name=name)
+
+  def default_conv(self, features: int, kernel: int, stride: int = 1, groups: int = 1, *,
+                   name: str) -> nn.Module:
+    """The library's convolution module (what `conv` builds without a `conv_factory`)."""
     if kernel == 1 and groups == 1:
       return Conv1x1(features, stride, dtype=self.dtype, param_dtype=self.param_dtype,
-                     name=name)
+                     cpu_forms=self.cpu_forms, name=name)
     # torch pads k//2 on each side (conv1 7x7: 3; 3x3: 1; 1x1: 0), not 'SAME'.
     return Conv(features, kernel, stride, groups, dtype=self.dtype,
-                param_dtype=self.param_dtype, name=name)
+                param_dtype=self.param_dtype, cpu_forms=self.cpu_forms, name=name)
 
   def norm(self, *, name: str, zero: bool = False) -> BatchNorm:
     return BatchNorm(dtype=self.dtype, param_dtype=self.param_dtype, axis_name=self.axis_name,
                      scale_init=nn.initializers.zeros if zero else nn.initializers.ones,
-                     name=name)
+                     custom_vjp=self.bn_custom_vjp, name=name)
 
 
 class BasicBlock(_Parts):
@@ -390,7 +410,7 @@ class ResNet(_Parts):
             planes=planes, stride=stride, downsample=downsample, groups=self.groups,
             width_per_group=self.width_per_group, zero_init_residual=self.zero_init_residual,
             dtype=self.dtype, param_dtype=self.param_dtype, axis_name=self.axis_name,
-            name=f"layer{i + 1}_{j}")(x, train=train)
+            **self.implementation(), name=f"layer{i + 1}_{j}")(x, train=train)
         in_features = planes * block_cls.expansion
       aux[f"layer{i + 1}"] = x
     x = aux["pooled"] = jnp.mean(x, axis=(1, 2))  # AdaptiveAvgPool2d((1, 1)) + flatten
@@ -421,3 +441,22 @@ def dummy_inputs(model: ResNet, batch: int = 1) -> dict[str, Any]:
   """Smallest input that keeps every stage non-empty: 32x32 images (layer4 is 1x1)."""
   del model
   return {"x": jnp.zeros((batch, 32, 32, 3), jnp.float32)}
+
+
+# ------------------------------------------------------------------------------------------
+# The family descriptor (jaxpretrain/models/registry.py).
+# ------------------------------------------------------------------------------------------
+
+FAMILY = registry.register(registry.Family(
+    name="resnet", modality="image", build=build, variants=VARIANTS,
+    dummy_inputs=dummy_inputs,
+    # `fc` is the classifier; num_classes None builds none (the output is the pooled features).
+    heads={"classification": registry.Head(
+        patterns=("params/fc/.*",),
+        set=lambda kw, n: {**kw, "num_classes": n},
+        size=lambda kw: kw.get("num_classes", 1000))},
+    # torchvision's ImageNet statistics at the project's small-image size (a torchvision
+    # checkpoint records its own 224 with the port's PREPROCESSING).
+    preprocessing={"image_size": registry.SMALL_IMAGE_SIZE, "mean": registry.IMAGENET_MEAN,
+                   "std": registry.IMAGENET_STD},
+    ports={"torchvision": "ports.torchvision_resnet"}))

@@ -74,6 +74,11 @@ def dot_2d(lhs: jax.Array, rhs: jax.Array, dimension_numbers, precision=None,
   return plain(lhs, rhs)
 
 
+def dense_dot(cpu_forms: bool = True) -> Callable:
+  """`nn.Dense`'s `dot_general`: `dot_2d` with the CPU forms, the plain contraction without."""
+  return dot_2d if cpu_forms else jax.lax.dot_general
+
+
 def additive_mask(mask: jax.Array | None) -> jax.Array | None:
   """A padding mask [batch, seq] (1 = token, 0 = padding) -> additive [batch, 1, 1, seq].
 
@@ -117,6 +122,7 @@ class SelfAttention(nn.Module):
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
   init_std: float = 0.02  # normal(0, initializer_range), as BERT and ViT initialize
+  cpu_forms: bool = True  # Dense layers as 2-D matmuls on a CPU (`dot_2d`); False: plain
 
   @nn.compact
   def __call__(self, x: jax.Array, mask: jax.Array | None = None, *,
@@ -127,8 +133,8 @@ class SelfAttention(nn.Module):
       raise ValueError(f"hidden size {d} is not a multiple of num_heads {self.num_heads}")
     hd = d // self.num_heads
     dense = functools.partial(
-        nn.Dense, d, dtype=self.dtype, param_dtype=self.param_dtype, dot_general=dot_2d,
-        kernel_init=nn.initializers.normal(self.init_std))
+        nn.Dense, d, dtype=self.dtype, param_dtype=self.param_dtype,
+        dot_general=dense_dot(self.cpu_forms), kernel_init=nn.initializers.normal(self.init_std))
     split = lambda t: t.reshape(b, s, self.num_heads, hd)
     q = split(dense(use_bias=self.qkv_bias, name="query")(x))  # [b, s, h, hd]
     k = split(dense(use_bias=self.qkv_bias, name="key")(x))
@@ -152,12 +158,13 @@ class Mlp(nn.Module):
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
   init_std: float = 0.02
+  cpu_forms: bool = True  # Dense layers as 2-D matmuls on a CPU (`dot_2d`); False: plain
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     """[..., dim] -> [..., dim]."""
     dense = functools.partial(nn.Dense, dtype=self.dtype, param_dtype=self.param_dtype,
-                              dot_general=dot_2d,
+                              dot_general=dense_dot(self.cpu_forms),
                               kernel_init=nn.initializers.normal(self.init_std))
     h = activation(self.act)(dense(self.mlp_dim, name="fc1")(x))
     return dense(x.shape[-1], name="fc2")(h)
@@ -177,6 +184,7 @@ class EncoderBlock(nn.Module):
   param_dtype: Dtype = jnp.float32
   init_std: float = 0.02
   layer_scale: float | None = None  # DINOv2's LayerScale init value; None: no layer scale
+  cpu_forms: bool = True  # Dense layers as 2-D matmuls on a CPU (`dot_2d`); False: plain
 
   @nn.compact
   def __call__(self, x: jax.Array, mask: jax.Array | None = None, *,
@@ -186,9 +194,10 @@ class EncoderBlock(nn.Module):
     drop = lambda t: nn.Dropout(self.dropout_rate)(t, deterministic=not train)
     attn = SelfAttention(
         self.num_heads, self.attention_dropout_rate, self.qkv_bias, dtype=self.dtype,
-        param_dtype=self.param_dtype, init_std=self.init_std, name="attention")
+        param_dtype=self.param_dtype, init_std=self.init_std, cpu_forms=self.cpu_forms,
+        name="attention")
     mlp = Mlp(self.mlp_dim, self.act, dtype=self.dtype, param_dtype=self.param_dtype,
-              init_std=self.init_std, name="mlp")
+              init_std=self.init_std, cpu_forms=self.cpu_forms, name="mlp")
     attn_norm, mlp_norm = norm(name="attention_norm"), norm(name="mlp_norm")
     if self.pre_norm:
       scale1, scale2 = self._layer_scales(x.shape[-1])
@@ -225,6 +234,7 @@ class Encoder(nn.Module):
   init_std: float = 0.02
   layer_scale: float | None = None  # DINOv2's LayerScale init value; None: no layer scale
   causal: bool = False  # True: a query sees only keys at or before it (CLIP's text tower)
+  cpu_forms: bool = True  # Dense layers as 2-D matmuls on a CPU (`dot_2d`); False: plain
 
   @nn.compact
   def __call__(self, x: jax.Array, mask: jax.Array | None = None, *,
@@ -245,6 +255,7 @@ class Encoder(nn.Module):
           self.num_heads, self.mlp_dim, self.pre_norm, self.act, self.dropout_rate,
           self.attention_dropout_rate, self.layer_norm_eps, self.qkv_bias, dtype=self.dtype,
           param_dtype=self.param_dtype, init_std=self.init_std, layer_scale=self.layer_scale,
+          cpu_forms=self.cpu_forms,
           name=f"layer_{i}",
       )(x, bias, train=train)
       hidden[f"layer_{i}"] = x

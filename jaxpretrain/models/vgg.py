@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxpretrain.models import resnet
+from jaxpretrain.models import registry, resnet
 
 Dtype = Any
 
@@ -213,3 +213,17 @@ FAMILY_INFO = {
     },
     "port": "ports.torchvision_vgg",
 }
+
+
+# The family descriptor (jaxpretrain/models/registry.py); FAMILY_INFO above keeps the
+# torchvision eval transforms the port records.
+FAMILY = registry.register(registry.Family(
+    name="vgg", modality="image", build=build, variants=VARIANTS, dummy_inputs=dummy_inputs,
+    # classifier_6 (the full classifier's last layer) or `head` (a new head on a cut backbone).
+    heads={"classification": registry.Head(
+        patterns=(r"params/classifier_6/.*", r"params/head/.*"),
+        set=lambda kw, n: {**kw, "num_classes": n},
+        size=lambda kw: kw.get("num_classes", 1000))},
+    preprocessing={"image_size": registry.SMALL_IMAGE_SIZE, "mean": registry.IMAGENET_MEAN,
+                   "std": registry.IMAGENET_STD},
+    ports={"torchvision": "ports.torchvision_vgg"}))

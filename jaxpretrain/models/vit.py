@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxpretrain.models import registry
 from jaxpretrain.models.transformer import Dtype, Encoder, activation, layer_norm
 
 HEADS = (None, "classification")
@@ -138,6 +139,7 @@ class ViT(nn.Module):
   initializer_range: float = 0.02
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
+  cpu_forms: bool = True  # implementation: Dense layers as 2-D matmuls on a CPU (`ops`)
 
   @nn.compact
   def __call__(self, images: jax.Array, *, train: bool = False
@@ -170,7 +172,8 @@ class ViT(nn.Module):
         act=self.hidden_act, dropout_rate=self.hidden_dropout_prob,
         attention_dropout_rate=self.attention_probs_dropout_prob,
         layer_norm_eps=self.layer_norm_eps, qkv_bias=self.qkv_bias, dtype=self.dtype,
-        param_dtype=self.param_dtype, init_std=self.initializer_range, name="encoder",
+        param_dtype=self.param_dtype, init_std=self.initializer_range,
+        cpu_forms=self.cpu_forms, name="encoder",
     )(x, None, train=train)
     aux.update(layers)
     x = layer_norm(self.layer_norm_eps, self.dtype, self.param_dtype, name="final_norm")(x)
@@ -200,3 +203,24 @@ def dummy_inputs(model: ViT, batch: int = 1) -> dict[str, Any]:
   """{"x": zero images [batch, height, width, channels]} at the model's image_size."""
   h, w = _pair(model.image_size)
   return {"x": jnp.zeros((batch, h, w, model.num_channels), jnp.float32)}
+
+
+# ------------------------------------------------------------------------------------------
+# The family descriptor (jaxpretrain/models/registry.py).
+# ------------------------------------------------------------------------------------------
+
+FAMILY = registry.register(registry.Family(
+    name="vit", modality="image", build=build, variants=VARIANTS, dummy_inputs=dummy_inputs,
+    # ViTForImageClassification: the classifier reads the final-LN [CLS] token.
+    heads={"classification": registry.Head(
+        patterns=("params/classifier/.*",),
+        set=lambda kw, n: ({**kw, "head": None} if n is None else
+                           {**kw, "head": "classification", "num_labels": n}),
+        size=lambda kw: kw.get("num_labels") if kw.get("head") == "classification" else None)},
+    fresh_when_added={"pooler": ("params/pooler/.*",)},
+    # The position embeddings fix the input size; random-init models use ImageNet statistics
+    # (a Hugging Face folder's preprocessor_config.json overrides them on conversion).
+    size_kwarg="image_size",
+    preprocessing=lambda model: {"image_size": model.image_size, "mean": registry.IMAGENET_MEAN,
+                                 "std": registry.IMAGENET_STD},
+    ports={"huggingface": "ports.hf_vit"}, hf_model_types=("vit",)))

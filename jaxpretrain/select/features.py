@@ -9,9 +9,10 @@ A candidate is a checkpoint folder (see `jaxpretrain.pretrained`), given as:
                     written once into the cache dir so that it is a folder like the others;
   NAME=ANY_OF_THESE the same, shown as NAME in tables.
 
-Features are what a linear head would see: the model's `aux["pooled"]` (ResNet's global
-average pool, BERT's pooler, ViT's pooler or final-LN [CLS] token), or for text the mean of
-the last hidden state over the attention mask. Candidates with a classification head also
+Features are what a linear head would see, as the model's family pools them
+(`registry.Family.pool`; by default the model's `aux["pooled"]`: ResNet's global average pool,
+BERT's pooler, ViT's pooler or final-LN [CLS] token; or the mean of the last hidden state over
+the attention mask). Candidates with a classification head also
 give the head's softmax, the source probabilities LEEP and NCE need. Images are preprocessed
 as the checkpoint's config.json records (`jaxpretrain.preprocess`: resize, crop, mean, std;
 gray repeated to RGB; `image_size` replaces resize and crop by a plain resize), text with
@@ -38,10 +39,11 @@ from absl import logging
 
 from jaxpretrain import data, models, perf, preprocess, pretrained
 from jaxpretrain.data import sources
+from jaxpretrain.models import registry
+from jaxpretrain.models.registry import POOLINGS, pool_features  # noqa: F401 -- re-exported
 
-POOLINGS = ("pooled", "mean")  # aux["pooled"] (or ViT's pre_logits) | masked mean of tokens
-# Preprocessing of a random-init image model (no checkpoint says otherwise): the project's
-# small-image setting with torchvision's ImageNet statistics.
+# Preprocessing of an image model whose checkpoint records none: the project's small-image
+# setting with torchvision's ImageNet statistics.
 RANDOM_IMAGE_PREPROCESSING = {"image_size": 32, "mean": list(data.IMAGENET_MEAN),
                               "std": list(data.IMAGENET_STD)}
 MINILM = "minilm"
@@ -62,9 +64,13 @@ class Candidate:
   config: Mapping[str, Any]  # config.json
 
   @property
+  def family(self) -> registry.Family:
+    return registry.family_of(self.model_name)
+
+  @property
   def modality(self) -> str:
-    """'text' for BERT-family models, 'image' for ResNet and ViT."""
-    return "text" if models.family_of(self.model_name) == "bert" else "image"
+    """'image' | 'text', the family's."""
+    return self.family.modality
 
   @property
   def preprocessing(self) -> dict[str, Any]:
@@ -133,18 +139,16 @@ def resolve_candidate(spec: str, cache_dir: str | pathlib.Path, *, seed: int = 0
 
 def random_model_kwargs(model_name: str) -> dict[str, Any]:
   """Constructor overrides for a random-init candidate: no head, since none was trained."""
-  family = models.family_of(model_name)
-  if family == "resnet":
-    return {"num_classes": None}
-  return {"head": None}  # bert and vit
+  return registry.family_of(model_name).set_head({}, None)
 
 
 def write_random_checkpoint(dst: str | pathlib.Path, model_name: str, *, seed: int = 0
                             ) -> pathlib.Path:
   """Writes a checkpoint folder holding `model_name` at random initialization.
 
-  Image models get `RANDOM_IMAGE_PREPROCESSING`; BERT-family models get the MiniLM
-  tokenizer (the random model has its vocabulary size, 30,522) and its max length.
+  Preprocessing is the family's default (`Family.default_preprocessing`): image models get
+  an image size (ViT its own) and ImageNet statistics; text models get the MiniLM tokenizer
+  (BERT's random model has its vocabulary size, 30,522), their max length and padding id.
   """
   if model_name not in models.known_models():
     raise ValueError(f"unknown model '{model_name}' in '{RANDOM_PREFIX}{model_name}'; known: "
@@ -152,14 +156,11 @@ def write_random_checkpoint(dst: str | pathlib.Path, model_name: str, *, seed: i
   kwargs = random_model_kwargs(model_name)
   model = models.build_model(model_name, **kwargs)
   variables = models.init_variables(model_name, model, jax.random.key(seed))
-  files, preprocessing = {}, dict(RANDOM_IMAGE_PREPROCESSING)
-  if models.family_of(model_name) == "bert":
+  family = registry.family_of(model_name)
+  files, preprocessing = {}, family.default_preprocessing(model)
+  if family.modality == "text":
     files = {"tokenizer.json": data.minilm_tokenizer_path()}
-    preprocessing = {"tokenizer": "tokenizer.json", "max_len": model.max_position_embeddings,
-                     "pad_token_id": model.pad_token_id}
-  elif models.family_of(model_name) == "vit":
-    size = model.image_size
-    preprocessing["image_size"] = size if isinstance(size, int) else list(size)
+    preprocessing = {"tokenizer": "tokenizer.json", **preprocessing}
   return pretrained.save_pretrained(
       dst, model_name, kwargs, jax.tree.map(np.asarray, dict(variables)),
       source={"format": "random_init", "seed": seed}, preprocessing=preprocessing,
@@ -280,45 +281,12 @@ def stratified_subset(labels: np.ndarray, max_examples: int | None, seed: int = 
 # ------------------------------------------------------------------------------------------
 
 
-def pool_features(aux: Mapping[str, jax.Array], attention_mask: jax.Array | None,
-                  pooling: str) -> jax.Array:
-  """The feature vector [batch, d] of a model's aux dict.
-
-  Args:
-    aux: the model's named intermediates.
-    attention_mask: [batch, seq] (text), 1 for tokens; needed by "mean" on token outputs.
-    pooling: "pooled" (aux["pooled"], else ViT's aux["pre_logits"]) or "mean" (masked mean
-      of aux["last_hidden_state"] over tokens; for ResNet, "pooled" already is a mean).
-  Returns:
-    float32 [batch, d].
-  """
-  if pooling not in POOLINGS:
-    raise ValueError(f"unknown pooling '{pooling}'; known: {list(POOLINGS)}")
-  if pooling == "pooled" or "last_hidden_state" not in aux:
-    for key in ("pooled", "pre_logits"):
-      if key in aux:
-        return aux[key].astype(jnp.float32)
-    raise ValueError(f"pooling 'pooled': the model gives no 'pooled' output (aux keys "
-                     f"{sorted(aux)}); use pooling 'mean' or a model with a pooler")
-  h = aux["last_hidden_state"].astype(jnp.float32)  # [b, s, d]
-  if attention_mask is None:
-    return h.mean(1)
-  m = attention_mask.astype(jnp.float32)[:, :, None]  # [b, s, 1]
-  return (h * m).sum(1) / jnp.maximum(m.sum(1), 1.0)
-
-
-def make_extract_fn(model: nn.Module, modality: str, pooling: str):
+def make_extract_fn(model: nn.Module, family: registry.Family, pooling: str):
   """jit-compiled `(variables, batch) -> {"features" [b, d], "probs" [b, z] if a head}`."""
 
   def extract(variables, batch):
-    if modality == "text":
-      mask = batch["attention_mask"]
-      _, aux = model.apply(variables, batch["input_ids"], attention_mask=mask,
-                           token_type_ids=batch.get("token_type_ids"), train=False)
-    else:
-      mask = None
-      _, aux = model.apply(variables, batch["image"], train=False)
-    out = {"features": pool_features(aux, mask, pooling)}
+    _, aux = family.forward(model, variables, batch)
+    out = {"features": family.pool(aux, batch, pooling)}
     logits = aux.get("logits")
     if logits is not None and logits.ndim == 2:  # a classification head (not masked-LM)
       out["probs"] = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
@@ -352,7 +320,7 @@ def extract_features(candidate: Candidate, source, *, indices: np.ndarray | None
                                                max_len=max_len),
                           global_batch_size=batch_size, process_index=0, process_count=1,
                           local_device_count=1, num_threads=2)
-  fn = make_extract_fn(candidate.model, candidate.modality, pooling)
+  fn = make_extract_fn(candidate.model, candidate.family, pooling)
   variables = jax.device_put(candidate.variables)
   feats, probs, labels = [], [], []
   start = time.perf_counter()

@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jaxpretrain.models import registry
 from jaxpretrain.train import losses
 from jaxpretrain.train.state import TrainState
 
@@ -44,17 +45,13 @@ def compute_dtype(name: str) -> jnp.dtype:
 
 
 def model_inputs(batch: Batch) -> tuple[tuple, dict]:
-  """Positional and keyword model inputs of an image or text batch.
+  """Positional and keyword model inputs of an image or text batch, told apart by its keys.
 
-  Images: `(batch["image"],)`. Text: `(batch["input_ids"],)` plus `attention_mask` and
-  `token_type_ids` when present (the signature of models/bert.py).
+  The default `inputs_fn` when no family is known; a run passes its family's
+  (`registry.Family.inputs`). Images: `(batch["image"],)`. Text: `(batch["input_ids"],)` plus
+  `attention_mask` and `token_type_ids` when present.
   """
-  if "image" in batch:
-    return (batch["image"],), {}
-  if "input_ids" in batch:
-    kw = {k: batch[k] for k in ("attention_mask", "token_type_ids") if k in batch}
-    return (batch["input_ids"],), kw
-  raise ValueError(f"batch has neither 'image' nor 'input_ids'; keys: {sorted(batch)}")
+  return registry.batch_inputs(batch)
 
 
 def _logits(outputs: Any) -> jax.Array:

@@ -6,22 +6,14 @@ import numpy as np
 import pytest
 
 from jaxpretrain import models
-from jaxpretrain.models import ops
 
 # Same products summed in another order (im2col / 2-D matmul vs convolution), float32 at
 # "highest": rounding only.
 FORMS_RTOL, FORMS_ATOL = 1e-5, 1e-5
 
 
-@pytest.fixture
-def plain_forms(monkeypatch):
-  def use(flag):
-    monkeypatch.setattr(ops, "USE_CPU_FORMS", flag)
-  return use
-
-
-def _resnet_loss():
-  model = models.build_model("resnet_tiny", num_classes=5)
+def _resnet_loss(cpu_forms=True):
+  model = models.build_model("resnet_tiny", num_classes=5, cpu_forms=cpu_forms)
   x = jax.random.normal(jax.random.key(0), (2, 32, 32, 3))  # layer3/4 maps smaller than 3x3
   variables = model.init(jax.random.key(1), x)
 
@@ -31,10 +23,11 @@ def _resnet_loss():
   return loss, variables["params"]
 
 
-def _bert_loss():
+def _bert_loss(cpu_forms=True):
   model = models.build_model("bert", vocab_size=50, hidden_size=16, num_hidden_layers=1,
                              num_attention_heads=2, intermediate_size=32,
-                             max_position_embeddings=16, head="classification", num_labels=3)
+                             max_position_embeddings=16, head="classification", num_labels=3,
+                             cpu_forms=cpu_forms)
   ids = jax.random.randint(jax.random.key(0), (2, 8), 0, 50)
   variables = model.init(jax.random.key(1), ids)
 
@@ -45,11 +38,10 @@ def _bert_loss():
 
 
 @pytest.mark.parametrize("make", [_resnet_loss, _bert_loss], ids=["resnet", "bert"])
-def test_cpu_forms_equal_plain_forms(make, plain_forms, highest_precision):
-  loss, params = make()
+def test_cpu_forms_equal_plain_forms(make, highest_precision):
   results = {}
   for flag in (True, False):
-    plain_forms(flag)
+    loss, params = make(cpu_forms=flag)  # the same parameters: same seeds, same shapes
     results[flag] = jax.jit(jax.value_and_grad(loss))(params)
   np.testing.assert_allclose(results[True][0], results[False][0], FORMS_RTOL, FORMS_ATOL)
   for a, b in zip(jax.tree.leaves(results[True][1]), jax.tree.leaves(results[False][1]),
@@ -63,13 +55,26 @@ def _op_counts(fn, args, platform):
   return text.count("stablehlo.convolution"), text.count("stablehlo.dot_general")
 
 
-def test_other_platforms_lower_the_plain_forms(plain_forms):
+def test_other_platforms_lower_the_plain_forms():
   """What a GPU compiles is the plain convolutions (XLA's GPU compiler aborts on the dots)."""
   loss, params = _resnet_loss()
   grad = jax.grad(loss)
   cuda = _op_counts(grad, (params,), "cuda")
   cpu = _op_counts(grad, (params,), "cpu")
-  plain_forms(False)
-  plain = _op_counts(grad, (params,), "cpu")
+  plain_loss, _ = _resnet_loss(cpu_forms=False)
+  plain = _op_counts(jax.grad(plain_loss), (params,), "cpu")
   assert cuda == plain
   assert cpu[0] < plain[0] and cpu[1] > plain[1]  # the CPU gets matmuls in their place
+
+
+def test_forms_are_a_model_field_seen_by_jit():
+  """One jitted function, two models differing only in `cpu_forms`: two different programs."""
+  fwd = jax.jit(lambda model, variables, x: model.apply(variables, x)[0], static_argnums=0)
+  x = jnp.zeros((1, 32, 32, 3))
+  counts = []
+  for flag in (True, False):
+    model = models.build_model("resnet_tiny", num_classes=5, cpu_forms=flag)
+    variables = jax.eval_shape(model.init, jax.random.key(0), x)
+    text = fwd.trace(model, variables, x).lower(lowering_platforms=("cpu",)).as_text()
+    counts.append(text.count("stablehlo.convolution"))
+  assert counts[0] < counts[1]

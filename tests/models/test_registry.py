@@ -1,0 +1,249 @@
+"""Every registered model family end to end, and the registry's own checks.
+
+For each family in `registry.families()` (new families are covered automatically, and fail
+until they add a tiny source to SOURCES below): a tiny seeded torch / transformers model is
+saved as its source format writes it, converted through the family's port, run, exported back
+bit-exact, fine-tuned one step with a new head through the job's own functions
+(`task.model_spec`, `task.with_head`, `task.init_variables`, `step.train_step`), and its
+`select` features are extracted.
+"""
+
+import dataclasses
+import functools
+import importlib
+
+import jax
+import numpy as np
+import optax
+import pytest
+
+from jaxpretrain import params, pretrained
+from jaxpretrain.job import task
+from jaxpretrain.job.config import ConfigError, JobConfig
+from jaxpretrain.models import registry
+from jaxpretrain.select import features
+from jaxpretrain.train import losses
+from jaxpretrain.train import step as step_lib
+from jaxpretrain.train.state import create_train_state
+
+torch = pytest.importorskip("torch")
+pytestmark = pytest.mark.torch
+
+NEW_CLASSES = 5  # differs from every source's head size, so the head is always new
+BATCH = 2
+
+
+# ------------------------------------------------------------------------------------------
+# Tiny sources, one per family: (tmp folder) -> (source path, --arch or None).
+# ------------------------------------------------------------------------------------------
+
+
+def _torchvision_resnet18(root):
+  from tests.torch_refs import random_torchvision_resnet  # noqa: PLC0415
+
+  path = root / "resnet18.pth"
+  torch.save(random_torchvision_resnet("resnet18", num_classes=10).state_dict(), path)
+  return path, "resnet18"
+
+
+def _hf(cls_name, cfg_name, **cfg):
+  def make(root):
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    model = getattr(transformers, cls_name)(getattr(transformers, cfg_name)(**cfg)).eval()
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():  # LayerNorm 1/0 and zero biases would hide swapped names
+      for p in model.parameters():
+        p.add_(0.05 * torch.randn(p.shape, generator=gen))
+    model.save_pretrained(root / "hf")
+    return root / "hf", None
+
+  return make
+
+
+_BERT = dict(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+             intermediate_size=37, max_position_embeddings=24, type_vocab_size=2)
+SOURCES = {
+    "resnet": _torchvision_resnet18,  # the smallest torchvision ResNet the port reads
+    "bert": _hf("BertForSequenceClassification", "BertConfig", num_labels=3, **_BERT),
+    "vit": _hf("ViTModel", "ViTConfig", hidden_size=32, num_hidden_layers=2,
+               num_attention_heads=4, intermediate_size=37, image_size=16, patch_size=4),
+}
+
+FAMILIES = [f.name for f in registry.families()]
+
+
+def _batch(family, model, seed=0):
+  """A seeded batch of the family's modality at the model's own size."""
+  rng = np.random.RandomState(seed)
+  labels = np.arange(BATCH, dtype=np.int32) % NEW_CLASSES
+  prep = family.default_preprocessing(model)
+  if family.modality == "image":
+    size = prep["image_size"]
+    h, w = (size, size) if isinstance(size, int) else size
+    channels = getattr(model, "num_channels", 3)
+    return {"image": rng.randn(BATCH, h, w, channels).astype(np.float32), "label": labels}
+  seq = min(8, prep["max_len"])
+  ids = rng.randint(3, min(getattr(model, "vocab_size", 99), 99), (BATCH, seq)).astype(np.int32)
+  mask = np.ones((BATCH, seq), np.int32)
+  mask[1, seq // 2:] = 0
+  return {"input_ids": ids, "attention_mask": mask, "label": labels}
+
+
+@pytest.fixture(scope="module")
+def converted(tmp_path_factory):
+  """family -> (source path, checkpoint folder), converted once."""
+  from ports import convert  # noqa: PLC0415
+
+  cache = {}
+
+  def get(name):
+    if name not in cache:
+      root = tmp_path_factory.mktemp(name)
+      src, arch = SOURCES[name](root)
+      convert.convert(src, root / "ckpt", arch=arch)
+      cache[name] = (src, root / "ckpt")
+    return cache[name]
+
+  return get
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_family_has_a_tiny_source(name):
+  assert name in SOURCES, (f"family '{name}' has no tiny source in {__file__}: SOURCES; add "
+                           "one (a seeded torch / transformers model saved as its port reads)")
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_family_end_to_end(name, converted, tmp_path, highest_precision):
+  if name not in SOURCES:
+    pytest.skip("no tiny source (test_family_has_a_tiny_source fails)")
+  family = registry.get(name)
+  src, ckpt = converted(name)
+
+  # Convert (done by the fixture through the family's port) -> load -> apply (one compiled
+  # forward pass per model keeps the test fast: select's extraction below is the apply).
+  cfg = pretrained.read_config(ckpt)
+  assert registry.family_of(cfg["model"]) is family
+  assert cfg["source"]["format"] in family.ports
+  model, variables = pretrained.load_pretrained(ckpt)
+  batch = _batch(family, model)
+  size = family.head_size(cfg["model_kwargs"])
+
+  # Export back: bit-exact against the source's own tensors.
+  from ports import export, readers  # noqa: PLC0415
+
+  out_path = tmp_path / ("exported.safetensors" if src.is_file() else "exported")
+  export.export(ckpt, out_path)
+  if src.is_file():
+    original = readers.load_state_dict(src)
+    exported = readers.SafetensorsFile(out_path)
+  else:
+    _, original = readers.load_hf_folder(src)
+    exported = readers.SafetensorsFile(out_path / "model.safetensors")
+  assert set(exported) == set(original)
+  for key in exported:
+    assert exported[key].dtype == original[key].dtype, key
+    np.testing.assert_array_equal(exported[key], original[key], err_msg=key)
+
+  # Fine-tune one step with a new head, as the job builds it.
+  config = JobConfig(workdir=str(tmp_path / "run"), dataset="none", init_checkpoint=str(ckpt),
+                     batch_size=BATCH)
+  spec = task.model_spec(config, tmp_path / "run", log=lambda *_: None)
+  assert spec.descriptor is family and spec.checkpoint == ckpt
+  spec = task.with_head(spec, config, NEW_CLASSES)
+  assert spec.new_head and family.head_size(spec.kwargs) == NEW_CLASSES
+  fresh = task.init_variables(spec, seed=0, log=lambda *_: None)
+  head_re = params.compile_patterns(family.head_patterns)
+  flat_loaded, flat_fresh = params.flatten(dict(variables)), params.flatten(fresh)
+  for path, value in flat_fresh.items():  # the backbone is the checkpoint's, the head is new
+    if not any(p.fullmatch(path) for p in head_re):
+      np.testing.assert_array_equal(value, flat_loaded[path], err_msg=path)
+  assert any(any(p.fullmatch(k) for p in head_re) for k in flat_fresh)
+  ft_model = spec.build()
+  state = create_train_state(fresh, optax.sgd(0.1), 0)
+  train = jax.jit(functools.partial(
+      step_lib.train_step, model=ft_model, tx=optax.sgd(0.1),
+      loss_fn=losses.classification_loss_fn(), inputs_fn=family.inputs))
+  new_state, metrics = train(state, batch)
+  assert np.isfinite(float(metrics["loss"])) and int(new_state.step) == 1
+  changed = params.flatten(dict(new_state.params))
+  assert any(not np.array_equal(v, flat_fresh[f"params/{k}"]) for k, v in changed.items())
+
+  # Apply and select: the converted checkpoint as a candidate, its features pooled by the
+  # family, its head's probabilities (with a head) from the same forward pass.
+  cand = features.load_candidate(f"c={ckpt}", tmp_path / "cache")
+  assert cand.family is family and cand.modality == family.modality
+  got = jax.device_get(features.make_extract_fn(cand.model, family, "pooled")(
+      cand.variables, batch))
+  assert got["features"].ndim == 2 and got["features"].shape[0] == BATCH
+  assert np.isfinite(got["features"]).all()
+  assert ("probs" in got) == (size is not None)
+  if size is not None:
+    assert got["probs"].shape == (BATCH, size) and np.isfinite(got["probs"]).all()
+
+
+# ------------------------------------------------------------------------------------------
+# The descriptors themselves.
+# ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_descriptor_is_complete(name):
+  family = registry.get(name)
+  assert family.name == name and family.modality in registry.MODALITIES
+  for variant in family.variants:
+    assert registry.family_of(variant) is family
+  for module in family.ports.values():  # the port modules exist and have both directions
+    port = importlib.import_module(module)
+    assert callable(port.to_jaxpretrain) and callable(port.from_jaxpretrain), module
+  if "torchvision" in family.ports:
+    port = importlib.import_module(family.ports["torchvision"])
+    assert set(port.ARCHS) <= set(family.variants)
+  assert family.set_head({}, None) is not None and family.head_size(family.set_head({}, 7)) == 7
+  assert family.head_size(family.set_head({}, None)) is None
+
+
+def test_job_rejects_a_task_the_family_has_no_head_for(tmp_path):
+  config = JobConfig(workdir=str(tmp_path), dataset="none", model="resnet_tiny", task="mlm")
+  spec = task.model_spec(dataclasses.replace(config, task="classification"), tmp_path)
+  with pytest.raises(ConfigError, match=r"--task=mlm needs a model with a mlm head; .*"
+                                        r"'resnet_tiny' \(resnet\); allowed families: bert"):
+    task.with_head(spec, config, None)
+
+
+def _fields(**over):
+  resnet = registry.get("resnet")
+  base = {f.name: getattr(resnet, f.name) for f in dataclasses.fields(registry.Family)}
+  return {**base, "name": "toy", "variants": {"toy_tiny": {}}, **over}
+
+
+def test_family_missing_a_field_fails_clearly():
+  with pytest.raises(ValueError, match=r"family 'toy' is missing required fields \['heads'\]"):
+    registry.Family(**_fields(heads=None))
+  with pytest.raises(ValueError, match=r"missing required fields \['build', 'ports'\]"):
+    registry.Family(**_fields(build=None, ports=None))
+  with pytest.raises(ValueError, match=r"heads must map 'classification'"):
+    registry.Family(**_fields(heads={}))
+  with pytest.raises(ValueError, match=r"modality 'audio'; allowed: \['image', 'text'\]"):
+    registry.Family(**_fields(modality="audio"))
+  with pytest.raises(ValueError, match=r"ports\['onnx'\]"):
+    registry.Family(**_fields(ports={"onnx": "ports.x"}))
+  with pytest.raises(ValueError, match=r"bad pattern"):
+    registry.Family(**_fields(fresh_when_added={"pooler": ("params/(",)}))
+  with pytest.raises(ValueError, match=r"takes a registry.Family, got dict"):
+    registry.register(_fields())
+
+
+def test_register_refuses_clashing_names():
+  resnet = registry.get("resnet")
+  with pytest.raises(ValueError, match=r"variants \['resnet18'\] already belong to family "
+                                       r"'resnet'"):
+    registry.register(registry.Family(**_fields(variants={"resnet18": {}})))
+  toy = registry.Family(**_fields(name="resnet", build=lambda name, **kw: None))
+  with pytest.raises(ValueError, match=r"family 'resnet' is already registered by "
+                                       r"jaxpretrain.models.resnet"):
+    registry.register(toy)
+  assert registry.get("resnet") is resnet  # nothing replaced
+  with pytest.raises(ValueError, match=r"unknown model family 'nope'; known: \["):
+    registry.get("nope")
