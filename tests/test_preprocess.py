@@ -255,8 +255,9 @@ def test_hf_id2label_and_sentence_transformers_folders(tmp_path):
 
   assert hf_common.class_names({"id2label": {"1": "pos", "0": "neg"}}, 2) == ["neg", "pos"]
   assert hf_common.class_names({}, 2) is None
-  for bad, match in [({"0": "a", "2": "b"}, "out of"), ({"0": "a", "x": "b"}, "not an integer"),
-                     ({"0": "a", "1": 7}, "string"), ({"0": "a"}, "1 labels for 2")]:
+  for bad, match in [({"0": "a", "2": "b"}, "exactly the ids 0..1"),
+                     ({"0": "a", "x": "b"}, "not a class id"),
+                     ({"0": "a", "1": 7}, "string"), ({"0": "a"}, "exactly the ids 0..1")]:
     with pytest.raises(PortError, match=match):
       hf_common.class_names({"id2label": bad}, 2)
 
