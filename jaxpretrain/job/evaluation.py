@@ -60,6 +60,20 @@ def predict_source(model, variables, source, preprocess, batch_size: int):
   return np.concatenate(logits), np.concatenate(labels)
 
 
+def to_trained_classes(labels: np.ndarray, names: list[str], trained: list[str],
+                       dataset: str) -> tuple[np.ndarray, list[str]]:
+  """Dataset labels -> the checkpoint's class indices, by class name: a test file's classes
+  are the labels present in it, which may be fewer than the training file's."""
+  index = {n: i for i, n in enumerate(trained)}
+  missing = [n for n in names if n not in index]
+  if missing:
+    raise ConfigError(f"--dataset={dataset!r} has classes the checkpoint was not trained on: "
+                      f"{missing[:10]}; its classes: {trained[:10]}"
+                      f"{' ...' if len(trained) > 10 else ''}")
+  lookup = np.asarray([index[n] for n in names], np.int64)
+  return lookup[labels], list(trained)
+
+
 def evaluate_checkpoint(checkpoint: str | pathlib.Path, dataset: str, *, split: str = "test",
                         data_dir: str | None = None, batch_size: int = 64,
                         max_len: int | None = None, image_size: int | None = None,
@@ -83,10 +97,13 @@ def evaluate_checkpoint(checkpoint: str | pathlib.Path, dataset: str, *, split: 
   if logits.ndim != 2:
     raise ConfigError(f"--checkpoint={str(checkpoint)!r}: the model has no classification head "
                       f"(output shape {logits.shape[1:]} per example); fine-tune it first")
+  names = list(data.test_meta.class_names)
+  trained = prep.get("class_names")  # the classes of the run that wrote the checkpoint
+  if isinstance(trained, list) and names != trained:
+    labels, names = to_trained_classes(labels, names, [str(n) for n in trained], dataset)
   if labels.max(initial=0) >= logits.shape[-1]:
     raise ConfigError(f"--dataset={dataset!r} has labels up to {labels.max()} but the "
                       f"checkpoint's head has {logits.shape[-1]} outputs")
-  names = list(data.test_meta.class_names)
   names += [f"class_{i}" for i in range(len(names), logits.shape[-1])]
   result = metrics_lib.classification_metrics(logits, labels, names[:logits.shape[-1]])
   result.update(checkpoint=str(model_dir), dataset=dataset, split=split)
