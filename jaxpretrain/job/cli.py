@@ -51,6 +51,8 @@ def run_main(argv: list[str]) -> int:
 def exit_if_threads_linger(status: int, grace_s: float = EXIT_GRACE_S) -> None:
   """Ends the process with `status` (os._exit, after flushing) if non-daemon threads are
   still alive after `grace_s`; everything the run writes has been written by now."""
+  if status:
+    logging.set_verbosity(logging.FATAL)  # the error line stays the last: no thread's log after
   deadline = time.monotonic() + grace_s
   for t in threading.enumerate():
     if t is not threading.main_thread() and not t.daemon:

@@ -374,7 +374,10 @@ def run(config: JobConfig, *, hooks: Hooks | None = None, log=print) -> Result:
   _check_export_dir(config)
   start_devices(config)
   hooks = hooks or Hooks()
-  wd.check_writable()
+  # What the run writes in place (checkpoints/ may be a mount of its own); the files it
+  # replaces by a rename (flags.json, final.json) need only the workdir itself.
+  wd.check_writable(inside=(checkpoint_lib.CHECKPOINT_DIR, "model", workdir_lib.METRICS,
+                            "flags.txt", "git_revision.txt", REPORT, CURVES))
   # One lock per workdir: process 0 holds it for all processes of a multi-process run.
   lock = wd.lock() if jax.process_index() == 0 else contextlib.nullcontext()
   with lock, workdir_lib.StopSignal() as stop:

@@ -50,22 +50,22 @@ class Workdir:
   def __truediv__(self, name: str) -> pathlib.Path:
     return self.path / name
 
-  def check_writable(self) -> None:
-    """Creates the folder and writes a probe file in it and in every sub-folder it already
-    holds (`checkpoints/` may be another, read-only, mount), and opens every file it holds
-    for appending; a WorkdirError names the first that fails."""
+  def check_writable(self, inside: tuple[str, ...] = ()) -> None:
+    """Creates the folder and writes a probe file in it and in each folder of `inside` that
+    exists (`checkpoints/` may be another, read-only, mount); files of `inside` that exist
+    are opened for appending. A WorkdirError names the first that fails."""
     target = self.path
     try:
       self.path.mkdir(parents=True, exist_ok=True)
       _probe(self.path)
-      for child in sorted(self.path.iterdir()):
-        target = child
-        if child.name.startswith(".") or child.is_symlink():
-          continue  # the lock, probes and tmp files; links lead outside the workdir
-        if child.is_dir():
-          _probe(child)
-        elif child.is_file():
-          with child.open("a"):  # appending nothing: the contents stay as they are
+      for name in inside:
+        target = self.path / name
+        if target.is_symlink():
+          continue  # leads outside the workdir; what it points to is not ours to probe
+        if target.is_dir():
+          _probe(target)
+        elif target.is_file():
+          with target.open("a"):  # appending nothing: the contents stay as they are
             pass
     except OSError as e:
       where = "" if target == self.path else f" ({target.name} in it)"

@@ -297,9 +297,9 @@ def test_labels_are_the_distinct_values_present(tmp_path):
     assert [src[i]["label"] for i in range(6)] == [0, 1] * 3
   keras = _npz(tmp_path / "k.npz", x_train=images, y_train=np.array([5, 9] * 3),
                x_test=images[:2], y_test=np.array([9, 9]))
-  _, train = load_dataset(f"npz:{keras}", split="train")
+  _, train_meta = load_dataset(f"npz:{keras}", split="train")
   test, meta = load_dataset(f"npz:{keras}", split="test")
-  assert train.class_names == meta.class_names == ("5", "9") and test[0]["label"] == 1
+  assert train_meta.class_names == meta.class_names == ("5", "9") and test[0]["label"] == 1
 
 
 def test_high_bit_depth_images_are_scaled_and_a_bom_is_stripped(tmp_path):
@@ -321,3 +321,15 @@ def test_high_bit_depth_images_are_scaled_and_a_bom_is_stripped(tmp_path):
   path = _csv(tmp_path / "bom.csv", b"\xef\xbb\xbftext,label\n" + _rows(4).encode())
   src, meta = load_dataset(f"csv:{path}", split="all")
   assert meta.class_names == ("neg", "pos") and src[0]["text"] == "text number 0"
+
+
+def test_a_test_file_with_fewer_classes_is_evaluated_by_class_name():
+  """Classes are the labels present, so a separate test file may number them differently;
+  evaluation maps them to the checkpoint's classes by name, and refuses unknown ones."""
+  from jaxpretrain.job.evaluation import label_mapping
+
+  to_model = label_mapping(["3", "7"], ["0", "3", "7"], what="--dataset='csv:t'")
+  assert to_model[np.array([0, 1, 1])].tolist() == [1, 2, 2]
+  with pytest.raises(ConfigError, match=r"--dataset='csv:t' has label '9', which the model "
+                     r"does not know; the model's classes: '0', '3'"):
+    label_mapping(["9"], ["0", "3"], what="--dataset='csv:t'")
