@@ -20,6 +20,8 @@ import threading
 import time
 import traceback
 
+from absl import logging
+
 from jaxpretrain import console
 from jaxpretrain.job import flags as flags_lib
 from jaxpretrain.job import loop
