@@ -217,6 +217,20 @@ class Data:
   eval_preprocess: Any
   preprocessing: dict[str, Any]  # JSON, stored with the exported model
   tokenizer: pathlib.Path | None
+  # What the run evaluates on every --eval_every steps (None: no validation split; the test
+  # split is used, as before validation splits existed).
+  validation: Any = None
+  validation_meta: Any = None
+
+
+def check_dataset(config: JobConfig) -> None:
+  """--dataset checked in milliseconds (files exist, a name is known), before any work."""
+  from jaxpretrain.data import loaders  # noqa: PLC0415 -- TFDS import is slow
+
+  try:
+    loaders.check_spec(config.dataset, config.data_dir)
+  except ValueError as e:
+    raise ConfigError(f"--dataset={config.dataset!r}: {e}") from None
 
 
 def load_data(config: JobConfig, spec: ModelSpec | None = None, *, split: str = "test",
@@ -224,14 +238,20 @@ def load_data(config: JobConfig, spec: ModelSpec | None = None, *, split: str = 
   """The dataset's train and `split` sources with preprocessing fitting the model."""
   from jaxpretrain.data import loaders  # noqa: PLC0415 -- TFDS import is slow
 
+  fraction = getattr(config, "validation_fraction", 0.0)
+
   def load(s):
     try:
-      return loaders.load_dataset(config.dataset, config.data_dir, s)
+      return loaders.load_dataset(config.dataset, config.data_dir, s,
+                                  validation_fraction=fraction)
     except (ValueError, OSError) as e:  # OSError: also an unusable --data_dir
       raise ConfigError(f"--dataset={config.dataset!r} (split {s!r}): {e}") from None
 
   train_source, meta = load("train") if train else (None, None)
   test_source, test_meta = load(split)
+  val_source, val_meta = (None, None)
+  if train:
+    val_source, val_meta = _validation(config, load, fraction)
   preprocessing = dict(spec.preprocessing if spec else preprocessing or {})
   family = spec.family if spec else None
   if family and MODALITY[family] != test_meta.modality:
@@ -239,7 +259,28 @@ def load_data(config: JobConfig, spec: ModelSpec | None = None, *, split: str = 
                       f"model '{spec.name}' ({family}) takes {MODALITY[family]}s")
   pre, eval_pre, record, tok = make_preprocess(config, test_meta.modality, preprocessing,
                                                spec)
-  return Data(train_source, test_source, meta, test_meta, pre, eval_pre, record, tok)
+  return Data(train_source, test_source, meta, test_meta, pre, eval_pre, record, tok,
+              val_source, val_meta)
+
+
+def _validation(config: JobConfig, load, fraction: float, log=print):
+  """The validation split: the offline builders' own, --validation_fraction of a user
+  dataset's training part, or a TFDS dataset's "validation" split if it has one."""
+  from jaxpretrain.data import builders  # noqa: PLC0415
+
+  kind, sep, name = config.dataset.partition(":")
+  if not sep:
+    kind, name = "tfds", config.dataset
+  if not fraction:
+    log("no validation split (--validation_fraction=0): evaluating on test during training")
+    return None, None
+  if kind == "tfds" and name not in builders.BUILDERS:
+    try:
+      return load("validation")
+    except ConfigError:
+      log(f"{name} has no validation split: evaluating on test during training")
+      return None, None
+  return load("validation")
 
 
 def make_preprocess(config: JobConfig, modality: str, preprocessing: dict[str, Any],
