@@ -358,7 +358,7 @@ def run(config: JobConfig, *, hooks: Hooks | None = None, log=print) -> Result:
   stored = _stored_result(wd, config, log)
   if stored is not None:
     return stored
-  task_lib.check_dataset(config)  # a typo fails here, before any conversion or compilation
+  task_lib.check_inputs(config)  # --dataset, --init_checkpoint: before any conversion
   _check_export_dir(config)
   start_devices(config)
   hooks = hooks or Hooks()

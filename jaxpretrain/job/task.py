@@ -61,6 +61,27 @@ def minilm_folder() -> pathlib.Path:
   return sources.minilm_tokenizer_path().parent
 
 
+def check_inputs(config: JobConfig) -> None:
+  """--dataset and --init_checkpoint checked in milliseconds, before any conversion, data
+  loading or compilation (ConfigError naming the flag)."""
+  check_dataset(config)
+  if config.init_checkpoint is not None:
+    arch = config.model if os.path.isfile(config.init_checkpoint) else None
+    check_checkpoint(config.init_checkpoint, arch)
+
+
+def check_checkpoint(spec: str, arch: str | None) -> None:
+  """The format of --init_checkpoint, without converting it: a converted folder, a run's
+  workdir, a Hugging Face folder of a ported model_type, a weights file with --model, or
+  'minilm' (`api.check_source`)."""
+  from jaxpretrain import api  # noqa: PLC0415
+
+  try:
+    api.check_source(spec, arch=arch)
+  except api.LoadError as e:
+    raise ConfigError(f"--init_checkpoint={spec!r}: {' '.join(str(e).split())}") from None
+
+
 def resolve_checkpoint(spec: str, workdir: pathlib.Path, arch: str | None,
                        log=print) -> pathlib.Path:
   """--init_checkpoint -> a converted checkpoint folder (converting into the workdir if needed).
@@ -71,12 +92,13 @@ def resolve_checkpoint(spec: str, workdir: pathlib.Path, arch: str | None,
     arch: a torchvision file's architecture (--model).
   """
   src = minilm_folder() if spec == MINILM else pathlib.Path(spec).expanduser()
-  if src.is_dir() and (src / pretrained.CONFIG).is_file():
-    try:
-      pretrained.read_config(src)
-      return src
-    except ValueError:
-      pass  # not ours: a Hugging Face folder
+  for folder in (src, src / "model"):  # a checkpoint folder, or a run's workdir
+    if folder.is_dir() and (folder / pretrained.CONFIG).is_file():
+      try:
+        pretrained.read_config(folder)
+        return folder
+      except ValueError:
+        pass  # not ours: a Hugging Face folder
   if not src.exists():
     raise ConfigError(f"--init_checkpoint={spec!r}: no such file or folder; allowed: a "
                       "converted checkpoint folder, a Hugging Face folder, a torchvision "
@@ -91,9 +113,15 @@ def resolve_checkpoint(spec: str, workdir: pathlib.Path, arch: str | None,
   from ports import convert  # noqa: PLC0415 -- lazy: only to convert (never imports torch
   # for safetensors; .pth/.bin files need the torch extra)
 
+  from ports.rules import PortError  # noqa: PLC0415
+
+  check_checkpoint(spec, arch)
   kind = "Hugging Face folder" if src.is_dir() else "torchvision weights file"
   log(f"converting {src} ({kind}) into {dst}")
-  convert.convert(src, dst, arch=arch if src.is_file() else None)
+  try:
+    convert.convert(src, dst, arch=arch if src.is_file() else None)
+  except PortError as e:
+    raise ConfigError(f"--init_checkpoint={spec!r}: {' '.join(str(e).split())}") from None
   return dst
 
 
