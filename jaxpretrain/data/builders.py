@@ -12,7 +12,7 @@ How the build avoids TensorFlow (tensorflow-datasets 4.9.10):
 - `DatasetInfo` is built directly (not `dataset_info_from_configs`, which wants metadata files
   next to the module).
 `disable_shuffling=True` keeps the written order equal to the generated order. That order is
-a seeded permutation of each split (`shuffled`, SHUFFLE_SEED), never the source's order: the
+a seeded stratified shuffle of each split (`shuffled`, SHUFFLE_SEED), never the source's order: the
 sources are grouped by label, and a TFDS slice such as `test[:20%]` of a grouped split would
 hold one class. Each record carries `source_index`, its row in the source file, so every
 example can be traced back.
@@ -71,10 +71,22 @@ def _image_features(shape: tuple[int, int, int], names) -> tfds.features.Feature
   })
 
 
-def shuffled(indices: np.ndarray, split: str) -> np.ndarray:
-  """`indices` in the seeded order a split is written in (SHUFFLE_SEED, one stream per split)."""
+def shuffled(indices: np.ndarray, labels: np.ndarray, split: str) -> np.ndarray:
+  """`indices` (rows of `labels`) in the seeded order a split is written in.
+
+  A stratified shuffle (SHUFFLE_SEED, one stream per split): each class's examples, in random
+  order, get evenly spaced jittered keys `(k + u) / n_class`, and the split is sorted by key.
+  The order is random, yet every contiguous slice holds each class in its share (to within
+  one example), so `test[:20%]` of even a small split has every class.
+  """
+  indices = np.asarray(indices, np.int64)
   rng = np.random.default_rng([SHUFFLE_SEED, SPLITS.index(split)])
-  return np.asarray(indices, np.int64)[rng.permutation(len(indices))]
+  of = np.asarray(labels)[indices]
+  keys = np.empty(len(indices))
+  for c in np.unique(of):  # Sorted, so the draws happen in a fixed order.
+    pos = rng.permutation(np.flatnonzero(of == c))
+    keys[pos] = (np.arange(len(pos)) + rng.random(len(pos))) / len(pos)
+  return indices[np.argsort(keys, kind="stable")]
 
 
 def three_splits(labels: np.ndarray, test_fraction: float | None) -> dict[str, np.ndarray]:
@@ -89,7 +101,7 @@ def three_splits(labels: np.ndarray, test_fraction: float | None) -> dict[str, n
   out = {"train": train[keep], "validation": train[val]}
   if test is not None:
     out["test"] = test
-  return {split: shuffled(rows, split) for split, rows in out.items()}
+  return {split: shuffled(rows, labels, split) for split, rows in out.items()}
 
 
 def _image_examples(images: np.ndarray, labels: np.ndarray,
@@ -119,8 +131,8 @@ class FashionMnistLocal(tfds.core.GeneratorBasedBuilder):
     splits = {s: self._generate_examples(images, labels, rows)
               for s, rows in three_splits(labels, None).items()}
     images, labels = sources.read_fashion_mnist("test")
-    splits["test"] = self._generate_examples(images, labels,
-                                             shuffled(np.arange(len(labels)), "test"))
+    splits["test"] = self._generate_examples(
+        images, labels, shuffled(np.arange(len(labels)), labels, "test"))
     return splits
 
   def _generate_examples(self, images, labels, indices):
