@@ -195,8 +195,7 @@ def test_tfds_specs(built_data_dir):
 
 
 def test_csv_with_a_separate_test_file(tmp_path):
-  train = _write_csv(tmp_path / "train.csv", "body,topic,x
-" + "".join(
+  train = _write_csv(tmp_path / "train.csv", "body,topic,x\n" + "".join(
       f"train {i},{'ab'[i % 2]},0\n" for i in range(20)))
   test = _write_csv(tmp_path / "test.csv", "body,topic,x\n" + "".join(
       f"test {i},{'ab'[i % 2]},0\n" for i in range(6)))
