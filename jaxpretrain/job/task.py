@@ -112,7 +112,6 @@ def resolve_checkpoint(spec: str, workdir: pathlib.Path, arch: str | None,
     return dst
   from ports import convert  # noqa: PLC0415 -- lazy: only to convert (never imports torch
   # for safetensors; .pth/.bin files need the torch extra)
-
   from ports.rules import PortError  # noqa: PLC0415
 
   check_checkpoint(spec, arch)
