@@ -40,6 +40,7 @@ bit depth, float images from [0, 1] (or [0, 255]) to 0..255; zero-sized images a
 counts other than 1, 3 or 4 are refused, naming the file (npz: at load time, never mid-run).
 """
 
+import contextlib
 import dataclasses
 import difflib
 import hashlib
@@ -316,11 +317,9 @@ def parse_csv_spec(rest: str) -> tuple[str, dict[str, str]]:
 def _known_tfds_names(root: pathlib.Path) -> list[str]:
   """The offline builders plus the datasets prepared under `root` (folder names)."""
   names = set(builders.BUILDERS)
-  try:
+  with contextlib.suppress(OSError):  # no such folder yet: only the builders
     names |= {d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")
               and d.name != "downloads"}
-  except OSError:
-    pass  # no such folder yet: only the builders
   return sorted(names)
 
 

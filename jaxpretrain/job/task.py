@@ -110,8 +110,8 @@ def resolve_checkpoint(spec: str, workdir: pathlib.Path, arch: str | None,
   if (dst / pretrained.CONFIG).is_file():
     log(f"using {dst}, converted from {src} by an earlier run in this workdir")
     return dst
-  from ports import convert  # noqa: PLC0415 -- lazy: only to convert (never imports torch
-  # for safetensors; .pth/.bin files need the torch extra)
+  # Lazy: only to convert (never imports torch for safetensors; .pth/.bin need the torch extra)
+  from ports import convert  # noqa: PLC0415
   from ports.rules import PortError  # noqa: PLC0415
 
   check_checkpoint(spec, arch)
