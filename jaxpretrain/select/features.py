@@ -138,8 +138,15 @@ def resolve_candidate(spec: str, cache_dir: str | pathlib.Path, *, seed: int = 0
   from jaxpretrain import api  # noqa: PLC0415
 
   path, arch = split_arch(spec)
-  folder, _ = api.resolve(path, arch=arch, cache_dir=cache_dir / "converted",
-                          log=lambda m: logging.info("%s", m))
+  try:
+    folder, _ = api.resolve(path, arch=arch, cache_dir=cache_dir / "converted",
+                            log=lambda m: logging.info("%s", m))
+  except api.LoadError as e:
+    raise ValueError(f"candidate '{spec}' is not a checkpoint folder or a source to convert "
+                     f"({' '.join(str(e).split())}); allowed: a checkpoint folder, a run's "
+                     f"workdir, a Hugging Face folder, FILE@ARCH, '{MINILM}' or "
+                     f"'{RANDOM_PREFIX}MODEL' with MODEL in {sorted(models.known_models())}"
+                     ) from None
   return folder
 
 
