@@ -86,9 +86,8 @@ def test_select_unsupported_hf_folder_and_misspelled_dataset(tmp_path, gpt2_fold
 
 def test_select_accepts_what_finetune_accepts(tmp_path):
   """A run's workdir and FILE@ARCH pass the candidate check (no conversion happens here)."""
-  from jaxpretrain.select.__main__ import check_candidates
-
   from jaxpretrain.select import features
+  from jaxpretrain.select.__main__ import check_candidates
   from tests.job.test_evaluate_workdir import _checkpoint
 
   run = tmp_path / "run"
