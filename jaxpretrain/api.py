@@ -82,6 +82,55 @@ def _fingerprint(src: pathlib.Path, arch: str | None) -> str:
   return hashlib.sha256(raw.encode()).hexdigest()[:16]
 
 
+def check_source(source: str | os.PathLike, *, arch: str | None = None) -> None:
+  """Checks a source's format in milliseconds, converting and loading nothing.
+
+  Raises:
+    LoadError: no such file or folder; a folder that is neither a checkpoint, a run's workdir
+      nor a Hugging Face folder of a ported model_type (e.g. GPT-2); a weights file without
+      `arch`.
+  """
+  if str(source) == MINILM:
+    from jaxpretrain.job import task  # noqa: PLC0415
+
+    try:
+      task.minilm_folder()
+    except FileNotFoundError as e:
+      raise LoadError(str(e)) from None
+    return
+  src = pathlib.Path(source).expanduser()
+  if src.is_dir():
+    if _is_checkpoint(src) or _is_checkpoint(src / RUN_MODEL_DIR):
+      return
+    if not (src / pretrained.CONFIG).is_file():
+      raise LoadError(f"{src}: neither a checkpoint folder, a run's workdir with "
+                      f"{RUN_MODEL_DIR}/config.json, nor a Hugging Face folder (no config.json)")
+    check_hf_folder(src)
+  elif src.is_file():
+    if not arch:
+      raise LoadError(f"{src} is a weights file: name its architecture (arch=, --arch, "
+                      "--model), e.g. resnet18")
+  else:
+    raise LoadError(f"{source!s}: no such file or folder; allowed: a checkpoint folder, a run's "
+                    f"workdir, a Hugging Face folder, a torchvision file (with arch) or "
+                    f"'{MINILM}'")
+
+
+def check_hf_folder(src: pathlib.Path) -> None:
+  """A Hugging Face folder's config.json names a ported model_type (else LoadError)."""
+  from jaxpretrain import safe_io  # noqa: PLC0415
+  from ports import convert  # noqa: PLC0415 -- the table of ported model types; no torch
+
+  try:
+    hf = safe_io.read_json(src / pretrained.CONFIG)
+  except ValueError as e:
+    raise LoadError(str(e)) from None
+  model_type = hf.get("model_type") if isinstance(hf, dict) else None
+  if model_type not in convert.HF_PORTS:
+    raise LoadError(f"{src}: a Hugging Face folder of model_type {safe_io.short(model_type)}, "
+                    f"which has no port; supported: {', '.join(sorted(convert.HF_PORTS))}")
+
+
 def resolve(source: str | os.PathLike, *, arch: str | None = None,
             cache_dir: str | os.PathLike | None = None,
             log: Callable[[str], None] | None = None) -> tuple[pathlib.Path, bool]:
@@ -116,6 +165,8 @@ def resolve(source: str | os.PathLike, *, arch: str | None = None,
     raise LoadError(f"{source!s}: no such file or folder; allowed: a checkpoint folder, a run's "
                     f"workdir, a Hugging Face folder, a torchvision file (with arch) or "
                     f"'{MINILM}'")
+  if src.is_dir():
+    check_hf_folder(src)  # an unported model_type fails here, before any conversion
   name = MINILM if str(source) == MINILM else src.name
   return _convert(src, name, arch if src.is_file() else None, cache_dir, log)
 

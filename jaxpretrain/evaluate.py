@@ -1,7 +1,13 @@
 r"""Evaluate a classifier checkpoint on a dataset split.
 
-  python -m jaxpretrain.evaluate --checkpoint=workdirs/minilm_tweets --dataset=tweets_sentiment
-  python -m jaxpretrain.evaluate --checkpoint=out/model --dataset=csv:my.csv --split=test
+  python -m jaxpretrain.evaluate --checkpoint=workdirs/minilm_tweets
+  python -m jaxpretrain.evaluate --checkpoint=out/model --dataset=csv:my.csv --split=all
+
+A run's workdir (or its model/) is evaluated on the run's own dataset and --data_dir (its
+flags.json) unless --dataset / --data_dir say otherwise; preprocessing is always the
+checkpoint's unless --image_size / --max_len override it. An offline dataset that is not built
+yet is built into the data dir after a line naming the folder. --split=all evaluates on every
+example of a csv:/folder:/npz: dataset, unsplit (e.g. a file held out by hand).
 
 Prints accuracy, top-5, macro-F1 and MCC; writes eval_<dataset>_<split>.md (metrics, per-class
 precision/recall/F1/support with class names, confusion matrix) and .json next to the
@@ -22,11 +28,14 @@ from jaxpretrain.job.config import ConfigError
 _CHECKPOINT = flags.DEFINE_string(
     "checkpoint", None, "A checkpoint folder (finetune's <workdir>/model, ports.convert output) "
     "or a run's workdir.", required=True)
-_DATASET = flags.DEFINE_string("dataset", None, "Dataset name or folder:/csv:/npz: spec.",
-                               required=True)
-_SPLIT = flags.DEFINE_string("split", "test", "Split to evaluate (train | test; TFDS slices "
-                             "like test[:50%] for TFDS names).")
-_DATA_DIR = flags.DEFINE_string("data_dir", None, "TFDS data dir.")
+_DATASET = flags.DEFINE_string(
+    "dataset", None, "Dataset name or folder:/csv:/npz: spec (csv:TRAIN.csv?test=TEST.csv&"
+    "text=COLUMN&label=COLUMN); default: the run's, when --checkpoint is a run's.")
+_SPLIT = flags.DEFINE_string(
+    "split", "test", "Split to evaluate: train | validation | test | all (every example of a "
+    "csv:/folder:/npz: dataset, unsplit); TFDS slices like test[:50%] for TFDS names.")
+_DATA_DIR = flags.DEFINE_string("data_dir", None, "TFDS data dir; default the run's, else "
+                                "$TFDS_DATA_DIR or ~/tensorflow_datasets.")
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 64, "Evaluation batch size.", lower_bound=1)
 _MAX_LEN = flags.DEFINE_integer("max_len", None, "Text: tokens per example; default the "
                                 "checkpoint's.")

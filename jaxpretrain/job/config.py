@@ -66,6 +66,9 @@ class JobConfig:
   crop_padding: int = 0
   flip: bool = False
   mask_rate: float = 0.15
+  # Share of the training part held out (stratified, seeded) for evaluation during the run;
+  # the offline datasets have their own 10% split. 0: evaluate on test during the run.
+  validation_fraction: float = 0.1
   # Optimization.
   batch_size: int = 32
   epochs: float | None = None
@@ -201,6 +204,8 @@ def validate(config: JobConfig) -> None:
     _fail("label_smoothing", config.label_smoothing, "in [0, 1)")
   if not 0 < config.mask_rate < 1:
     _fail("mask_rate", config.mask_rate, "in (0, 1)")
+  if not 0 <= config.validation_fraction < 1:
+    _fail("validation_fraction", config.validation_fraction, "in [0, 1)")
   for regex in config.freeze:
     _check_regex("freeze", regex)
   for regex, mult in config.lr_mult:

@@ -7,6 +7,14 @@ workdir is accepted too: its `model/` is used). Preprocessing (image size, mean/
 max_len) comes from the checkpoint's config.json; flags may override size and length. Results
 are written as `eval_<dataset>_<split>.md` and `.json` into `output_dir`.
 
+A run's checkpoint (its workdir, or the workdir's model/) is evaluated on that run's data
+unless told otherwise: `dataset`, `data_dir` and `validation_fraction` default to the run's
+flags.json (read with the bounded `safe_io.read_json`). Everything that can be checked
+cheaply is, before the model is loaded or a batch is read: the dataset spec
+(`loaders.check_spec`, with a "did you mean") and the checkpoint's classification head. An
+offline dataset not yet built is built into the data dir after a line naming it. A split
+holding a single class gets a warning (its accuracy, MCC and majority baseline say little).
+
 Labels are the model's: the dataset's label *names* are mapped onto the class names the
 checkpoint records (`class_names` in config.json), so a file holding some of the classes, in
 any order, is scored against the right outputs, and the per-class table lists every class of
@@ -26,7 +34,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from jaxpretrain import perf, pretrained
+from jaxpretrain import perf, pretrained, safe_io
 from jaxpretrain.job import metrics as metrics_lib
 from jaxpretrain.job import report as report_lib
 from jaxpretrain.job import task as task_lib
@@ -43,6 +51,47 @@ def resolve_model_dir(path: str | pathlib.Path) -> pathlib.Path:
     return path / "model"
   raise ConfigError(f"--checkpoint={str(path)!r}: neither a checkpoint folder (config.json) "
                     "nor a workdir with model/config.json")
+
+
+def run_flags(checkpoint: str | pathlib.Path) -> dict[str, Any]:
+  """The flags.json of the run `checkpoint` belongs to ({} when it is not a run's): the
+  checkpoint itself if it is a workdir, else the folder holding it as model/."""
+  path = pathlib.Path(checkpoint)
+  for folder in (path, path.parent if path.name == "model" else None):
+    if folder is not None and (folder / "flags.json").is_file():
+      try:
+        saved = safe_io.read_json(folder / "flags.json")
+      except ValueError as e:
+        raise ConfigError(f"--checkpoint={str(checkpoint)!r}: {e}") from None
+      if not isinstance(saved, dict):
+        raise ConfigError(f"{folder / 'flags.json'}: not a JSON object")
+      for key in ("dataset", "data_dir"):
+        if saved.get(key) is not None and not isinstance(saved[key], str):
+          raise ConfigError(f"{folder / 'flags.json'}: {key} is {safe_io.short(saved[key])}; "
+                            "expected a string")
+      return saved
+  return {}
+
+
+def warn_single_class(labels: np.ndarray, what: str, warn=print) -> None:
+  """Warns when an evaluated split holds one class: accuracy then only counts that class."""
+  present = np.unique(np.asarray(labels))
+  if len(present) == 1:
+    warn(f"warning: {what} holds only one class (label id {int(present[0])}, {len(labels)} "
+         "examples): accuracy, MCC and the majority baseline say little; evaluate a split "
+         "with every class")
+
+
+def check_head(cfg: dict[str, Any], model_dir: pathlib.Path) -> None:
+  """A checkpoint without a classification head is refused before any data is read."""
+  try:
+    family = task_lib.models.family_of(cfg["model"])
+  except ValueError as e:
+    raise ConfigError(f"{model_dir / pretrained.CONFIG}: {e}") from None
+  kwargs = cfg.get("model_kwargs", {})
+  if family in task_lib.HEADS and task_lib._head_size(family, kwargs) is None:  # noqa: SLF001
+    raise ConfigError(f"--checkpoint={str(model_dir)!r}: the model has no classification head "
+                      f"({cfg['model']} without one); fine-tune it first")
 
 
 def _is_id_names(names) -> bool:
@@ -114,14 +163,36 @@ def predict_source(model, variables, source, preprocess, batch_size: int,
   return np.concatenate(logits), np.concatenate(labels)
 
 
-def evaluate_checkpoint(checkpoint: str | pathlib.Path, dataset: str, *, split: str = "test",
+def evaluate_checkpoint(checkpoint: str | pathlib.Path, dataset: str | None = None, *,
+                        split: str = "test",
                         data_dir: str | None = None, batch_size: int = 64,
                         max_len: int | None = None, image_size: int | None = None,
                         output_dir: str | pathlib.Path | None = None,
                         log=print) -> dict[str, Any]:
-  """Evaluates a classifier checkpoint; writes markdown + JSON; returns the metrics dict."""
+  """Evaluates a classifier checkpoint; writes markdown + JSON; returns the metrics dict.
+
+  `dataset` and `data_dir` default to the run's (flags.json) when `checkpoint` is a run's.
+  """
+  from jaxpretrain.data import loaders  # noqa: PLC0415 -- TFDS import is slow
+
   model_dir = resolve_model_dir(checkpoint)
+  saved = run_flags(checkpoint)
+  if dataset is None:
+    dataset = saved.get("dataset")
+    if not dataset:
+      raise ConfigError(f"--checkpoint={str(checkpoint)!r} is not a run's workdir (no "
+                        "flags.json naming its dataset): give --dataset")
+    data_dir = data_dir or saved.get("data_dir")
+    log(f"evaluating on the run's dataset {dataset!r}"
+        + (f" (--data_dir={data_dir})" if data_dir else ""))
+  elif data_dir is None and dataset == saved.get("dataset"):
+    data_dir = saved.get("data_dir")
+  try:
+    loaders.check_spec(dataset, data_dir)
+  except ValueError as e:
+    raise ConfigError(f"--dataset={dataset!r}: {e}") from None
   cfg = pretrained.read_config(model_dir)
+  check_head(cfg, model_dir)
   try:
     model_names = pretrained.read_class_names(cfg, str(model_dir / pretrained.CONFIG))
   except ValueError as e:
@@ -132,8 +203,11 @@ def evaluate_checkpoint(checkpoint: str | pathlib.Path, dataset: str, *, split: 
   prep = dict(cfg.get("preprocessing", {}))
   if (model_dir / "tokenizer.json").is_file():
     prep["tokenizer_path"] = str(model_dir / "tokenizer.json")
+  vf = saved.get("validation_fraction")
+  extra = {"validation_fraction": vf} if isinstance(vf, float) and 0 <= vf < 1 else {}
   job = JobConfig(workdir=str(model_dir), dataset=dataset, data_dir=data_dir, model=cfg["model"],
-                  steps=1, max_len=max_len or prep.get("max_len", 128), image_size=image_size)
+                  steps=1, max_len=max_len or prep.get("max_len", 128), image_size=image_size,
+                  **extra)
   data = task_lib.load_data(job, None, split=split, train=False, preprocessing=prep)
   family = registry.family_of(cfg["model"])
   if family.modality != data.test_meta.modality:
@@ -151,6 +225,7 @@ def evaluate_checkpoint(checkpoint: str | pathlib.Path, dataset: str, *, split: 
         "data")
   logits, labels = predict_source(model, variables, data.test, data.eval_preprocess, batch_size,
                                   family)
+  warn_single_class(labels, f"--dataset={dataset!r} split {split!r}", log)
   if logits.ndim != 2:
     raise ConfigError(f"--checkpoint={str(checkpoint)!r}: the model has no classification head "
                       f"(output shape {logits.shape[1:]} per example); fine-tune it first")

@@ -6,6 +6,7 @@
 Groups (`--helpfull` lists the flags under these headings; `--help` lists them all):
   model         --init_checkpoint --model --model_kwargs --num_classes --reset_head
   data          --dataset --data_dir --max_len --image_size --crop_padding --flip --mask_rate
+                --validation_fraction
   optimization  --batch_size --epochs --steps --optimizer --lr --schedule --warmup
                 --weight_decay --momentum --clip_norm --freeze --lr_mult --label_smoothing
   run           --workdir --seed --dtype --parallel --cpu_devices --eval_every --log_every
@@ -68,6 +69,10 @@ def define_train_flags(*, pretrain: bool = False) -> None:
   _define("integer", "crop_padding", 0,
           "Images, training: zero-pad by this many pixels and crop back at random (0 = off).", d)
   _define("bool", "flip", False, "Images, training: random horizontal flips.", d)
+  _define("float", "validation_fraction", 0.1,
+          "Share of each class of the training data held out as the validation split that "
+          "--eval_every evaluates on (csv:/folder:/npz:; the offline datasets have their own "
+          "10% split). 0: no validation split, evaluate on test during training.", d)
   if pretrain:
     _define("enum", "task", "classification", "classification (images or text, labels) or "
             "mlm (masked-LM on the texts of a text dataset; BERT models).", d,
@@ -106,8 +111,8 @@ def define_train_flags(*, pretrain: bool = False) -> None:
   _define("integer", "cpu_devices", 0,
           "Split the CPU into this many XLA devices (data parallelism on one machine; 0 = "
           "leave as is). Takes effect only before JAX starts.", r)
-  _define("integer", "eval_every", 0, "Evaluate on the test split every N steps (0 = at the "
-          "end only).", r)
+  _define("integer", "eval_every", 0, "Evaluate on the validation split every N steps (0 = "
+          "never); the test split is evaluated once, at the end.", r)
   _define("integer", "log_every", 50, "Log training metrics every N steps.", r)
   _define("integer", "checkpoint_every", 0,
           "Checkpoint every N steps (0 = at the end and on SIGTERM only).", r)
@@ -142,7 +147,8 @@ def config_from_flags(flag_values: flags.FlagValues = FLAGS) -> config_lib.JobCo
       workdir=f.workdir, dataset=f.dataset, init_checkpoint=f.init_checkpoint, model=f.model,
       model_kwargs=model_kwargs, num_classes=f.num_classes, reset_head=f.reset_head,
       data_dir=f.data_dir, max_len=f.max_len, image_size=f.image_size,
-      crop_padding=f.crop_padding, flip=f.flip, batch_size=f.batch_size, epochs=f.epochs,
+      crop_padding=f.crop_padding, flip=f.flip, validation_fraction=f.validation_fraction,
+      batch_size=f.batch_size, epochs=f.epochs,
       steps=f.steps, optimizer=f.optimizer, lr=f.lr, schedule=f.schedule, warmup=f.warmup,
       weight_decay=f.weight_decay, momentum=f.momentum, clip_norm=f.clip_norm,
       freeze=tuple(f.freeze), lr_mult=config_lib.parse_lr_mults(f.lr_mult),

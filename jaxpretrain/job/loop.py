@@ -371,6 +371,7 @@ def run(config: JobConfig, *, hooks: Hooks | None = None, log=print) -> Result:
   stored = _stored_result(wd, config, log)
   if stored is not None:
     return stored
+  task_lib.check_inputs(config)  # --dataset, --init_checkpoint: before any conversion
   _check_export_dir(config)
   start_devices(config)
   hooks = hooks or Hooks()
@@ -503,19 +504,29 @@ def _train(config, wd, stop, hooks, log, lead, t_start, spec, data, model, par, 
     mlog.truncate_after(0)
 
   predict = make_predict(par, model, spec.family) if config.task == "classification" else None
-  if predict is not None:  # the test split's label names -> the train split's class ids
-    test_to_train = evaluation_lib.label_mapping(
-        data.test_meta.class_names, data.meta.class_names,
-        what=f"--dataset={config.dataset!r} (test split)", warn=log)
+  # Periodic evaluations use the validation split (the test split when there is none); the
+  # test split is evaluated once, at the end.
+  splits = {"test": (data.test, data.test_meta),
+            "validation": (data.validation, data.validation_meta)
+            if data.validation is not None else (data.test, data.test_meta)}
+  to_train = {}
+  if predict is not None:  # each split's label names -> the train split's class ids
+    to_train = {s: evaluation_lib.label_mapping(
+        m.class_names, data.meta.class_names,
+        what=f"--dataset={config.dataset!r} ({s} split)", warn=log)
+        for s, (_, m) in splits.items()}
 
-  def evaluate(state_now, what=None):
+  def evaluate(state_now, split="test", what=None):
+    source = splits[split][0]
     if predict is None:
-      return mlm_evaluate(par, state_now, data.test, data.eval_preprocess, batch_fn,
+      return mlm_evaluate(par, state_now, source, data.eval_preprocess, batch_fn,
                           config.batch_size, config.seed, what)
-    logits, labels = predict_split(predict, state_now, data.test, data.eval_preprocess,
+    logits, labels = predict_split(predict, state_now, source, data.eval_preprocess,
                                    config.batch_size, what)
+    if split == "test":
+      evaluation_lib.warn_single_class(labels, f"--dataset={config.dataset!r} test split", log)
     names = model_record.class_names(data.meta.class_names, logits.shape[-1])
-    return metrics_lib.classification_metrics(logits, test_to_train[labels], names)
+    return metrics_lib.classification_metrics(logits, to_train[split][labels], names)
 
   progress = report_lib.Progress(step, total, config.progress)
   sums, count, t_log, timed = {}, 0, time.perf_counter(), 0
@@ -583,11 +594,13 @@ def _train(config, wd, stop, hooks, log, lead, t_start, spec, data, model, par, 
           f"steps/s  ETA {progress.eta(step)}")
       sums, count, t_log, timed = {}, 0, now, 0
     if config.eval_every and step % config.eval_every == 0 and step != total:
-      m = evaluate(state)
+      m = evaluate(state, "validation")
+      on = "validation" if data.validation is not None else "test"
       rec = {"kind": "eval", "step": step, **{k: m[k] for k in (
-          "loss", "accuracy", "macro_f1", "perplexity") if k in m}, "time": time.time()}
+          "loss", "accuracy", "macro_f1", "perplexity") if k in m}, "split": on,
+          "time": time.time()}
       write(rec)
-      progress.log(f"eval at step {step}: " + report_lib.format_metrics(rec, [
+      progress.log(f"eval ({on}) at step {step}: " + report_lib.format_metrics(rec, [
           "loss", "accuracy", "macro_f1", "perplexity"]))
     if (config.checkpoint_every and step % config.checkpoint_every == 0) or step == total:
       save(step)
@@ -595,9 +608,10 @@ def _train(config, wd, stop, hooks, log, lead, t_start, spec, data, model, par, 
   train_it.close()
   ckpt.wait()
 
-  final = evaluate(state, "final evaluation" if lead else None)
+  final = evaluate(state, "test", "final evaluation" if lead else None)
   write({"kind": "eval", "step": step, **{k: final[k] for k in (
-      "loss", "accuracy", "macro_f1", "perplexity") if k in final}, "time": time.time()})
+      "loss", "accuracy", "macro_f1", "perplexity") if k in final}, "split": "test",
+      "time": time.time()})
   export = pathlib.Path(config.export_dir or wd / "model").absolute()
   if lead:
     _export(config, spec, data, par, state, export, final, step)

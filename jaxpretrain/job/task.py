@@ -62,6 +62,27 @@ def minilm_folder() -> pathlib.Path:
   return sources.minilm_tokenizer_path().parent
 
 
+def check_inputs(config: JobConfig) -> None:
+  """--dataset and --init_checkpoint checked in milliseconds, before any conversion, data
+  loading or compilation (ConfigError naming the flag)."""
+  check_dataset(config)
+  if config.init_checkpoint is not None:
+    arch = config.model if os.path.isfile(config.init_checkpoint) else None
+    check_checkpoint(config.init_checkpoint, arch)
+
+
+def check_checkpoint(spec: str, arch: str | None) -> None:
+  """The format of --init_checkpoint, without converting it: a converted folder, a run's
+  workdir, a Hugging Face folder of a ported model_type, a weights file with --model, or
+  'minilm' (`api.check_source`)."""
+  from jaxpretrain import api  # noqa: PLC0415
+
+  try:
+    api.check_source(spec, arch=arch)
+  except api.LoadError as e:
+    raise ConfigError(f"--init_checkpoint={spec!r}: {' '.join(str(e).split())}") from None
+
+
 def resolve_checkpoint(spec: str, workdir: pathlib.Path, arch: str | None,
                        log=print) -> pathlib.Path:
   """--init_checkpoint -> a converted checkpoint folder (converting into the workdir if needed).
@@ -72,12 +93,13 @@ def resolve_checkpoint(spec: str, workdir: pathlib.Path, arch: str | None,
     arch: a torchvision file's architecture (--model).
   """
   src = minilm_folder() if spec == MINILM else pathlib.Path(spec).expanduser()
-  if src.is_dir() and (src / pretrained.CONFIG).is_file():
-    try:
-      pretrained.read_config(src)
-      return src
-    except ValueError:
-      pass  # not ours: a Hugging Face folder
+  for folder in (src, src / "model"):  # a checkpoint folder, or a run's workdir
+    if folder.is_dir() and (folder / pretrained.CONFIG).is_file():
+      try:
+        pretrained.read_config(folder)
+        return folder
+      except ValueError:
+        pass  # not ours: a Hugging Face folder
   if not src.exists():
     raise ConfigError(f"--init_checkpoint={spec!r}: no such file or folder; allowed: a "
                       "converted checkpoint folder, a Hugging Face folder, a torchvision "
@@ -89,12 +111,17 @@ def resolve_checkpoint(spec: str, workdir: pathlib.Path, arch: str | None,
   if (dst / pretrained.CONFIG).is_file():
     log(f"using {dst}, converted from {src} by an earlier run in this workdir")
     return dst
-  from ports import convert  # noqa: PLC0415 -- lazy: only to convert (never imports torch
-  # for safetensors; .pth/.bin files need the torch extra)
+  # Lazy: only to convert (never imports torch for safetensors; .pth/.bin need the torch extra)
+  from ports import convert  # noqa: PLC0415
+  from ports.rules import PortError  # noqa: PLC0415
 
+  check_checkpoint(spec, arch)
   kind = "Hugging Face folder" if src.is_dir() else "torchvision weights file"
   log(f"converting {src} ({kind}) into {dst}")
-  convert.convert(src, dst, arch=arch if src.is_file() else None)
+  try:
+    convert.convert(src, dst, arch=arch if src.is_file() else None)
+  except PortError as e:
+    raise ConfigError(f"--init_checkpoint={spec!r}: {' '.join(str(e).split())}") from None
   return dst
 
 
@@ -205,6 +232,20 @@ class Data:
   eval_preprocess: Any
   preprocessing: dict[str, Any]  # JSON, stored with the exported model
   tokenizer: pathlib.Path | None
+  # What the run evaluates on every --eval_every steps (None: no validation split; the test
+  # split is used, as before validation splits existed).
+  validation: Any = None
+  validation_meta: Any = None
+
+
+def check_dataset(config: JobConfig) -> None:
+  """--dataset checked in milliseconds (files exist, a name is known), before any work."""
+  from jaxpretrain.data import loaders  # noqa: PLC0415 -- TFDS import is slow
+
+  try:
+    loaders.check_spec(config.dataset, config.data_dir)
+  except ValueError as e:
+    raise ConfigError(f"--dataset={config.dataset!r}: {e}") from None
 
 
 def load_data(config: JobConfig, spec: ModelSpec | None = None, *, split: str = "test",
@@ -212,14 +253,20 @@ def load_data(config: JobConfig, spec: ModelSpec | None = None, *, split: str = 
   """The dataset's train and `split` sources with preprocessing fitting the model."""
   from jaxpretrain.data import loaders  # noqa: PLC0415 -- TFDS import is slow
 
+  fraction = getattr(config, "validation_fraction", 0.0)
+
   def load(s):
     try:
-      return loaders.load_dataset(config.dataset, config.data_dir, s)
+      return loaders.load_dataset(config.dataset, config.data_dir, s,
+                                  validation_fraction=fraction)
     except (ValueError, OSError) as e:  # OSError: also an unusable --data_dir
       raise ConfigError(f"--dataset={config.dataset!r} (split {s!r}): {e}") from None
 
   train_source, meta = load("train") if train else (None, None)
   test_source, test_meta = load(split)
+  val_source, val_meta = (None, None)
+  if train:
+    val_source, val_meta = _validation(config, load, fraction)
   preprocessing = dict(spec.preprocessing if spec else preprocessing or {})
   family = spec.descriptor if spec else None
   if family and family.modality != test_meta.modality:
@@ -227,7 +274,28 @@ def load_data(config: JobConfig, spec: ModelSpec | None = None, *, split: str = 
                       f"model '{spec.name}' ({family.name}) takes {family.modality}s")
   pre, eval_pre, record, tok = make_preprocess(config, test_meta.modality, preprocessing,
                                                spec)
-  return Data(train_source, test_source, meta, test_meta, pre, eval_pre, record, tok)
+  return Data(train_source, test_source, meta, test_meta, pre, eval_pre, record, tok,
+              val_source, val_meta)
+
+
+def _validation(config: JobConfig, load, fraction: float, log=print):
+  """The validation split: the offline builders' own, --validation_fraction of a user
+  dataset's training part, or a TFDS dataset's "validation" split if it has one."""
+  from jaxpretrain.data import builders  # noqa: PLC0415
+
+  kind, sep, name = config.dataset.partition(":")
+  if not sep:
+    kind, name = "tfds", config.dataset
+  if not fraction:
+    log("no validation split (--validation_fraction=0): evaluating on test during training")
+    return None, None
+  if kind == "tfds" and name not in builders.BUILDERS:
+    try:
+      return load("validation")
+    except ConfigError:
+      log(f"{name} has no validation split: evaluating on test during training")
+      return None, None
+  return load("validation")
 
 
 def make_preprocess(config: JobConfig, modality: str, preprocessing: dict[str, Any],

