@@ -583,7 +583,7 @@ def _axis_range(values: Sequence[float], kind: str = "range") -> tuple[float, fl
   if kind == "zero":
     lo, hi = min(lo, 0.0), max(hi, 0.0)
     span = (hi - lo) or 1.0
-    return lo - (0.02 * span if lo < 0 else 0.0), hi + 0.25 * span
+    return lo - (0.2 * span if lo < 0 else 0.0), hi + (0.25 * span if hi > 0 else 0.02 * span)
   pad = 0.2 * (hi - lo) or 0.05 * max(abs(hi), 1e-3)
   return lo - pad, hi + 0.6 * pad
 
@@ -661,8 +661,9 @@ def plot_scores(path: str | pathlib.Path, results: Sequence[CandidateResult],
         ax.text(base, i, note, va="center", fontsize=7)
       else:
         sat = " saturated, not ranked" if col in r.saturated else ""
-        ax.text(max(v, base) if kind != "range" else v, i, f" {v:.4g}{sat}", va="center",
-                fontsize=7)
+        left = kind == "zero" and v < 0  # a bar drawn leftwards from 0: label its end
+        ax.text(v, i, f"{v:.4g} " if left else f" {v:.4g}{sat}", va="center", fontsize=7,
+                ha="right" if left else "left")
     ax.set_xlim(lo, hi)
     if lo <= 0 < hi:
       ax.axvline(0.0, color="0.3", lw=0.6)
