@@ -65,6 +65,15 @@ SATURABLE = ("h_score",)  # the shrinkage H-score (issue 15) does not saturate
 
 # candidate, seed -> test accuracy after fine-tuning.
 FinetuneFn = Callable[[features_lib.Candidate, int], float]
+# Where select's own lines go: absl INFO by default (library use); the CLI prints them.
+Log = Callable[[str], None]
+
+
+def absl_log(message: str) -> None:
+  """The default `Log`: absl INFO ("warning: ..." and "error: ..." at their levels)."""
+  level = (logging.ERROR if message.startswith("error: ") else
+           logging.WARNING if message.startswith("warning: ") else logging.INFO)
+  logging.log(level, "%s", message)
 # Libraries whose INFO messages (orbax: several per checkpoint read) would bury the progress.
 QUIET_LIBRARIES = ("orbax", "etils", "tensorflow_datasets", "grain")
 
@@ -242,7 +251,8 @@ def check_recommend_by(by: str | None, names: Sequence[str]) -> str:
 
 
 def compute_scores(feats: features_lib.Features, names: Sequence[str], *, label: str = "",
-                   num_classes: int | None = None
+                   num_classes: int | None = None, log: Log = absl_log,
+                   progress: bool = False
                    ) -> tuple[dict[str, float | None], dict[str, str], dict[str, float]]:
   """Every score in `names` on one candidate's features.
 
@@ -250,10 +260,15 @@ def compute_scores(feats: features_lib.Features, names: Sequence[str], *, label:
     ({score: value or None}, {score: why it is None}, {score: seconds}). A score is None when
     the candidate lacks what it needs (a source head) or `ScoreUnavailable` says the inputs
     cannot give it (too few examples, a class with one example, constant features...); a
-    non-finite result is turned into None too, so no NaN reaches a report.
+    non-finite result is turned into None too, so no NaN reaches a report. Each value (or
+    why it is n/a) goes to `log`; with `progress`, a progress line with an ETA per score.
   """
+  from jaxpretrain import console  # noqa: PLC0415
+
   values, unavailable, seconds = {}, {}, {}
-  for name in check_scores(names):
+  names = check_scores(names)
+  for name in (console.progress(names, len(names), f"{label}: scoring", every=1 / len(names))
+               if progress else names):
     values[name] = None
     if name in HEAD_SCORES and feats.source_probs is None:
       unavailable[name] = NO_HEAD
@@ -266,11 +281,11 @@ def compute_scores(feats: features_lib.Features, names: Sequence[str], *, label:
         raise ScoreUnavailable(f"{name}: the value is not finite ({v})")
     except ScoreUnavailable as e:
       unavailable[name] = str(e)
-      logging.warning("%s: %s is n/a: %s", label, name, e)
+      log(f"{label}: {name} is n/a: {e}")
       continue
     values[name] = v
     seconds[name] = time.perf_counter() - start
-    logging.info("%s: %s = %.4f (%.1fs)", label, name, v, seconds[name])
+    log(f"{label}: {name} = {v:.4f} ({seconds[name]:.1f}s)")
   return values, unavailable, seconds
 
 
@@ -725,7 +740,8 @@ def plot_pareto(path: str | pathlib.Path, results: Sequence[CandidateResult], sc
 def make_finetune_fn(*, workdir: str | pathlib.Path, dataset: str, steps: int,
                      learning_rate: float, batch_size: int, data_dir: str | None = None,
                      optimizer: str = "adamw", schedule: str = "cosine", warmup: int = 0,
-                     image_size: int | None = None, max_len: int = 128) -> FinetuneFn:
+                     image_size: int | None = None, max_len: int = 128,
+                     log: Log = absl_log) -> FinetuneFn:
   """(candidate, seed) -> test accuracy after fine-tuning it with the project's job.
 
   Every candidate gets the same recipe (`jaxpretrain.job.finetune`): a fresh classification
@@ -747,7 +763,7 @@ def make_finetune_fn(*, workdir: str | pathlib.Path, dataset: str, steps: int,
     config = job.JobConfig(workdir=str(run_dir), init_checkpoint=str(cand.path.absolute()),
                            reset_head=True, progress="log", log_every=max(1, steps // 4),
                            **run)
-    result = job.finetune(config, log=lambda msg: logging.info("%s: %s", cand.name, msg))
+    result = job.finetune(config, log=lambda msg: log(f"{cand.name}: {msg}"))
     return float(result.metrics["accuracy"])
 
   return finetune
@@ -782,7 +798,8 @@ def select_models(candidates: Sequence[str], *, dataset: str, workdir: str | pat
                   cost_repeats: int = cost_lib.DEFAULT_REPEATS,
                   cost_warmup: int = cost_lib.DEFAULT_WARMUP,
                   budgets: Mapping[str, float | None] | None = None,
-                  recommend_by: str | None = None, strict: bool = False) -> dict[str, Any]:
+                  recommend_by: str | None = None, strict: bool = False,
+                  log: Log = absl_log, progress: bool = False) -> dict[str, Any]:
   """Costs, scores (and optionally fine-tunes) every candidate; writes the reports to `workdir`.
 
   Args:
@@ -809,6 +826,9 @@ def select_models(candidates: Sequence[str], *, dataset: str, workdir: str | pat
     recommend_by: the score the recommendation maximizes (default logme, else the first).
     strict: a candidate that fails stops the selection (SelectionError) instead of being
       reported and left out.
+    log: where each step's line goes (absl INFO by default; the CLI prints to stderr).
+    progress: progress lines with an ETA (`console.progress`) on extraction, scoring and
+      fine-tuning.
   Returns:
     The report written to results.json: settings, recommendation, per-candidate results,
     correlations.
@@ -832,8 +852,7 @@ def select_models(candidates: Sequence[str], *, dataset: str, workdir: str | pat
   workdir.mkdir(parents=True, exist_ok=True)
   labels = features_lib.source_labels(source)
   indices = features_lib.stratified_subset(labels, max_examples, seed)
-  logging.info("%s: scoring on %d of %d examples (%s split)", meta.name, len(indices),
-               len(labels), split)
+  log(f"{meta.name}: scoring on {len(indices)} of {len(labels)} examples ({split} split)")
   settings = {"dataset": dataset, "split": split, "max_examples": max_examples,
               "num_examples": len(indices), "num_classes": meta.num_classes,
               "pooling": pooling, "batch_size": batch_size, "image_size": image_size,
@@ -845,7 +864,7 @@ def select_models(candidates: Sequence[str], *, dataset: str, workdir: str | pat
   seeds = [seed + i for i in range(finetune_seeds)]
   results = []
   for k, (spec, name) in enumerate(zip(candidates, parsed, strict=True)):
-    logging.info("candidate %d/%d: %s", k + 1, len(candidates), spec)
+    log(f"candidate {k + 1}/{len(candidates)}: {spec}")
     result = CandidateResult(name=name, spec=spec)
     stage = "load"
     try:
@@ -856,33 +875,37 @@ def select_models(candidates: Sequence[str], *, dataset: str, workdir: str | pat
       if measure_cost:
         stage = "measure cost"
         cost = _cached_cost(cand, source, indices, settings, workdir, repeats=cost_repeats,
-                            warmup=cost_warmup)
+                            warmup=cost_warmup, log=log)
         result.cost = cost.to_json()
         over = cost_lib.over_budget(cost, limits)
         if over:
           result.status, result.reason = "over_budget", "; ".join(over)
-          logging.warning("candidate %s: over budget: %s", name, result.reason)
+          log(f"warning: candidate {name}: over budget: {result.reason}")
           results.append(result)
           continue
       stage = "extract features"
       feats, secs = _cached_features(cand, source, indices, settings, workdir,
-                                     batch_size=batch_size)
+                                     batch_size=batch_size, log=log, progress=progress)
       result.feature_dim = int(feats.features.shape[1])
       result.num_examples = len(feats.labels)
       stage = "score"
       result.scores, result.unavailable, score_secs = compute_scores(
-          feats, names, label=name, num_classes=meta.num_classes)
+          feats, names, label=name, num_classes=meta.num_classes, log=log, progress=progress)
       result.saturated = saturated_scores(feats, result.scores)
       result.seconds = {"features": secs, **score_secs}
       if finetune_fn is not None:
         stage = "fine-tune"
+        from jaxpretrain import console  # noqa: PLC0415
+
+        runs = (console.progress(seeds, len(seeds), f"{name}: fine-tuning", every=1 / len(seeds))
+                if progress else seeds)
         result.set_finetune([_cached_finetune(cand, finetune_fn, finetune_settings or {},
-                                              workdir, s) for s in seeds])
+                                              workdir, s, log=log) for s in runs])
     except Exception as e:  # noqa: BLE001 -- any failure of one candidate is reported as such
       message = f"candidate '{name}' ({spec}) failed to {stage}: {_one_line(e)}"
       if strict:
         raise SelectionError(message) from e
-      logging.error("%s", message)
+      log(f"error: {message}")
       result.status, result.reason = "failed", f"failed to {stage}: {_one_line(e)}"
     results.append(result)
   if not any(r.status == "ok" for r in results):
@@ -903,7 +926,7 @@ def select_models(candidates: Sequence[str], *, dataset: str, workdir: str | pat
             "recommendation": rec, "results": [dataclasses.asdict(r) for r in results],
             "correlations": corr}
   (workdir / "results.json").write_text(json.dumps(_json_ready(report), indent=2) + "\n")
-  logging.info("wrote %s", workdir / "ranking.md")
+  log(f"wrote {workdir / 'ranking.md'}")
   return report
 
 
@@ -912,21 +935,23 @@ def _feature_meta(cand, settings) -> dict[str, Any]:
           **{k: settings[k] for k in ("dataset", "split", "pooling", "image_size", "max_len")}}
 
 
-def _cached_features(cand, source, indices, settings, workdir, *, batch_size):
+def _cached_features(cand, source, indices, settings, workdir, *, batch_size, log=absl_log,
+                     progress=False):
   """Features from workdir/features/NAME.npz when made the same way, else extracted."""
   path = workdir / "features" / f"{cand.name}.npz"
   meta = _feature_meta(cand, settings)
   feats = features_lib.load_features(path, meta)
   if feats is not None and np.array_equal(feats.indices, indices):
-    logging.info("%s: features from %s", cand.name, path)
+    log(f"{cand.name}: features from {path}")
     return feats, 0.0
   start = time.perf_counter()
   feats = features_lib.extract_features(
       cand, source, indices=indices, pooling=settings["pooling"], batch_size=batch_size,
-      image_size=settings["image_size"], max_len=settings["max_len"])
+      image_size=settings["image_size"], max_len=settings["max_len"],
+      progress=f"{cand.name}: extracting features" if progress else None)
   secs = time.perf_counter() - start
   features_lib.save_features(path, feats, meta)
-  logging.info("%s: %s features in %.1fs -> %s", cand.name, feats.features.shape, secs, path)
+  log(f"{cand.name}: {feats.features.shape} features in {secs:.1f}s -> {path}")
   return feats, secs
 
 
@@ -945,7 +970,7 @@ def _cost_inputs(cand, source, indices, settings):
   return fn, (cand.variables, batch)
 
 
-def _cached_cost(cand, source, indices, settings, workdir, *, repeats, warmup
+def _cached_cost(cand, source, indices, settings, workdir, *, repeats, warmup, log=absl_log
                  ) -> cost_lib.Cost:
   """The cost from workdir/cost/NAME.json when measured the same way here, else measured."""
   import jax  # noqa: PLC0415
@@ -959,22 +984,21 @@ def _cached_cost(cand, source, indices, settings, workdir, *, repeats, warmup
     try:
       saved = json.loads(path.read_text())
       if saved.get("key") == key:
-        logging.info("%s: cost from %s", cand.name, path)
+        log(f"{cand.name}: cost from {path}")
         return cost_lib.Cost.from_json(saved["cost"])
     except (ValueError, TypeError, KeyError) as e:
-      logging.warning("%s: ignoring unreadable %s (%s)", cand.name, path, _one_line(e))
+      log(f"warning: {cand.name}: ignoring unreadable {path} ({_one_line(e)})")
   fn, args = _cost_inputs(cand, source, indices, settings)
   cost = cost_lib.measure_cost(fn, args, batch_size=settings["batch_size"], repeats=repeats,
                                warmup=warmup)
   path.parent.mkdir(parents=True, exist_ok=True)
   path.write_text(json.dumps({"key": key, "cost": cost.to_json()}, indent=2) + "\n")
-  logging.info("%s: %s params, %s GFLOPs/example, %.3g ms/batch, %.4g examples/s", cand.name,
-               f"{cost.params:,}", _fmt_g(cost.gflops_per_example), cost.latency_ms,
-               cost.throughput)
+  log(f"{cand.name}: {cost.params:,} params, {_fmt_g(cost.gflops_per_example)} GFLOPs/example, "
+      f"{cost.latency_ms:.3g} ms/batch, {cost.throughput:.4g} examples/s")
   return cost
 
 
-def _cached_finetune(cand, finetune_fn, settings, workdir, seed: int) -> float:
+def _cached_finetune(cand, finetune_fn, settings, workdir, seed: int, log=absl_log) -> float:
   """Fine-tuned accuracy from workdir/finetune/NAME-seedS.json when run the same way, else runs."""
   path = workdir / "finetune" / f"{cand.name}-seed{seed}.json"
   key = json.loads(json.dumps({"spec": cand.spec, "path": str(cand.path.absolute()),
@@ -982,10 +1006,9 @@ def _cached_finetune(cand, finetune_fn, settings, workdir, seed: int) -> float:
   if path.is_file():
     saved = json.loads(path.read_text())
     if saved.get("key") == key and isinstance(saved.get("accuracy"), (int, float)):
-      logging.info("%s: fine-tuned accuracy %.4f (seed %d) from %s", cand.name,
-                   saved["accuracy"], seed, path)
+      log(f"{cand.name}: fine-tuned accuracy {saved['accuracy']:.4f} (seed {seed}) from {path}")
       return float(saved["accuracy"])
-  logging.info("%s: fine-tuning, seed %d (%s)", cand.name, seed, settings)
+  log(f"{cand.name}: fine-tuning, seed {seed} ({settings})")
   start = time.perf_counter()
   acc = float(finetune_fn(cand, seed))
   if not (math.isfinite(acc) and 0.0 <= acc <= 1.0):
@@ -993,6 +1016,6 @@ def _cached_finetune(cand, finetune_fn, settings, workdir, seed: int) -> float:
   path.parent.mkdir(parents=True, exist_ok=True)
   path.write_text(json.dumps({"key": key, "accuracy": acc,
                               "seconds": time.perf_counter() - start}, indent=2) + "\n")
-  logging.info("%s: fine-tuned accuracy %.4f, seed %d (%.0fs)", cand.name, acc, seed,
-               time.perf_counter() - start)
+  log(f"{cand.name}: fine-tuned accuracy {acc:.4f}, seed {seed} "
+      f"({time.perf_counter() - start:.0f}s)")
   return acc
