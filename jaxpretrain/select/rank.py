@@ -966,7 +966,7 @@ def _cost_inputs(cand, source, indices, settings):
   batch = dict(next(iter(it)))
   batch.pop("mask", None)
   batch.pop("label", None)
-  fn = features_lib.make_extract_fn(cand.model, cand.modality, settings["pooling"])
+  fn = features_lib.make_extract_fn(cand.model, cand.family, settings["pooling"])
   return fn, (cand.variables, batch)
 
 

@@ -5,6 +5,7 @@ import csv
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 
@@ -354,7 +355,12 @@ def test_cli_end_to_end(digits_dir, tmp_path):
           "--cost_repeats=2"]
   proc = _cli(args, tmp_path)
   assert proc.returncode == 0, proc.stderr[-3000:]
-  assert "features of 4/4 batches" in proc.stderr  # progress messages
+  # Progress with an ETA on each phase, select's own lines only (no absl/orbax/XLA/TFDS).
+  assert "tiny_seed1: extracting features: 4/4 (100%), ETA" in proc.stderr
+  assert "tiny_seed1: scoring: 4/4 (100%), ETA" in proc.stderr
+  noise = [line for line in proc.stderr.splitlines() + proc.stdout.splitlines()
+           if re.match(r"[IWEF]\d{4} ", line) or re.search(r"\b(INFO|WARNING)\b", line)]
+  assert not noise, noise[:5]
   assert "recommended: " in proc.stdout and "report: " in proc.stdout
   report = json.loads((workdir / "results.json").read_text())
   assert [r["name"] for r in report["results"]] == ["random_resnet_tiny", "tiny_seed1"]
@@ -367,6 +373,7 @@ def test_cli_end_to_end(digits_dir, tmp_path):
   assert report["recommendation"]["by"] == "logme"
   md = (workdir / "ranking.md").read_text()
   assert "digits_local: 120 examples, 2 candidates" in md and "| tiny_seed1 |" in md
+  assert proc.stdout.endswith(md)  # the console ends with the ranking table
   for name in ("ranking.csv", "scores.png", "pareto.png"):
     assert (workdir / name).is_file()
   cached = [workdir / "features" / "tiny_seed1.npz", workdir / "cost" / "tiny_seed1.json"]
