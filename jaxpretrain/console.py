@@ -42,14 +42,16 @@ def quiet_logs(argv: Sequence[str] | None = None) -> None:
     py_logging.getLogger(name).setLevel(py_logging.ERROR)
 
 
-def after_flags() -> None:
+def after_flags(tfds: bool = True) -> None:
   """In main(), once absl parsed the flags (parsing resets the absl verbosity): quiet again,
-  and TFDS's banner and bars off, unless --verbosity was given."""
+  and TFDS's banner and bars off (`tfds`: a main without datasets skips that import), unless
+  --verbosity was given."""
   if "verbosity" in flags.FLAGS and flags.FLAGS["verbosity"].present:
     return
   logging.set_verbosity(logging.ERROR)
   quiet_logs([])
-  silence_tfds()
+  if tfds:
+    silence_tfds()
 
 
 def silence_tfds() -> None:

@@ -30,11 +30,9 @@ import sys
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
+from absl import flags
+
 from jaxpretrain import console
-
-console.quiet_logs()  # before orbax/JAX are imported
-
-from absl import flags  # noqa: E402
 
 _CHECKPOINT = flags.DEFINE_string(
     "checkpoint", None, "A checkpoint folder, a run's workdir, a Hugging Face folder, a "
@@ -198,7 +196,7 @@ def run(checkpoint: str, inputs: Sequence[str], *, arch: str | None = None, top_
 
 
 def main(argv: list[str]) -> int:
-  console.after_flags()  # orbax and XLA stay quiet unless --verbosity is given
+  console.after_flags(tfds=False)  # orbax and XLA quiet unless --verbosity is given
   return run(_CHECKPOINT.value, argv[1:], arch=_ARCH.value, top_k=_TOP_K.value,
              as_json=_JSON.value, strict=_STRICT.value, batch_size=_BATCH_SIZE.value,
              cache_dir=_CACHE_DIR.value)
@@ -206,6 +204,7 @@ def main(argv: list[str]) -> int:
 
 def run_cli() -> None:
   """The console script (`jaxpretrain predict`)."""
+  console.quiet_logs()  # here, not at import (tests import this module): JAX/orbax load lazily
   console.run_app(main, __doc__, GROUPS)
 
 
