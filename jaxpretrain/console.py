@@ -16,7 +16,7 @@ import os
 import sys
 import textwrap
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 
 from absl import flags, logging
 
@@ -42,14 +42,16 @@ def quiet_logs(argv: Sequence[str] | None = None) -> None:
     py_logging.getLogger(name).setLevel(py_logging.ERROR)
 
 
-def after_flags() -> None:
+def after_flags(tfds: bool = True) -> None:
   """In main(), once absl parsed the flags (parsing resets the absl verbosity): quiet again,
-  and TFDS's banner and bars off, unless --verbosity was given."""
+  and TFDS's banner and bars off (`tfds`: a main without datasets skips that import), unless
+  --verbosity was given."""
   if "verbosity" in flags.FLAGS and flags.FLAGS["verbosity"].present:
     return
   logging.set_verbosity(logging.ERROR)
   quiet_logs([])
-  silence_tfds()
+  if tfds:
+    silence_tfds()
 
 
 def silence_tfds() -> None:
@@ -66,19 +68,32 @@ def silence_tfds() -> None:
       cls._log_download_bytes = lambda self: None
 
 
-def grouped_help(doc: str | None, flag_values: flags.FlagValues = flags.FLAGS) -> str:
+def grouped_help(doc: str | None, flag_values: flags.FlagValues = flags.FLAGS,
+                 groups: Mapping[str, Sequence[str]] | None = None) -> str:
   """The main's docstring, then its own flags by group (the groups flags.py defines, then
-  the flags the main module defines itself); absl's own flags are left to --helpfull."""
+  the flags the main module defines itself, under `groups`' titles when given: title ->
+  flag names, the rest under "other flags"); absl's own flags are left to --helpfull."""
   out = [(doc or "").strip(), ""]
   by_module = flag_values.flags_by_module_dict()
   main = sys.argv[0]
   names = [m for m in by_module if m.startswith(GROUP_PREFIX)]
   names += [m for m in by_module if m in (main, "__main__") or m.endswith(
       os.path.basename(main)) and not m.startswith(GROUP_PREFIX)]
+  sections = []
   for module in names:
-    title = module[len(GROUP_PREFIX):] if module.startswith(GROUP_PREFIX) else "flags"
+    if module.startswith(GROUP_PREFIX) or not groups:
+      title = module[len(GROUP_PREFIX):] if module.startswith(GROUP_PREFIX) else "flags"
+      sections.append((title, by_module[module]))  # in definition order
+      continue
+    own = {f.name: f for f in by_module[module]}
+    named = {n for ns in groups.values() for n in ns}
+    sections += [(title, [own[n] for n in ns if n in own]) for title, ns in groups.items()]
+    sections.append(("other flags", [f for f in by_module[module] if f.name not in named]))
+  for title, group in sections:
+    if not group:
+      continue
     out.append(f"{title}:")
-    for flag in by_module[module]:  # in definition order
+    for flag in group:
       default = "" if flag.default is None else f" (default: {flag.default_as_str})"
       out.append(textwrap.fill(f"--{flag.name}: {flag.help}{default}", 96,
                                initial_indent="  ", subsequent_indent="      "))
@@ -87,14 +102,15 @@ def grouped_help(doc: str | None, flag_values: flags.FlagValues = flags.FLAGS) -
   return "\n".join(out) + "\n"
 
 
-def run_app(main: Callable[[list[str]], int], doc: str | None) -> None:
+def run_app(main: Callable[[list[str]], int], doc: str | None,
+            groups: Mapping[str, Sequence[str]] | None = None) -> None:
   """absl's app.run, except that --help prints `grouped_help` (the main's own flags by
-  group) and exits 0."""
+  group, `groups` for a main that defines its flags itself) and exits 0."""
   from absl import app  # noqa: PLC0415
 
   if any(a in _HELP for a in sys.argv[1:]):
     flags.FLAGS.mark_as_parsed()
-    sys.stdout.write(grouped_help(doc))
+    sys.stdout.write(grouped_help(doc, groups=groups))
     sys.exit(0)
   app.run(main)
 

@@ -16,14 +16,21 @@ checkpoint (or into --output_dir).
 The dataset's label names are mapped onto the class names the checkpoint records, so a file
 holding only some of the model's classes is scored correctly, with a row for every class of
 the model; a label the model does not know stops with a one-line error naming it (exit 2).
+
+Library logs (orbax, XLA, TFDS) stay off the console unless --verbosity is given; --help lists
+these flags by purpose.
 """
 
 import sys
 
-from absl import app, flags, logging
+from jaxpretrain import console
 
-from jaxpretrain.job import evaluation
-from jaxpretrain.job.config import ConfigError
+console.quiet_logs()  # before TF/TFDS/orbax are imported
+
+from absl import flags  # noqa: E402
+
+from jaxpretrain.job import evaluation  # noqa: E402
+from jaxpretrain.job.config import ConfigError  # noqa: E402
 
 _CHECKPOINT = flags.DEFINE_string(
     "checkpoint", None, "A checkpoint folder (finetune's <workdir>/model, ports.convert output) "
@@ -42,13 +49,18 @@ _MAX_LEN = flags.DEFINE_integer("max_len", None, "Text: tokens per example; defa
 _IMAGE_SIZE = flags.DEFINE_integer("image_size", None, "Images: size; default the checkpoint's.")
 _OUTPUT_DIR = flags.DEFINE_string("output_dir", None, "Where to write the markdown and JSON; "
                                   "default the checkpoint folder.")
+# --help: the flags above, by purpose.
+GROUPS = {
+    "what to evaluate": ["checkpoint", "output_dir"],
+    "data": ["dataset", "split", "data_dir", "batch_size", "max_len", "image_size"],
+}
 
 
 def main(argv: list[str]) -> int:
   if len(argv) > 1:
     print(f"error: unexpected arguments {argv[1:]}", file=sys.stderr)
     return 2
-  logging.set_verbosity(logging.WARNING)
+  console.after_flags()  # orbax, TFDS and XLA stay quiet unless --verbosity is given
   try:
     evaluation.evaluate_checkpoint(
         _CHECKPOINT.value, _DATASET.value, split=_SPLIT.value, data_dir=_DATA_DIR.value,
@@ -60,5 +72,10 @@ def main(argv: list[str]) -> int:
   return 0
 
 
+def run() -> None:
+  """The console script (`jaxpretrain evaluate`)."""
+  console.run_app(main, __doc__, GROUPS)
+
+
 if __name__ == "__main__":
-  app.run(main)
+  run()

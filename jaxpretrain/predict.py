@@ -16,6 +16,9 @@ text file that is not UTF-8, a missing path) is one line on stderr naming it; th
 still predicted and the exit status is 1. With --strict the first such input stops everything
 (exit 2, nothing printed on stdout). A bad checkpoint, or one without a classification head,
 is one line and exit 2.
+
+Library logs (orbax, XLA) stay off the console unless --verbosity is given; --help lists these
+flags by purpose.
 """
 
 from __future__ import annotations
@@ -27,7 +30,9 @@ import sys
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-from absl import app, flags, logging
+from absl import flags
+
+from jaxpretrain import console
 
 _CHECKPOINT = flags.DEFINE_string(
     "checkpoint", None, "A checkpoint folder, a run's workdir, a Hugging Face folder, a "
@@ -43,6 +48,13 @@ _BATCH_SIZE = flags.DEFINE_integer("batch_size", 32, "Inputs per compiled call."
                                    allow_override=True)  # the job defines one too
 _CACHE_DIR = flags.DEFINE_string("cache_dir", None, "Where converted sources are kept (default "
                                  "$JAXPRETRAIN_CACHE or ~/.cache/jaxpretrain/converted).")
+
+# --help: the flags above, by purpose.
+GROUPS = {
+    "model": ["checkpoint", "arch", "cache_dir"],
+    "output": ["top_k", "json", "strict"],
+    "speed": ["batch_size"],
+}
 
 NAME_WIDTH = 48  # widest input name shown in the table; longer ones are shortened
 
@@ -184,11 +196,17 @@ def run(checkpoint: str, inputs: Sequence[str], *, arch: str | None = None, top_
 
 
 def main(argv: list[str]) -> int:
-  logging.set_verbosity(logging.WARNING)
+  console.after_flags(tfds=False)  # orbax and XLA quiet unless --verbosity is given
   return run(_CHECKPOINT.value, argv[1:], arch=_ARCH.value, top_k=_TOP_K.value,
              as_json=_JSON.value, strict=_STRICT.value, batch_size=_BATCH_SIZE.value,
              cache_dir=_CACHE_DIR.value)
 
 
+def run_cli() -> None:
+  """The console script (`jaxpretrain predict`)."""
+  console.quiet_logs()  # here, not at import (tests import this module): JAX/orbax load lazily
+  console.run_app(main, __doc__, GROUPS)
+
+
 if __name__ == "__main__":
-  app.run(main)
+  run_cli()

@@ -1,4 +1,4 @@
-"""Ranks candidate models for a target dataset: python -m jaxpretrain.select --flagfile=F.
+r"""Ranks candidate models for a target dataset: python -m jaxpretrain.select --flagfile=F.
 
     python -m jaxpretrain.select --candidates=minilm,random:minilm_l6 \
         --dataset=tweets_sentiment --max_examples=2000 --workdir=/tmp/select
@@ -18,19 +18,28 @@ file as FILE@ARCH (e.g. r18.pth@resnet18), 'minilm', plus 'random:MODEL'. Every 
 the dataset are checked (`check_candidates`, `loaders.check_spec`) before anything is
 converted, extracted or compiled: a missing or unsupported one is one line, exit status 2.
 
+The console shows select's own lines only: progress with an ETA on the feature extraction,
+scoring and fine-tuning check, and at the end the ranking table (ranking.md) on stdout;
+--verbosity=0 brings back the libraries' logs. --help lists these flags by purpose.
+
 Exit status: 0 done; 1 no candidate could be scored (or one failed under --strict); 2 a bad
 flag. Errors are one line.
 """
 
 from __future__ import annotations
 
+import pathlib
 import re
 import sys
 
-from absl import app, flags
+from jaxpretrain import console
 
-from jaxpretrain.select import cost, features, rank
-from jaxpretrain.select.scores import SCORES
+console.quiet_logs()  # before TF/TFDS/orbax/JAX are imported
+
+from absl import flags  # noqa: E402
+
+from jaxpretrain.select import cost, features, rank  # noqa: E402
+from jaxpretrain.select.scores import SCORES  # noqa: E402
 
 # Candidates and data.
 _CANDIDATES = flags.DEFINE_list(
@@ -100,6 +109,25 @@ _FT_WARMUP = flags.DEFINE_integer("finetune_warmup", 0, "Fine-tuning warmup step
                                   lower_bound=0)
 
 
+# --help: the flags above, by purpose.
+GROUPS = {
+    "candidates and data": ["candidates", "dataset", "data_dir", "split", "max_examples",
+                            "workdir", "seed", "strict"],
+    "features and scores": ["scores", "recommend_by", "pooling", "batch_size", "image_size",
+                            "max_len"],
+    "cost and budgets": ["measure_cost", "cost_repeats", "cost_warmup", "max_latency_ms",
+                         "max_params", "max_gflops"],
+    "fine-tuning check": ["finetune_check", "finetune_seeds", "bootstrap", "finetune_steps",
+                          "finetune_lr", "finetune_batch_size", "finetune_optimizer",
+                          "finetune_schedule", "finetune_warmup"],
+}
+
+
+def say(message: str) -> None:
+  """select's own lines, on stderr (stdout is left to the results)."""
+  print(message, file=sys.stderr, flush=True)
+
+
 def check_candidates(specs) -> None:
   """Every candidate's name and source, checked in milliseconds (ValueError names it)."""
   from jaxpretrain import api, models  # noqa: PLC0415
@@ -126,6 +154,7 @@ def main(argv) -> int:
   if len(argv) > 1:
     print(f"error: unexpected arguments {argv[1:]}; everything is a flag", file=sys.stderr)
     return 2
+  console.after_flags()  # orbax, TFDS and XLA stay quiet unless --verbosity is given
   budgets = {"max_latency_ms": _MAX_LATENCY_MS.value, "max_params": _MAX_PARAMS.value,
              "max_gflops": _MAX_GFLOPS.value}
   try:  # flag values that absl cannot check alone: nothing runs or is written before this
@@ -143,7 +172,6 @@ def main(argv) -> int:
   except ValueError as e:
     print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
     return 2
-  rank.quiet_library_logs()
   finetune_fn, settings = None, None
   if _FINETUNE_CHECK.value or _FT_SEEDS.value > 1:
     recipe = dict(dataset=_DATASET.value, data_dir=_DATA_DIR.value, steps=_FT_STEPS.value,
@@ -151,7 +179,7 @@ def main(argv) -> int:
                   optimizer=_FT_OPTIMIZER.value, schedule=_FT_SCHEDULE.value,
                   warmup=_FT_WARMUP.value, image_size=_IMAGE_SIZE.value or None,
                   max_len=_MAX_LEN.value)
-    finetune_fn = rank.make_finetune_fn(workdir=_WORKDIR.value, **recipe)
+    finetune_fn = rank.make_finetune_fn(workdir=_WORKDIR.value, log=say, **recipe)
     settings = recipe
   try:
     report = rank.select_models(
@@ -162,7 +190,7 @@ def main(argv) -> int:
         finetune_fn=finetune_fn, finetune_settings=settings, finetune_seeds=_FT_SEEDS.value,
         bootstrap=_BOOTSTRAP.value, measure_cost=_MEASURE_COST.value,
         cost_repeats=_COST_REPEATS.value, cost_warmup=_COST_WARMUP.value, budgets=budgets,
-        recommend_by=_RECOMMEND_BY.value, strict=_STRICT.value)
+        recommend_by=_RECOMMEND_BY.value, strict=_STRICT.value, log=say, progress=True)
   except rank.SelectionError as e:
     print(f"error: {e}", file=sys.stderr)
     return 1
@@ -178,8 +206,15 @@ def main(argv) -> int:
   if failed:
     print(f"failed (left out): {', '.join(failed)}")
   print(f"report: {_WORKDIR.value}/ranking.md")
+  print()
+  print(pathlib.Path(_WORKDIR.value, "ranking.md").read_text(), end="")
   return 0
 
 
+def run() -> None:
+  """The console script (`jaxpretrain select`)."""
+  console.run_app(main, __doc__, GROUPS)
+
+
 if __name__ == "__main__":
-  app.run(main)
+  run()

@@ -317,7 +317,7 @@ def make_extract_fn(model: nn.Module, family: registry.Family, pooling: str):
 def extract_features(candidate: Candidate, source, *, indices: np.ndarray | None = None,
                      pooling: str = "pooled", batch_size: int = 64,
                      image_size: int | None = None, max_len: int = 128,
-                     log_every: int = LOG_EVERY) -> Features:
+                     log_every: int = LOG_EVERY, progress: str | None = None) -> Features:
   """Features of `candidate` on rows `indices` of `source` (all rows by default).
 
   Args:
@@ -327,7 +327,8 @@ def extract_features(candidate: Candidate, source, *, indices: np.ndarray | None
     pooling: one of `POOLINGS`.
     batch_size: examples per compiled call; the last batch is padded and masked.
     image_size, max_len: see `preprocessor`.
-    log_every: batches between progress messages.
+    log_every: batches between progress messages (absl INFO).
+    progress: when given, `console.progress` lines with an ETA on stderr, labelled so.
   Returns:
     `Features` in the order of `indices`.
   """
@@ -343,7 +344,12 @@ def extract_features(candidate: Candidate, source, *, indices: np.ndarray | None
   variables = jax.device_put(candidate.variables)
   feats, probs, labels = [], [], []
   start = time.perf_counter()
-  for i, batch in enumerate(it):
+  if progress:
+    from jaxpretrain import console  # noqa: PLC0415
+
+    log_every = 0
+  batches = console.progress(it, len(it), progress) if progress else it
+  for i, batch in enumerate(batches):
     keep = batch.pop("mask") > 0
     labels.append(batch.pop("label")[keep])
     out = jax.device_get(fn(variables, batch))

@@ -56,9 +56,24 @@ DEFAULT_RECOMMEND_BY = "logme"
 DEFAULT_BOOTSTRAP = 1000
 CONFIDENCE = 0.95
 NO_HEAD = "no source classification head"
+# The plain H-score is at most (classes present - 1) and reaches it, to round-off, once the
+# centred features span the examples (feature dim >= n - 1): it then says nothing about the
+# features. float64 eigh recovers the maximum to ~1e-10 relative; 1e-6 leaves room for
+# nearly spanning float32 features.
+H_SCORE_SATURATION_RTOL = 1e-6
+SATURABLE = ("h_score",)  # the shrinkage H-score (issue 15) does not saturate
 
 # candidate, seed -> test accuracy after fine-tuning.
 FinetuneFn = Callable[[features_lib.Candidate, int], float]
+# Where select's own lines go: absl INFO by default (library use); the CLI prints them.
+Log = Callable[[str], None]
+
+
+def absl_log(message: str) -> None:
+  """The default `Log`: absl INFO ("warning: ..." and "error: ..." at their levels)."""
+  level = (logging.ERROR if message.startswith("error: ") else
+           logging.WARNING if message.startswith("warning: ") else logging.INFO)
+  logging.log(level, "%s", message)
 # Libraries whose INFO messages (orbax: several per checkpoint read) would bury the progress.
 QUIET_LIBRARIES = ("orbax", "etils", "tensorflow_datasets", "grain")
 
@@ -202,6 +217,8 @@ class CandidateResult:
   num_examples: int | None = None
   scores: dict[str, float | None] = dataclasses.field(default_factory=dict)
   unavailable: dict[str, str] = dataclasses.field(default_factory=dict)  # score -> why n/a
+  # score -> why its value is at its ceiling: shown, never ranked, recommended or correlated.
+  saturated: dict[str, str] = dataclasses.field(default_factory=dict)
   seconds: dict[str, float] = dataclasses.field(default_factory=dict)  # per score, "features"
   cost: dict[str, Any] | None = None  # `cost.Cost.to_json()`
   finetune_accuracies: list[float] | None = None  # one per seed
@@ -234,7 +251,8 @@ def check_recommend_by(by: str | None, names: Sequence[str]) -> str:
 
 
 def compute_scores(feats: features_lib.Features, names: Sequence[str], *, label: str = "",
-                   num_classes: int | None = None
+                   num_classes: int | None = None, log: Log = absl_log,
+                   progress: bool = False
                    ) -> tuple[dict[str, float | None], dict[str, str], dict[str, float]]:
   """Every score in `names` on one candidate's features.
 
@@ -242,10 +260,15 @@ def compute_scores(feats: features_lib.Features, names: Sequence[str], *, label:
     ({score: value or None}, {score: why it is None}, {score: seconds}). A score is None when
     the candidate lacks what it needs (a source head) or `ScoreUnavailable` says the inputs
     cannot give it (too few examples, a class with one example, constant features...); a
-    non-finite result is turned into None too, so no NaN reaches a report.
+    non-finite result is turned into None too, so no NaN reaches a report. Each value (or
+    why it is n/a) goes to `log`; with `progress`, a progress line with an ETA per score.
   """
+  from jaxpretrain import console  # noqa: PLC0415
+
   values, unavailable, seconds = {}, {}, {}
-  for name in check_scores(names):
+  names = check_scores(names)
+  for name in (console.progress(names, len(names), f"{label}: scoring", every=1 / len(names))
+               if progress else names):
     values[name] = None
     if name in HEAD_SCORES and feats.source_probs is None:
       unavailable[name] = NO_HEAD
@@ -258,12 +281,36 @@ def compute_scores(feats: features_lib.Features, names: Sequence[str], *, label:
         raise ScoreUnavailable(f"{name}: the value is not finite ({v})")
     except ScoreUnavailable as e:
       unavailable[name] = str(e)
-      logging.warning("%s: %s is n/a: %s", label, name, e)
+      log(f"{label}: {name} is n/a: {e}")
       continue
     values[name] = v
     seconds[name] = time.perf_counter() - start
-    logging.info("%s: %s = %.4f (%.1fs)", label, name, v, seconds[name])
+    log(f"{label}: {name} = {v:.4f} ({seconds[name]:.1f}s)")
   return values, unavailable, seconds
+
+
+def saturated_scores(feats: features_lib.Features, values: Mapping[str, float | None]
+                     ) -> dict[str, str]:
+  """{score: why} for the scores in `values` that sit at their ceiling on these features.
+
+  The plain H-score is saturated when the feature dim is at least the number of examples
+  (any labelling is then linearly separable after whitening) or its value is within
+  `H_SCORE_SATURATION_RTOL` of its maximum, classes - 1.
+  """
+  out = {}
+  n, d = feats.features.shape
+  classes = int(np.unique(feats.labels).size)
+  for name in SATURABLE:
+    v = values.get(name)
+    if v is None:
+      continue
+    top = classes - 1
+    if d >= n:
+      out[name] = (f"saturated: feature dim {d} >= {n} examples, so any labelling is "
+                   f"separable (value {v:.4f}, maximum classes - 1 = {top})")
+    elif v >= top * (1 - H_SCORE_SATURATION_RTOL):
+      out[name] = f"saturated: {v:.4f} is its maximum, classes - 1 = {top}"
+  return out
 
 
 def correlations(results: Sequence[CandidateResult], names: Sequence[str], *,
@@ -285,7 +332,7 @@ def correlations(results: Sequence[CandidateResult], names: Sequence[str], *,
                if ok and seeds > 1 and bootstrap > 0 else None)
   out = {}
   for name in names:
-    idx = [i for i, r in enumerate(ok) if r.scores.get(name) is not None]
+    idx = [i for i, r in enumerate(ok) if _value(r, name) is not None]
     entry = {"n": len(idx), "kendall_tau": math.nan, "weighted_tau": math.nan,
              "kendall_tau_ci": None, "weighted_tau_ci": None, "top1": None,
              "top1_accuracy": None, "top1_hit": None, "regret": None}
@@ -307,12 +354,14 @@ def correlations(results: Sequence[CandidateResult], names: Sequence[str], *,
 
 def recommend(results: Sequence[CandidateResult], by: str) -> dict[str, Any]:
   """The best candidate within budget by score `by`; None (with the reason) when there is none."""
-  rated = [r for r in results if r.status == "ok" and r.scores.get(by) is not None]
+  rated = [r for r in results if r.status == "ok" and _value(r, by) is not None]
   within = sum(r.status == "ok" for r in results)
   if not rated:
+    sat = [r.name for r in results if r.status == "ok" and by in r.saturated]
     return {"by": by, "candidate": None, "value": None, "within_budget": within,
-            "reason": f"no candidate within budget has a {by} value"}
-  best = max(rated, key=lambda r: r.scores[by])  # the first among ties
+            "reason": f"no candidate within budget has a {by} value"
+            + (f" that is not saturated (saturated: {', '.join(sat)})" if sat else "")}
+  best = max(rated, key=lambda r: _value(r, by))  # the first among ties
   return {"by": by, "candidate": best.name, "value": best.scores[by], "within_budget": within,
           "reason": None}
 
@@ -347,7 +396,10 @@ def _fmt_ci(ci: Sequence[float] | None) -> str:
 
 
 def _value(r: CandidateResult, col: str) -> float | None:
-  return r.finetune_accuracy if col == FINETUNE else r.scores.get(col)
+  """The value `col` ranks `r` by: None when it has none or it is saturated."""
+  if col == FINETUNE:
+    return r.finetune_accuracy
+  return None if col in r.saturated else r.scores.get(col)
 
 
 def _scored(results: Sequence[CandidateResult]) -> list[CandidateResult]:
@@ -372,8 +424,8 @@ def _score_table(rows: Sequence[CandidateResult], cols: Sequence[str], order: Se
   ft_ranks = ranks([r.finetune_accuracy for r in rows])
   for i in order:
     r = rows[i]
-    cells = [f"{_fmt(_value(r, c))} ({col_ranks[c][i]})" if _value(r, c) is not None else "n/a"
-             for c in cols]
+    cells = [f"{_fmt(_value(r, c))} ({col_ranks[c][i]})" if _value(r, c) is not None else
+             f"{_fmt(r.scores.get(c))} saturated" if c in r.saturated else "n/a" for c in cols]
     if finetune:
       cells.append("n/a" if r.finetune_accuracy is None else
                    f"{r.finetune_accuracy:.4f} ± {r.finetune_std:.4f} ({ft_ranks[i]})")
@@ -418,6 +470,10 @@ def _skipped(results: Sequence[CandidateResult], names: Sequence[str]) -> list[s
   for (name, why), cands in by_reason.items():
     why = why.removeprefix(f"{name}: ")
     lines.append(f"- {name} n/a for {', '.join(cands)}: {why}")
+  for r in _scored(results):
+    for name, why in r.saturated.items():
+      if name in names:
+        lines.append(f"- {name} not ranked for {r.name}: {why}")
   not_run = [s for s in SCORES if s not in names]
   if not_run:
     lines.append(f"- not requested (--scores): {', '.join(not_run)}")
@@ -456,6 +512,10 @@ def markdown_table(results: Sequence[CandidateResult], names: Sequence[str],
   groups = [("Scores that need only features", [n for n in names if n not in HEAD_SCORES]),
             ("Scores that need a source classification head", [n for n in names
                                                                if n in HEAD_SCORES])]
+  if scored:
+    lines += ["Higher is better for every score; each cell is \"value (rank)\", rank 1 the "
+              "best. knn and linear_probe are cross-validated accuracies (0 to 1); a "
+              "saturated score is shown but not ranked (see below).", ""]
   for heading, cols in groups:
     if cols and scored:
       lines += [f"### {heading}", "", *_score_table(scored, cols, order, finetune), ""]
@@ -477,7 +537,7 @@ def markdown_table(results: Sequence[CandidateResult], names: Sequence[str],
     lines.append("")
   skipped = _skipped(results, names)
   if skipped:
-    lines += ["### Skipped", "", *skipped, ""]
+    lines += ["### Skipped or not ranked", "", *skipped, ""]
   return "\n".join(lines).rstrip("\n") + "\n"
 
 
@@ -496,7 +556,7 @@ def write_csv(path: str | pathlib.Path, results: Sequence[CandidateResult],
   with open(path, "w", newline="") as f:
     w = csv.writer(f)
     w.writerow(["candidate", "spec", "model", "status", "reason", "feature_dim",
-                "num_examples", *COST_COLUMNS, *names, *ft])
+                "num_examples", *COST_COLUMNS, *names, *ft, "saturated"])
     for r in results:
       c = r.cost or {}
       fine = ([r.finetune_accuracy, r.finetune_std,
@@ -504,14 +564,43 @@ def write_csv(path: str | pathlib.Path, results: Sequence[CandidateResult],
       w.writerow([cell(v) for v in [r.name, r.spec, r.model, r.status, r.reason,
                                     r.feature_dim, r.num_examples,
                                     *(c.get(k) for k in COST_COLUMNS),
-                                    *(r.scores.get(n) for n in names), *fine]])
+                                    *(r.scores.get(n) for n in names), *fine,
+                                    ";".join(n for n in names if n in r.saturated)]])
 
 
-def _axis_range(values: Sequence[float]) -> tuple[float, float]:
-  """x-limits that show differences: the data's range plus margins, not the distance to 0."""
+# How each score's panel is drawn: its axis and what its value is. "zero": a magnitude,
+# the axis includes 0 (bars start there); "unit": an accuracy or probability, axis 0 to 1;
+# "range": a log-likelihood-like score that can be negative (its zero means nothing), the
+# axis spans the values. `test_score_axes_cover_every_score` keeps this in step with SCORES.
+SCORE_AXES: dict[str, tuple[str, str]] = {
+    "logme": ("range", "LogME: log evidence per example (can be negative)"),
+    "leep": ("range", "LEEP: log-likelihood (<= 0)"),
+    "nce": ("range", "NCE: minus conditional entropy (<= 0)"),
+    "h_score": ("zero", "H-score (0 to classes - 1)"),
+    "shrinkage_h_score": ("zero", "shrinkage H-score (>= 0)"),
+    "nleep": ("range", "NLEEP: log-likelihood (<= 0)"),
+    "gbc": ("zero", "GBC: minus class overlap (<= 0)"),
+    "transrate": ("range", "TransRate: coding-rate gain"),
+    "sfda": ("unit", "SFDA: mean true-class probability"),
+    "knn": ("unit", "kNN accuracy (cross-validated)"),
+    "linear_probe": ("unit", "linear probe accuracy (cross-validated)"),
+    FINETUNE: ("unit", "fine-tuned test accuracy (mean over seeds)"),
+}
+NEEDS_HEAD = "needs a source classification head"
+_TOP, _OTHER, _SATURATED = "tab:orange", "tab:blue", "0.7"
+
+
+def _axis_range(values: Sequence[float], kind: str = "range") -> tuple[float, float]:
+  """x-limits: 0 to 1 for "unit", from 0 for "zero", else the values' range plus margins."""
   lo, hi = min(values), max(values)
+  if kind == "unit":
+    return 0.0, 1.12  # room on the right for the value labels
+  if kind == "zero":
+    lo, hi = min(lo, 0.0), max(hi, 0.0)
+    span = (hi - lo) or 1.0
+    return lo - (0.2 * span if lo < 0 else 0.0), hi + (0.25 * span if hi > 0 else 0.02 * span)
   pad = 0.2 * (hi - lo) or 0.05 * max(abs(hi), 1e-3)
-  return lo - pad, hi + 0.6 * pad  # room on the right for the value labels
+  return lo - pad, hi + 0.6 * pad
 
 
 def _pyplot():
@@ -523,50 +612,89 @@ def _pyplot():
   return plt
 
 
+def _panel_note(results: Sequence[CandidateResult], col: str) -> str:
+  """What an empty panel says: the shared reason when there is one."""
+  whys = {r.unavailable.get(col) for r in results}
+  if whys == {NO_HEAD}:
+    return NEEDS_HEAD
+  if all(col in r.saturated for r in results) and results:
+    return "saturated for every candidate:\nnot ranked"
+  return "n/a for every candidate"
+
+
 def plot_scores(path: str | pathlib.Path, results: Sequence[CandidateResult],
-                names: Sequence[str], *, title: str = "") -> None:
+                names: Sequence[str], *, title: str = "",
+                recommendation: Mapping[str, Any] | None = None) -> None:
   """A PNG bar chart, one panel per score (and the fine-tuned accuracy), one bar per candidate.
 
-  Each panel's axis spans its values' range (scores differ by little next to their size);
-  the best candidate's bar is orange and every bar is labelled with its value ("n/a" where
-  the score has none).
+  Higher is better in every panel, as the chart says. Accuracies (kNN, the probe, SFDA,
+  fine-tuning) span 0 to 1 and magnitudes (H-scores, GBC) start at 0; log-likelihood-like
+  scores (LogME, LEEP, NCE, NLEEP, TransRate) can be negative, so their axis spans their
+  values (`SCORE_AXES`). Each panel's top candidate is orange (the legend says so); the
+  recommended candidate's name is bold. A saturated score is a grey bar labelled
+  "saturated", not a pick; a score without a value is labelled with why ("needs a source
+  classification head" for LEEP/NCE on headless candidates).
   """
-  from matplotlib import ticker  # noqa: PLC0415
+  from matplotlib import patches, ticker  # noqa: PLC0415
 
   plt = _pyplot()
   results = _scored(results)
   cols = list(names) + ([FINETUNE] if _has_finetune(results) else [])
   ncol = min(4, len(cols))
   nrow = -(-len(cols) // ncol)
-  fig, axes = plt.subplots(nrow, ncol, figsize=(3.8 * ncol, 0.45 * len(results) * nrow + 1.6),
+  fig, axes = plt.subplots(nrow, ncol, figsize=(3.9 * ncol, 0.45 * len(results) * nrow + 2.4),
                            squeeze=False)
   labels = [r.name for r in results]
+  picked = (recommendation or {}).get("candidate")
   for ax, col in zip(list(axes.flat)[:len(cols)], cols, strict=True):
-    vals = [_value(r, col) for r in results]
-    finite = [v for v in vals if v is not None]
-    ax.set_title(col, fontsize=10)
+    kind, what = SCORE_AXES.get(col, ("range", col))
+    ranked = [_value(r, col) for r in results]
+    shown = [r.finetune_accuracy if col == FINETUNE else r.scores.get(col) for r in results]
+    finite = [v for v in shown if v is not None]
+    ax.set_title(what, fontsize=9)
     ax.tick_params(labelsize=8)
     ax.set_yticks(range(len(labels)), labels)
+    for tick, name in zip(ax.get_yticklabels(), labels, strict=True):
+      if name == picked:
+        tick.set_fontweight("bold")
     ax.set_ylim(len(labels) - 0.5, -0.5)  # first candidate on top, rows without a value too
     if not finite:
       ax.set_xticks([])
-      ax.text(0.5, 0.5, "n/a for every candidate", ha="center", transform=ax.transAxes,
-              fontsize=8)
+      ax.text(0.5, 0.5, _panel_note(results, col), ha="center", va="center",
+              transform=ax.transAxes, fontsize=8)
       continue
-    lo, hi = _axis_range(finite)
-    best = max(finite)
-    ax.barh(range(len(labels)), [np.nan if v is None else v - lo for v in vals], left=lo,
-            color=["tab:orange" if v == best else "tab:blue" for v in vals])
-    for i, v in enumerate(vals):
-      ax.text(lo if v is None else v, i, " n/a" if v is None else f" {v:.4g}", va="center",
-              fontsize=7)
+    lo, hi = _axis_range(finite, kind)
+    base = 0.0 if kind in ("unit", "zero") else lo
+    best = max((v for v in ranked if v is not None), default=None)
+    colors = [_SATURATED if s is not None and v is None else _TOP if v is not None and
+              v == best else _OTHER for v, s in zip(ranked, shown, strict=True)]
+    ax.barh(range(len(labels)), [np.nan if v is None else v - base for v in shown], left=base,
+            color=colors)
+    for i, (r, v) in enumerate(zip(results, shown, strict=True)):
+      if v is None:
+        note = " n/a: no source head" if r.unavailable.get(col) == NO_HEAD else " n/a"
+        ax.text(base, i, note, va="center", fontsize=7)
+      else:
+        sat = " saturated, not ranked" if col in r.saturated else ""
+        left = kind == "zero" and v < 0  # a bar drawn leftwards from 0: label its end
+        ax.text(v, i, f"{v:.4g} " if left else f" {v:.4g}{sat}", va="center", fontsize=7,
+                ha="right" if left else "left")
     ax.set_xlim(lo, hi)
+    if lo <= 0 < hi:
+      ax.axvline(0.0, color="0.3", lw=0.6)
     ax.xaxis.set_major_locator(ticker.MaxNLocator(4))
   for ax in list(axes.flat)[len(cols):]:
     ax.axis("off")
-  if title:
-    fig.suptitle(title, fontsize=11)
-  fig.tight_layout()
+  handles = [patches.Patch(color=_TOP, label="top candidate by this score"),
+             patches.Patch(color=_OTHER, label="other candidates")]
+  if any(r.saturated for r in results):
+    handles.append(patches.Patch(color=_SATURATED, label="saturated: not ranked"))
+  pick = (f"; recommended (bold): {picked} by {recommendation['by']}" if picked else "")
+  fig.suptitle(f"{title + chr(10) if title else ''}higher is better in every panel{pick}",
+               fontsize=10)
+  fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=8,
+             frameon=False)
+  fig.tight_layout(rect=(0, 0.06, 1, 1))
   fig.savefig(path, dpi=110)
   plt.close(fig)
 
@@ -612,7 +740,8 @@ def plot_pareto(path: str | pathlib.Path, results: Sequence[CandidateResult], sc
 def make_finetune_fn(*, workdir: str | pathlib.Path, dataset: str, steps: int,
                      learning_rate: float, batch_size: int, data_dir: str | None = None,
                      optimizer: str = "adamw", schedule: str = "cosine", warmup: int = 0,
-                     image_size: int | None = None, max_len: int = 128) -> FinetuneFn:
+                     image_size: int | None = None, max_len: int = 128,
+                     log: Log = absl_log) -> FinetuneFn:
   """(candidate, seed) -> test accuracy after fine-tuning it with the project's job.
 
   Every candidate gets the same recipe (`jaxpretrain.job.finetune`): a fresh classification
@@ -634,7 +763,7 @@ def make_finetune_fn(*, workdir: str | pathlib.Path, dataset: str, steps: int,
     config = job.JobConfig(workdir=str(run_dir), init_checkpoint=str(cand.path.absolute()),
                            reset_head=True, progress="log", log_every=max(1, steps // 4),
                            **run)
-    result = job.finetune(config, log=lambda msg: logging.info("%s: %s", cand.name, msg))
+    result = job.finetune(config, log=lambda msg: log(f"{cand.name}: {msg}"))
     return float(result.metrics["accuracy"])
 
   return finetune
@@ -669,7 +798,8 @@ def select_models(candidates: Sequence[str], *, dataset: str, workdir: str | pat
                   cost_repeats: int = cost_lib.DEFAULT_REPEATS,
                   cost_warmup: int = cost_lib.DEFAULT_WARMUP,
                   budgets: Mapping[str, float | None] | None = None,
-                  recommend_by: str | None = None, strict: bool = False) -> dict[str, Any]:
+                  recommend_by: str | None = None, strict: bool = False,
+                  log: Log = absl_log, progress: bool = False) -> dict[str, Any]:
   """Costs, scores (and optionally fine-tunes) every candidate; writes the reports to `workdir`.
 
   Args:
@@ -696,6 +826,9 @@ def select_models(candidates: Sequence[str], *, dataset: str, workdir: str | pat
     recommend_by: the score the recommendation maximizes (default logme, else the first).
     strict: a candidate that fails stops the selection (SelectionError) instead of being
       reported and left out.
+    log: where each step's line goes (absl INFO by default; the CLI prints to stderr).
+    progress: progress lines with an ETA (`console.progress`) on extraction, scoring and
+      fine-tuning.
   Returns:
     The report written to results.json: settings, recommendation, per-candidate results,
     correlations.
@@ -719,8 +852,7 @@ def select_models(candidates: Sequence[str], *, dataset: str, workdir: str | pat
   workdir.mkdir(parents=True, exist_ok=True)
   labels = features_lib.source_labels(source)
   indices = features_lib.stratified_subset(labels, max_examples, seed)
-  logging.info("%s: scoring on %d of %d examples (%s split)", meta.name, len(indices),
-               len(labels), split)
+  log(f"{meta.name}: scoring on {len(indices)} of {len(labels)} examples ({split} split)")
   settings = {"dataset": dataset, "split": split, "max_examples": max_examples,
               "num_examples": len(indices), "num_classes": meta.num_classes,
               "pooling": pooling, "batch_size": batch_size, "image_size": image_size,
@@ -732,7 +864,7 @@ def select_models(candidates: Sequence[str], *, dataset: str, workdir: str | pat
   seeds = [seed + i for i in range(finetune_seeds)]
   results = []
   for k, (spec, name) in enumerate(zip(candidates, parsed, strict=True)):
-    logging.info("candidate %d/%d: %s", k + 1, len(candidates), spec)
+    log(f"candidate {k + 1}/{len(candidates)}: {spec}")
     result = CandidateResult(name=name, spec=spec)
     stage = "load"
     try:
@@ -743,32 +875,37 @@ def select_models(candidates: Sequence[str], *, dataset: str, workdir: str | pat
       if measure_cost:
         stage = "measure cost"
         cost = _cached_cost(cand, source, indices, settings, workdir, repeats=cost_repeats,
-                            warmup=cost_warmup)
+                            warmup=cost_warmup, log=log)
         result.cost = cost.to_json()
         over = cost_lib.over_budget(cost, limits)
         if over:
           result.status, result.reason = "over_budget", "; ".join(over)
-          logging.warning("candidate %s: over budget: %s", name, result.reason)
+          log(f"warning: candidate {name}: over budget: {result.reason}")
           results.append(result)
           continue
       stage = "extract features"
       feats, secs = _cached_features(cand, source, indices, settings, workdir,
-                                     batch_size=batch_size)
+                                     batch_size=batch_size, log=log, progress=progress)
       result.feature_dim = int(feats.features.shape[1])
       result.num_examples = len(feats.labels)
       stage = "score"
       result.scores, result.unavailable, score_secs = compute_scores(
-          feats, names, label=name, num_classes=meta.num_classes)
+          feats, names, label=name, num_classes=meta.num_classes, log=log, progress=progress)
+      result.saturated = saturated_scores(feats, result.scores)
       result.seconds = {"features": secs, **score_secs}
       if finetune_fn is not None:
         stage = "fine-tune"
+        from jaxpretrain import console  # noqa: PLC0415
+
+        runs = (console.progress(seeds, len(seeds), f"{name}: fine-tuning", every=1 / len(seeds))
+                if progress else seeds)
         result.set_finetune([_cached_finetune(cand, finetune_fn, finetune_settings or {},
-                                              workdir, s) for s in seeds])
+                                              workdir, s, log=log) for s in runs])
     except Exception as e:  # noqa: BLE001 -- any failure of one candidate is reported as such
       message = f"candidate '{name}' ({spec}) failed to {stage}: {_one_line(e)}"
       if strict:
         raise SelectionError(message) from e
-      logging.error("%s", message)
+      log(f"error: {message}")
       result.status, result.reason = "failed", f"failed to {stage}: {_one_line(e)}"
     results.append(result)
   if not any(r.status == "ok" for r in results):
@@ -782,14 +919,14 @@ def select_models(candidates: Sequence[str], *, dataset: str, workdir: str | pat
       results, names, corr, title=title, recommendation=rec, budgets=limits,
       finetune_seeds=finetune_seeds if finetune_fn else None, bootstrap=bootstrap))
   write_csv(workdir / "ranking.csv", results, names)
-  plot_scores(workdir / "scores.png", results, names, title=title)
+  plot_scores(workdir / "scores.png", results, names, title=title, recommendation=rec)
   if measure_cost:
     plot_pareto(workdir / "pareto.png", results, by, title=title)
   report = {"settings": settings, "finetune": dict(finetune_settings or {}) or None,
             "recommendation": rec, "results": [dataclasses.asdict(r) for r in results],
             "correlations": corr}
   (workdir / "results.json").write_text(json.dumps(_json_ready(report), indent=2) + "\n")
-  logging.info("wrote %s", workdir / "ranking.md")
+  log(f"wrote {workdir / 'ranking.md'}")
   return report
 
 
@@ -798,21 +935,23 @@ def _feature_meta(cand, settings) -> dict[str, Any]:
           **{k: settings[k] for k in ("dataset", "split", "pooling", "image_size", "max_len")}}
 
 
-def _cached_features(cand, source, indices, settings, workdir, *, batch_size):
+def _cached_features(cand, source, indices, settings, workdir, *, batch_size, log=absl_log,
+                     progress=False):
   """Features from workdir/features/NAME.npz when made the same way, else extracted."""
   path = workdir / "features" / f"{cand.name}.npz"
   meta = _feature_meta(cand, settings)
   feats = features_lib.load_features(path, meta)
   if feats is not None and np.array_equal(feats.indices, indices):
-    logging.info("%s: features from %s", cand.name, path)
+    log(f"{cand.name}: features from {path}")
     return feats, 0.0
   start = time.perf_counter()
   feats = features_lib.extract_features(
       cand, source, indices=indices, pooling=settings["pooling"], batch_size=batch_size,
-      image_size=settings["image_size"], max_len=settings["max_len"])
+      image_size=settings["image_size"], max_len=settings["max_len"],
+      progress=f"{cand.name}: extracting features" if progress else None)
   secs = time.perf_counter() - start
   features_lib.save_features(path, feats, meta)
-  logging.info("%s: %s features in %.1fs -> %s", cand.name, feats.features.shape, secs, path)
+  log(f"{cand.name}: {feats.features.shape} features in {secs:.1f}s -> {path}")
   return feats, secs
 
 
@@ -827,11 +966,11 @@ def _cost_inputs(cand, source, indices, settings):
   batch = dict(next(iter(it)))
   batch.pop("mask", None)
   batch.pop("label", None)
-  fn = features_lib.make_extract_fn(cand.model, cand.modality, settings["pooling"])
+  fn = features_lib.make_extract_fn(cand.model, cand.family, settings["pooling"])
   return fn, (cand.variables, batch)
 
 
-def _cached_cost(cand, source, indices, settings, workdir, *, repeats, warmup
+def _cached_cost(cand, source, indices, settings, workdir, *, repeats, warmup, log=absl_log
                  ) -> cost_lib.Cost:
   """The cost from workdir/cost/NAME.json when measured the same way here, else measured."""
   import jax  # noqa: PLC0415
@@ -845,22 +984,21 @@ def _cached_cost(cand, source, indices, settings, workdir, *, repeats, warmup
     try:
       saved = json.loads(path.read_text())
       if saved.get("key") == key:
-        logging.info("%s: cost from %s", cand.name, path)
+        log(f"{cand.name}: cost from {path}")
         return cost_lib.Cost.from_json(saved["cost"])
     except (ValueError, TypeError, KeyError) as e:
-      logging.warning("%s: ignoring unreadable %s (%s)", cand.name, path, _one_line(e))
+      log(f"warning: {cand.name}: ignoring unreadable {path} ({_one_line(e)})")
   fn, args = _cost_inputs(cand, source, indices, settings)
   cost = cost_lib.measure_cost(fn, args, batch_size=settings["batch_size"], repeats=repeats,
                                warmup=warmup)
   path.parent.mkdir(parents=True, exist_ok=True)
   path.write_text(json.dumps({"key": key, "cost": cost.to_json()}, indent=2) + "\n")
-  logging.info("%s: %s params, %s GFLOPs/example, %.3g ms/batch, %.4g examples/s", cand.name,
-               f"{cost.params:,}", _fmt_g(cost.gflops_per_example), cost.latency_ms,
-               cost.throughput)
+  log(f"{cand.name}: {cost.params:,} params, {_fmt_g(cost.gflops_per_example)} GFLOPs/example, "
+      f"{cost.latency_ms:.3g} ms/batch, {cost.throughput:.4g} examples/s")
   return cost
 
 
-def _cached_finetune(cand, finetune_fn, settings, workdir, seed: int) -> float:
+def _cached_finetune(cand, finetune_fn, settings, workdir, seed: int, log=absl_log) -> float:
   """Fine-tuned accuracy from workdir/finetune/NAME-seedS.json when run the same way, else runs."""
   path = workdir / "finetune" / f"{cand.name}-seed{seed}.json"
   key = json.loads(json.dumps({"spec": cand.spec, "path": str(cand.path.absolute()),
@@ -868,10 +1006,9 @@ def _cached_finetune(cand, finetune_fn, settings, workdir, seed: int) -> float:
   if path.is_file():
     saved = json.loads(path.read_text())
     if saved.get("key") == key and isinstance(saved.get("accuracy"), (int, float)):
-      logging.info("%s: fine-tuned accuracy %.4f (seed %d) from %s", cand.name,
-                   saved["accuracy"], seed, path)
+      log(f"{cand.name}: fine-tuned accuracy {saved['accuracy']:.4f} (seed {seed}) from {path}")
       return float(saved["accuracy"])
-  logging.info("%s: fine-tuning, seed %d (%s)", cand.name, seed, settings)
+  log(f"{cand.name}: fine-tuning, seed {seed} ({settings})")
   start = time.perf_counter()
   acc = float(finetune_fn(cand, seed))
   if not (math.isfinite(acc) and 0.0 <= acc <= 1.0):
@@ -879,6 +1016,6 @@ def _cached_finetune(cand, finetune_fn, settings, workdir, seed: int) -> float:
   path.parent.mkdir(parents=True, exist_ok=True)
   path.write_text(json.dumps({"key": key, "accuracy": acc,
                               "seconds": time.perf_counter() - start}, indent=2) + "\n")
-  logging.info("%s: fine-tuned accuracy %.4f, seed %d (%.0fs)", cand.name, acc, seed,
-               time.perf_counter() - start)
+  log(f"{cand.name}: fine-tuned accuracy {acc:.4f}, seed {seed} "
+      f"({time.perf_counter() - start:.0f}s)")
   return acc

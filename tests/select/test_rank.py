@@ -5,6 +5,7 @@ import csv
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 
@@ -15,6 +16,7 @@ import pytest
 from jaxpretrain import models, pretrained
 from jaxpretrain.select import cost as cost_lib
 from jaxpretrain.select import features, rank
+from jaxpretrain.select.scores import SCORES
 
 # Sums over at most a few hundred pairs in float64.
 TAU_ATOL = 1e-12
@@ -234,6 +236,95 @@ def test_reports_written(tmp_path):
   assert not rank.plot_pareto(tmp_path / "none.png", results, "nce")
 
 
+def test_saturated_h_score_is_detected():
+  rng = np.random.default_rng(0)
+  y = np.arange(20) % 3
+
+  def check(f):
+    feats = features.Features(features=f, labels=y, indices=np.arange(20))
+    values, _, _ = rank.compute_scores(feats, ["h_score", "shrinkage_h_score"])
+    return values, rank.saturated_scores(feats, values)
+
+  values, sat = check(rng.normal(size=(20, 30)))  # d >= n: any labelling is separable
+  assert values["h_score"] == pytest.approx(2.0) and list(sat) == ["h_score"]
+  assert sat["h_score"].startswith("saturated: feature dim 30 >= 20 examples")
+  values, sat = check(rng.normal(size=(20, 19)))  # d = n - 1: at its maximum, by value
+  assert sat == {"h_score": "saturated: 2.0000 is its maximum, classes - 1 = 2"}
+  values, sat = check(rng.normal(size=(20, 4)) + y[:, None])  # informative, not saturated
+  assert sat == {} and 0 < values["h_score"] < 2 and values["shrinkage_h_score"] > 0
+
+
+def _saturated_results():
+  res = [_mk("a", {"h_score": 2.0, "knn": 0.6, "leep": None}),
+         _mk("b", {"h_score": 1.2, "knn": 0.8, "leep": None}),
+         _mk("c", {"h_score": 0.4, "knn": 0.5, "leep": None})]
+  res[0].saturated = {"h_score": "saturated: feature dim 64 >= 20 examples"}
+  for r in res:
+    r.unavailable = {"leep": rank.NO_HEAD}
+  return res
+
+
+def test_saturated_score_is_shown_not_ranked_in_ranking_md():
+  res = _saturated_results()
+  rec = rank.recommend(res, "h_score")
+  assert rec["candidate"] == "b"  # a's saturated 2.0 is not a pick
+  md = rank.markdown_table(res, ["h_score", "knn", "leep"], title="t", recommendation=rec)
+  assert "Higher is better for every score" in md
+  assert "knn and linear_probe are cross-validated accuracies" in md
+  assert "| a | resnet_tiny | 64 | 2.0000 saturated | 0.6000 (2) |" in md
+  assert "| b | resnet_tiny | 64 | 1.2000 (1) | 0.8000 (1) |" in md
+  assert "| c | resnet_tiny | 64 | 0.4000 (2) | 0.5000 (3) |" in md
+  assert "- h_score not ranked for a: saturated: feature dim 64 >= 20 examples" in md
+  for r in res:
+    r.set_finetune([{"a": 0.9, "b": 0.7, "c": 0.5}[r.name]])
+  corr = rank.correlations(res, ["h_score"])["h_score"]
+  assert corr["n"] == 2 and corr["top1"] == "b" and corr["regret"] == pytest.approx(0.2)
+  res[1].saturated = res[2].saturated = dict(res[0].saturated)
+  assert "(saturated: a, b, c)" in rank.recommend(res, "h_score")["reason"]
+
+
+def test_score_axes_cover_every_score():
+  assert set(rank.SCORE_AXES) == {*SCORES, rank.FINETUNE}
+  for kind, _ in rank.SCORE_AXES.values():
+    assert kind in ("zero", "unit", "range")
+  assert rank._axis_range([0.6, 0.8], "unit") == (0.0, 1.12)
+  assert rank._axis_range([0.4, 2.0], "zero")[0] == 0.0  # H-scores: magnitudes from zero
+  assert rank._axis_range([-40.0, -38.0], "range")[0] < -40.0  # LogME-like: the values' range
+  assert rank._axis_range([-40.0, -38.0], "range")[1] < 0.0
+
+
+def test_scores_chart_renders(tmp_path):
+  res = _saturated_results()
+  for r in res:
+    r.set_finetune([0.5])
+  rank.plot_scores(tmp_path / "s.png", res, ["h_score", "knn", "leep", "logme"], title="t",
+                   recommendation=rank.recommend(res, "knn"))
+  assert (tmp_path / "s.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+  # What each panel says (text and legend) is read back from the figure matplotlib drew.
+  import matplotlib.pyplot as plt
+
+  captured = {}
+  original = plt.close
+  plt.close = lambda fig=None: captured.setdefault("fig", fig)
+  try:
+    rank.plot_scores(tmp_path / "s2.png", res, ["h_score", "knn", "leep", "logme"],
+                     recommendation=rank.recommend(res, "knn"))
+  finally:
+    plt.close = original
+  fig = captured["fig"]
+  texts = [t.get_text() for ax in fig.axes for t in ax.texts]
+  assert rank.NEEDS_HEAD in texts and "n/a for every candidate" in texts  # leep, logme
+  assert any("saturated, not ranked" in t for t in texts)
+  legend = [t.get_text() for t in fig.legends[0].get_texts()]
+  assert legend == ["top candidate by this score", "other candidates", "saturated: not ranked"]
+  assert "higher is better in every panel; recommended (bold): b by knn" in \
+      fig._suptitle.get_text()
+  h_ax, knn_ax = fig.axes[0], fig.axes[1]
+  assert h_ax.get_xlim()[0] == 0.0 and knn_ax.get_xlim() == (0.0, 1.12)
+  assert "accuracy" in knn_ax.get_title() and "accuracy" in fig.axes[4].get_title()
+  plt.close(fig)
+
+
 # ------------------------------------------------------------------------------------------
 # The CLI end to end.
 # ------------------------------------------------------------------------------------------
@@ -264,7 +355,12 @@ def test_cli_end_to_end(digits_dir, tmp_path):
           "--cost_repeats=2"]
   proc = _cli(args, tmp_path)
   assert proc.returncode == 0, proc.stderr[-3000:]
-  assert "features of 4/4 batches" in proc.stderr  # progress messages
+  # Progress with an ETA on each phase, select's own lines only (no absl/orbax/XLA/TFDS).
+  assert "tiny_seed1: extracting features: 4/4 (100%), ETA" in proc.stderr
+  assert "tiny_seed1: scoring: 4/4 (100%), ETA" in proc.stderr
+  noise = [line for line in proc.stderr.splitlines() + proc.stdout.splitlines()
+           if re.match(r"[IWEF]\d{4} ", line) or re.search(r"\b(INFO|WARNING)\b", line)]
+  assert not noise, noise[:5]
   assert "recommended: " in proc.stdout and "report: " in proc.stdout
   report = json.loads((workdir / "results.json").read_text())
   assert [r["name"] for r in report["results"]] == ["random_resnet_tiny", "tiny_seed1"]
@@ -277,6 +373,7 @@ def test_cli_end_to_end(digits_dir, tmp_path):
   assert report["recommendation"]["by"] == "logme"
   md = (workdir / "ranking.md").read_text()
   assert "digits_local: 120 examples, 2 candidates" in md and "| tiny_seed1 |" in md
+  assert proc.stdout.endswith(md)  # the console ends with the ranking table
   for name in ("ranking.csv", "scores.png", "pareto.png"):
     assert (workdir / name).is_file()
   cached = [workdir / "features" / "tiny_seed1.npz", workdir / "cost" / "tiny_seed1.json"]
