@@ -65,6 +65,7 @@ from jaxpretrain.job import evaluation as evaluation_lib
 from jaxpretrain.job import flags as flags_lib
 from jaxpretrain.job import metrics as metrics_lib
 from jaxpretrain.job import model_record
+from jaxpretrain.job import multihost
 from jaxpretrain.job import report as report_lib
 from jaxpretrain.job import task as task_lib
 from jaxpretrain.job import workdir as workdir_lib
@@ -135,6 +136,7 @@ def start_devices(config: JobConfig) -> None:
   set_cpu_devices(config.cpu_devices)
   parallel.initialize_distributed(config.coordinator_address, config.num_processes,
                                   config.process_id)
+  multihost.start_watchdog()  # a lost process -> one line, not a hang in a collective
   config_lib.check_devices(config, jax.device_count(), jax.local_device_count(),
                            jax.process_count())
 
@@ -364,7 +366,7 @@ def run(config: JobConfig, *, hooks: Hooks | None = None, log=print) -> Result:
   wd.check_writable()
   # One lock per workdir: process 0 holds it for all processes of a multi-process run.
   lock = wd.lock() if jax.process_index() == 0 else contextlib.nullcontext()
-  with lock, workdir_lib.StopSignal() as stop:
+  with lock, workdir_lib.StopSignal() as stop, multihost.guard():
     newest = _check_resume(wd, config, log)
     return _run_locked(config, wd, stop, hooks, log, newest)
 
@@ -492,13 +494,14 @@ def _train(config, wd, stop, hooks, log, lead, t_start, spec, data, model, par, 
   sums, count, t_log = {}, 0, time.perf_counter()
   train_time, train_steps, t_first = 0.0, 0, None
   while step < total:
-    if stop.requested:
+    requested = multihost.agreed_stop(stop.requested)  # all processes stop at one step
+    if requested:
       ckpt.wait()
       if step not in ckpt.all_steps():
         save(step)
       ckpt.wait()
       progress.close()
-      raise Stopped(step, stop.requested, wd.path)
+      raise Stopped(step, requested, wd.path)
     position = train_it.get_state()["step"]
     batch = next(train_it)
     if position in skipped:

@@ -85,16 +85,23 @@ def resolve_checkpoint(spec: str, workdir: pathlib.Path, arch: str | None,
     raise ConfigError(f"--init_checkpoint={spec!r} is a weights file: name its architecture "
                       "with --model (e.g. --model=resnet18)")
   dst = workdir / INIT_DIR
-  if (dst / pretrained.CONFIG).is_file():
-    log(f"using {dst}, converted from {src} by an earlier run in this workdir")
-    return dst
-  from ports import convert  # noqa: PLC0415 -- lazy: only to convert (never imports torch
-  # for safetensors; .pth/.bin files need the torch extra)
 
-  kind = "Hugging Face folder" if src.is_dir() else "torchvision weights file"
-  log(f"converting {src} ({kind}) into {dst}")
-  convert.convert(src, dst, arch=arch if src.is_file() else None)
-  return dst
+  def convert_once() -> pathlib.Path:
+    if (dst / pretrained.CONFIG).is_file():
+      log(f"using {dst}, converted from {src} by an earlier run or by process 0")
+      return dst
+    from ports import convert  # noqa: PLC0415 -- lazy: only to convert (never imports torch
+    # for safetensors; .pth/.bin files need the torch extra)
+
+    kind = "Hugging Face folder" if src.is_dir() else "torchvision weights file"
+    log(f"converting {src} ({kind}) into {dst}")
+    convert.convert(src, dst, arch=arch if src.is_file() else None)
+    return dst
+
+  from jaxpretrain.job import multihost  # noqa: PLC0415
+
+  # Several processes: process 0 converts, the others wait, then find the folder in place.
+  return multihost.lead_first("converting --init_checkpoint", convert_once)
 
 
 def _head_size(family: str, kw: dict[str, Any]) -> int | None:
