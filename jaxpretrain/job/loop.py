@@ -64,8 +64,7 @@ from jaxpretrain.job import config as config_lib
 from jaxpretrain.job import evaluation as evaluation_lib
 from jaxpretrain.job import flags as flags_lib
 from jaxpretrain.job import metrics as metrics_lib
-from jaxpretrain.job import model_record
-from jaxpretrain.job import multihost
+from jaxpretrain.job import model_record, multihost
 from jaxpretrain.job import report as report_lib
 from jaxpretrain.job import task as task_lib
 from jaxpretrain.job import workdir as workdir_lib
@@ -368,7 +367,9 @@ def run(config: JobConfig, *, hooks: Hooks | None = None, log=print) -> Result:
   lock = wd.lock() if jax.process_index() == 0 else contextlib.nullcontext()
   with lock, workdir_lib.StopSignal() as stop, multihost.guard():
     newest = _check_resume(wd, config, log)
-    return _run_locked(config, wd, stop, hooks, log, newest)
+    result = _run_locked(config, wd, stop, hooks, log, newest)
+    multihost.finish()  # every process is done before any exits
+    return result
 
 
 def _run_locked(config, wd, stop, hooks, log, newest) -> Result:

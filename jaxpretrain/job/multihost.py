@@ -123,6 +123,7 @@ class _Watchdog:
     self.c, self.lost_after = c, lost_after
     self.me, self.n = jax.process_index(), jax.process_count()
     self.lost: list[int] | None = None
+    self.stopped = False  # after `finish`: processes exiting are not lost
     self.why = ""
     self.found = threading.Event()
     self._thread = threading.Thread(target=self._run, name="jaxpretrain-watchdog", daemon=True)
@@ -138,7 +139,7 @@ class _Watchdog:
       try:
         self.c.key_value_set(f"{_KEY}/alive/{self.me}", str(beat), allow_overwrite=True)
         now = time.monotonic()
-        for p, (last, since) in seen.items():
+        for p, (last, _since) in seen.items():
           try:
             value = self.c.key_value_try_get(f"{_KEY}/alive/{p}")
           except Exception:  # not written yet: the process is still starting
@@ -147,7 +148,11 @@ class _Watchdog:
             seen[p] = (value, now)
         stale = sorted(p for p, (_, since) in seen.items() if now - since > self.lost_after)
       except Exception as e:  # the coordination service (process 0) is gone
+        if self.stopped:
+          return
         self._report([0], f"the coordination service is unreachable: {_one_line(e)[:160]}")
+        return
+      if self.stopped:
         return
       if stale:
         self._report(stale, f"no heartbeat for {self.lost_after:.0f} s")
@@ -173,11 +178,26 @@ def start_watchdog() -> None:
   _WATCHDOG.start()
 
 
+def finish(timeout_s: float = LEAD_TIMEOUT_S) -> None:
+  """The end of a run: waits until every process got here (process 0 may still be writing the
+  report and export), then stops watching, so processes exiting are not taken as lost."""
+  c = client()
+  if c is None:
+    return
+  c.wait_at_barrier(f"{_KEY}/finished", int(timeout_s * 1000))
+  if _WATCHDOG is not None:
+    _WATCHDOG.stopped = True
+
+
+_EXITING = threading.Lock()
+
+
 def exit_lost(lost: list[int], why: str) -> None:
   """One line naming the lost process(es), then this process ends (no jax shutdown: its
   barrier would wait for the lost process and abort)."""
+  _EXITING.acquire()  # one line, from the first caller; os._exit ends the others
   n, me = jax.process_count(), jax.process_index()
-  names = ", ".join(map(str, lost))
+  names = ", ".join(map(str, lost)) or "(unknown)"
   print(f"error: lost process {names} of this {n}-process run ({why}; killed, crashed or its "
         f"host is gone); process {me} stops too. Rerun all {n} processes with the same "
         "command: the run resumes from the last committed checkpoint",
