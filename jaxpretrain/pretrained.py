@@ -79,8 +79,15 @@ def save_variables(path: str | os.PathLike, variables: Mapping[str, Any]) -> Non
   from orbax.checkpoint import type_handlers  # noqa: PLC0415
 
   registry = type_handlers.create_type_handler_registry((np.ndarray, _streaming_handler()))
-  handler = ocp.PyTreeCheckpointHandler(type_handler_registry=registry)
-  with ocp.Checkpointer(handler) as ckptr:
+  # This process writes alone (in a multi-process run, only process 0 exports): no barrier
+  # waits for the others.
+  import jax  # noqa: PLC0415
+
+  me = jax.process_index()
+  alone = ocp.options.MultiprocessingOptions(primary_host=me, active_processes={me})
+  handler = ocp.PyTreeCheckpointHandler(type_handler_registry=registry,
+                                        multiprocessing_options=alone)
+  with ocp.Checkpointer(handler, multiprocessing_options=alone) as ckptr:
     ckptr.save(pathlib.Path(path).absolute(), args=ocp.args.PyTreeSave(_to_numpy(variables)))
 
 

@@ -4,8 +4,10 @@ The training stream is one global sequence, the same for any number of hosts:
   position p (0, 1, 2, ...) -> example `perm_e[p % N]`, e = p // N, where perm_e is grain's
   index shuffle of the N examples seeded with `seed + e` (a new order every epoch);
   augmentation at p uses `random_bits(seed, p)`.
-Global batch k is positions [k*G, (k+1)*G); host i of P takes positions i, i+P, ... of it, so
-hosts are disjoint and together complete, and batch k is a pure function of (seed, k). The
+Global batch k is positions [k*G, (k+1)*G); host i of P takes the contiguous positions
+[k*G + i*G/P, k*G + (i+1)*G/P), so hosts are disjoint and together complete, and the global
+array `make_array_from_process_local_data` assembles from them (hosts' devices in order) is
+row for row the one-process batch. Batch k is a pure function of (seed, k). The
 iterator state is therefore just the step (plus a fingerprint to catch mismatched resumes),
 valid for any worker count and any process count.
 
@@ -271,6 +273,16 @@ class _TrainIndex:
     return {"index": index, "position": position}
 
 
+class _HostSlice:
+  """A global batch of index records -> this host's contiguous part of it."""
+
+  def __init__(self, process_index: int, host_batch_size: int):
+    self.start, self.stop = process_index * host_batch_size, (process_index + 1) * host_batch_size
+
+  def __call__(self, records: dict) -> dict:
+    return {k: v[self.start:self.stop] for k, v in records.items()}
+
+
 class _EvalIndex:
   """Host position j -> example i + j*P, or a masked copy of example 0 past the end."""
 
@@ -394,8 +406,8 @@ def train_iterator(source, preprocess, *, global_batch_size: int, seed: int,
   if not 0 <= seed < 2**32:
     raise ValueError(f"seed={seed}; must be in [0, 2**32)")
   ds = grain.MapDataset.range(n).shuffle(seed=seed).repeat(num_epochs)
-  ds = ds.map_with_index(_TrainIndex())[topo.process_index::topo.process_count]
-  ds = ds.batch(topo.host_batch_size, drop_remainder=True)
+  ds = ds.map_with_index(_TrainIndex()).batch(global_batch_size, drop_remainder=True)
+  ds = ds.map(_HostSlice(topo.process_index, topo.host_batch_size))
   ds = ds.map(_LoadBatch(source, preprocess, seed))
   fingerprint = {"kind": "train", "seed": seed, "num_examples": n,
                  "global_batch_size": global_batch_size, "num_epochs": num_epochs}

@@ -64,7 +64,7 @@ from jaxpretrain.job import config as config_lib
 from jaxpretrain.job import evaluation as evaluation_lib
 from jaxpretrain.job import flags as flags_lib
 from jaxpretrain.job import metrics as metrics_lib
-from jaxpretrain.job import model_record
+from jaxpretrain.job import model_record, multihost
 from jaxpretrain.job import report as report_lib
 from jaxpretrain.job import task as task_lib
 from jaxpretrain.job import workdir as workdir_lib
@@ -139,6 +139,7 @@ def start_devices(config: JobConfig) -> None:
   set_cpu_devices(config.cpu_devices)
   parallel.initialize_distributed(config.coordinator_address, config.num_processes,
                                   config.process_id)
+  multihost.start_watchdog()  # a lost process -> one line, not a hang in a collective
   config_lib.check_devices(config, jax.device_count(), jax.local_device_count(),
                            jax.process_count())
 
@@ -381,9 +382,11 @@ def run(config: JobConfig, *, hooks: Hooks | None = None, log=print) -> Result:
                             "flags.txt", "git_revision.txt", REPORT, CURVES))
   # One lock per workdir: process 0 holds it for all processes of a multi-process run.
   lock = wd.lock() if jax.process_index() == 0 else contextlib.nullcontext()
-  with lock, workdir_lib.StopSignal() as stop:
+  with lock, workdir_lib.StopSignal() as stop, multihost.guard():
     newest = _check_resume(wd, config, log)
-    return _run_locked(config, wd, stop, hooks, log, newest)
+    result = _run_locked(config, wd, stop, hooks, log, newest)
+    multihost.finish()  # every process is done before any exits
+    return result
 
 
 def _run_locked(config, wd, stop, hooks, log, newest) -> Result:
@@ -532,13 +535,14 @@ def _train(config, wd, stop, hooks, log, lead, t_start, spec, data, model, par, 
   sums, count, t_log, timed = {}, 0, time.perf_counter(), 0
   train_time, train_steps, t_first = 0.0, 0, None
   while step < total:
-    if stop.requested:
+    requested = multihost.agreed_stop(stop.requested)  # all processes stop at one step
+    if requested:
       ckpt.wait()
       if step not in ckpt.all_steps():
         save(step)
       ckpt.wait()
       progress.close()
-      raise Stopped(step, stop.requested, wd.path)
+      raise Stopped(step, requested, wd.path)
     position = train_it.get_state()["step"]
     batch = next(train_it)
     if position in skipped:

@@ -108,21 +108,28 @@ def resolve_checkpoint(spec: str, workdir: pathlib.Path, arch: str | None,
     raise ConfigError(f"--init_checkpoint={spec!r} is a weights file: name its architecture "
                       "with --model (e.g. --model=resnet18)")
   dst = workdir / INIT_DIR
-  if (dst / pretrained.CONFIG).is_file():
-    log(f"using {dst}, converted from {src} by an earlier run in this workdir")
-    return dst
-  # Lazy: only to convert (never imports torch for safetensors; .pth/.bin need the torch extra)
-  from ports import convert  # noqa: PLC0415
-  from ports.rules import PortError  # noqa: PLC0415
 
-  check_checkpoint(spec, arch)
-  kind = "Hugging Face folder" if src.is_dir() else "torchvision weights file"
-  log(f"converting {src} ({kind}) into {dst}")
-  try:
-    convert.convert(src, dst, arch=arch if src.is_file() else None)
-  except PortError as e:
-    raise ConfigError(f"--init_checkpoint={spec!r}: {' '.join(str(e).split())}") from None
-  return dst
+  def convert_once() -> pathlib.Path:
+    if (dst / pretrained.CONFIG).is_file():
+      log(f"using {dst}, converted from {src} by an earlier run or by process 0")
+      return dst
+    # Lazy: only to convert (never imports torch for safetensors; .pth/.bin need the torch extra)
+    from ports import convert  # noqa: PLC0415
+    from ports.rules import PortError  # noqa: PLC0415
+
+    check_checkpoint(spec, arch)
+    kind = "Hugging Face folder" if src.is_dir() else "torchvision weights file"
+    log(f"converting {src} ({kind}) into {dst}")
+    try:
+      convert.convert(src, dst, arch=arch if src.is_file() else None)
+    except PortError as e:
+      raise ConfigError(f"--init_checkpoint={spec!r}: {' '.join(str(e).split())}") from None
+    return dst
+
+  from jaxpretrain.job import multihost  # noqa: PLC0415
+
+  # Several processes: process 0 converts, the others wait, then find the folder in place.
+  return multihost.lead_first("converting --init_checkpoint", convert_once)
 
 
 def model_spec(config: JobConfig, workdir: pathlib.Path, log=print) -> ModelSpec:

@@ -61,6 +61,7 @@ def test_sharding_two_processes_disjoint_complete_and_same_global_batches():
     h0, h1 = hosts[0][step], hosts[1][step]
     assert len(h0) == len(h1) == 8 and not set(h0) & set(h1)
     assert sorted(h0 + h1) == sorted(single[step])  # Global batch k is host-count free.
+    assert h0 + h1 == single[step]  # hosts in order: row for row the one-process batch
   for epoch in range(2):
     seen = sum((h[s] for h in hosts for s in range(4 * epoch, 4 * epoch + 4)), [])
     assert sorted(seen) == list(range(N))
