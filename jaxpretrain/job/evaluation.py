@@ -85,11 +85,10 @@ def warn_single_class(labels: np.ndarray, what: str, warn=print) -> None:
 def check_head(cfg: dict[str, Any], model_dir: pathlib.Path) -> None:
   """A checkpoint without a classification head is refused before any data is read."""
   try:
-    family = task_lib.models.family_of(cfg["model"])
+    family = registry.family_of(cfg["model"])
   except ValueError as e:
     raise ConfigError(f"{model_dir / pretrained.CONFIG}: {e}") from None
-  kwargs = cfg.get("model_kwargs", {})
-  if family in task_lib.HEADS and task_lib._head_size(family, kwargs) is None:  # noqa: SLF001
+  if family.head_size(cfg.get("model_kwargs", {})) is None:
     raise ConfigError(f"--checkpoint={str(model_dir)!r}: the model has no classification head "
                       f"({cfg['model']} without one); fine-tune it first")
 
