@@ -126,9 +126,10 @@ def check_hf_folder(src: pathlib.Path) -> None:
   except ValueError as e:
     raise LoadError(str(e)) from None
   model_type = hf.get("model_type") if isinstance(hf, dict) else None
-  if model_type not in convert.HF_PORTS:
+  ported = convert.hf_ports()
+  if model_type not in ported:
     raise LoadError(f"{src}: a Hugging Face folder of model_type {safe_io.short(model_type)}, "
-                    f"which has no port; supported: {', '.join(sorted(convert.HF_PORTS))}")
+                    f"which has no port; supported: {', '.join(sorted(ported))}")
 
 
 def resolve(source: str | os.PathLike, *, arch: str | None = None,
