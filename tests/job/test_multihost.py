@@ -29,16 +29,19 @@ pytestmark = pytest.mark.slow
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 STEPS = 16
+# SGD, not AdamW: the attention key bias has an exactly-zero gradient (softmax ignores a
+# shift of every score), so its computed gradient is rounding noise, which AdamW would scale
+# up to lr-sized steps that differ between reduction orders (measured: 1.6e-4 apart).
 RUN_FLAGS = ("--image_size=8", "--batch_size=8", f"--steps={STEPS}", "--checkpoint_every=4",
-             "--log_every=1", "--lr=0.01", "--warmup=2", "--progress=log")
+             "--log_every=1", "--optimizer=sgd", "--lr=0.05", "--warmup=2", "--progress=log")
 LAUNCH = ("--num_processes=2", "--devices_per_process=2", "--platform=cpu")
 RUN_TIMEOUT_S = 240  # one launch of 2 processes (~60 s on two loaded cores); a hang fails
 LOST_WITHIN_S = 60  # the Done-when bound; the watchdog's default is 20 s (multihost.py)
 # Same global batches and devices; 2 processes add the per-device gradients and statistics
 # through gloo instead of in one process, so float32 sums differ in reduction order only
-# (measured max |diff| ~1e-7 after 16 steps).
-REDUCTION_ORDER_RTOL = 1e-4
-REDUCTION_ORDER_ATOL = 1e-5
+# (measured: max |diff| 4.5e-8 after 16 steps, as tests/train/test_multiprocess.py's bounds).
+REDUCTION_ORDER_RTOL = 1e-5
+REDUCTION_ORDER_ATOL = 1e-6
 
 
 def _env() -> dict[str, str]:
@@ -214,12 +217,12 @@ def test_two_processes_match_one(data, reference, tmp_path):
 
 
 def test_only_process_0_writes_the_workdir(reference):
-  """One metrics record per step (not one per process) and one export."""
-  wd, console = reference
+  """One metrics record per step (not one per process), one event file, one lock."""
+  wd, _ = reference
   records = (wd / "metrics.jsonl").read_text().splitlines()
   assert sum('"kind": "train"' in r for r in records) == STEPS
-  for rank in (0, 1):
-    assert any(line.startswith("model: ") for line in _rank_lines(console, rank))
+  assert len(list(wd.glob("events.out.tfevents.*"))) == 1
+  assert sorted(p.name for p in wd.iterdir() if p.name.startswith(".")) == [".lock"]
 
 
 def test_lost_process_one_line_then_rerun_resumes_bit_exactly(data, reference, interrupted):
