@@ -229,6 +229,7 @@ def test_lost_process_one_line_then_rerun_resumes_bit_exactly(data, reference, i
   """Process 1 SIGKILLed -> process 0 exits within LOST_WITHIN_S naming it in one line, no
   traceback; rerunning both resumes from the last committed checkpoint, bit-exactly."""
   console = interrupted["console"]
+  print(f"process 0 exited {interrupted['exited_after_s']:.1f} s after process 1 was killed")
   assert interrupted["exited_after_s"] < LOST_WITHIN_S, console[-4000:]
   assert interrupted["status"] == 128 + signal.SIGKILL, console[-4000:]  # the worst: killed
   lost = [line for line in console.splitlines() if "error: lost process" in line]
