@@ -24,7 +24,7 @@ from absl import logging
 
 from jaxpretrain import console
 from jaxpretrain.job import flags as flags_lib
-from jaxpretrain.job import loop
+from jaxpretrain.job import loop, multihost
 from jaxpretrain.job import report as report_lib
 from jaxpretrain.job.config import ConfigError
 from jaxpretrain.job.workdir import WorkdirError
@@ -80,7 +80,8 @@ def train_main(argv: list[str]) -> int:
   except ConfigError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
-  except (WorkdirError, loop.NonFiniteError, CheckpointError) as e:
+  except (WorkdirError, loop.NonFiniteError, CheckpointError,
+          multihost.MultihostError) as e:  # process 0 never finished a step; no jax.distributed
     print(f"error: {e}", file=sys.stderr)
     return 1
   except loop.Stopped as e:

@@ -52,7 +52,15 @@ def client() -> Any | None:
   """jax.distributed's client, or None in a one-process run."""
   from jax._src import distributed  # noqa: PLC0415 -- the only handle on the key-value store
 
-  return distributed.global_state.client if jax.process_count() > 1 else None
+  if jax.process_count() == 1:
+    return None
+  c = distributed.global_state.client
+  if c is None:  # e.g. a TPU pod slice whose runtime joined the hosts without jax.distributed
+    raise MultihostError(
+        f"{jax.process_count()} processes but jax.distributed was not initialized; set "
+        "JAX_COORDINATOR_ADDRESS (process 0's host:port), JAX_NUM_PROCESSES and "
+        "JAX_PROCESS_ID in every process (BUILD.md, 'Running on many devices and hosts')")
+  return c
 
 
 def is_lead() -> bool:
