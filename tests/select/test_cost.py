@@ -48,7 +48,7 @@ def test_latency_is_the_median_of_timed_calls_after_warmup():
 def test_cost_of_a_tiny_resnet():
   model = models.build_model("resnet_tiny", num_classes=None)
   variables = models.init_variables("resnet_tiny", model, jax.random.key(0))
-  fn = features_lib.make_extract_fn(model, "image", "pooled")
+  fn = features_lib.make_extract_fn(model, models.get_family("resnet"), "pooled")
   images = jnp.zeros((4, 16, 16, 3))
   c = cost.measure_cost(fn, (variables, {"image": images}), batch_size=4, repeats=2)
   n = sum(np.size(x) for x in jax.tree.leaves(variables["params"]))
