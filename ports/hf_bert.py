@@ -30,7 +30,7 @@ from jaxpretrain import safe_io
 from jaxpretrain.safe_io import short
 from ports import hf_common
 from ports.base import Converted, Exported, expected_shapes
-from ports.rules import LINEAR, PortError, Rule, convert, export
+from ports.rules import PortError, Rule, convert, export
 
 MODEL = "bert"  # registry name (jaxpretrain/models/bert.py)
 MODEL_TYPES = ("bert", "roberta", "xlm-roberta")
@@ -103,12 +103,7 @@ def rules(model_type: str, prefixed: bool) -> list[Rule]:
                   Rule("cls.predictions.bias", "params/mlm_bias")]
 
 
-def _dense(src: str, dst: str) -> list[Rule]:
-  return [Rule(f"{src}.weight", f"{dst}/kernel", LINEAR), Rule(f"{src}.bias", f"{dst}/bias")]
-
-
-def _norm(src: str, dst: str) -> list[Rule]:
-  return [Rule(f"{src}.weight", f"{dst}/scale"), Rule(f"{src}.bias", f"{dst}/bias")]
+_dense, _norm = hf_common.dense, hf_common.norm
 
 
 def ignored(model_type: str, prefixed: bool) -> list[str]:

@@ -81,24 +81,16 @@ def rules() -> list[Rule]:
 IGNORED = [r"(text|vision)_model\.embeddings\.position_ids"]
 
 
-def _dense(src: str, dst: str) -> list[Rule]:
-  return [Rule(f"{src}.weight", f"{dst}/kernel", LINEAR), Rule(f"{src}.bias", f"{dst}/bias")]
-
-
-def _norm(src: str, dst: str) -> list[Rule]:
-  return [Rule(f"{src}.weight", f"{dst}/scale"), Rule(f"{src}.bias", f"{dst}/bias")]
+_dense, _norm = hf_common.dense, hf_common.norm
 
 
 def architecture(hf_config: Mapping[str, Any], weights: Mapping[str, Any],
                  arch: str | None) -> str:
   """`arch`, else config.json's first architecture, else guessed from the head tensors."""
-  name = arch or (hf_config.get("architectures") or [None])[0]
-  if name is None:
-    return "CLIPForImageClassification" if "classifier.weight" in weights else "CLIPModel"
-  if name not in ARCHITECTURES:
-    raise PortError(f"config.json: architecture '{name}' is not supported; known: "
-                    f"{sorted(ARCHITECTURES)}")
-  return name
+  return hf_common.architecture_name(
+      hf_config, arch, ARCHITECTURES,
+      lambda: ("CLIPForImageClassification" if "classifier.weight" in weights
+                          else "CLIPModel"))
 
 
 def _square(cfg_name: str, field: str, value: Any) -> int:

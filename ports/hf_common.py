@@ -17,7 +17,7 @@ import numpy as np
 
 from jaxpretrain import safe_io
 from jaxpretrain.safe_io import short
-from ports.rules import PortError, Rule, _key, _template_regex
+from ports.rules import LINEAR, PortError, Rule, _key, _template_regex
 
 # config.json lists at most this many architectures (real ones list one).
 MAX_ARCHITECTURES = 16
@@ -192,3 +192,26 @@ def class_names(hf_config: Mapping[str, Any], n: int) -> list[str] | None:
     raise PortError(f"config.json: id2label has ids {sorted(names)[:10]}; the head has {n} "
                     f"outputs, so it needs exactly the ids 0..{n - 1}")
   return [names[i] for i in range(n)]
+
+
+def dense(src: str, dst: str) -> list[Rule]:
+  """Rules of a torch nn.Linear `src` -> a flax Dense `dst` (kernel transposed, bias)."""
+  return [Rule(f"{src}.weight", f"{dst}/kernel", LINEAR), Rule(f"{src}.bias", f"{dst}/bias")]
+
+
+def norm(src: str, dst: str) -> list[Rule]:
+  """Rules of a torch nn.LayerNorm `src` -> a flax LayerNorm `dst` (scale, bias)."""
+  return [Rule(f"{src}.weight", f"{dst}/scale"), Rule(f"{src}.bias", f"{dst}/bias")]
+
+
+def architecture_name(hf_config: Mapping[str, Any], arch: str | None, known: Iterable[str],
+                      guess) -> str:
+  """`arch`, else config.json's first architecture, else `guess()` (from the head tensors);
+  a name not in `known` is an error naming the known ones."""
+  name = arch or (hf_config.get("architectures") or [None])[0]
+  if name is None:
+    return guess()
+  if name not in known:
+    raise PortError(f"config.json: architecture '{short(name)}' is not supported; known: "
+                    f"{sorted(known)}")
+  return name

@@ -23,7 +23,7 @@ import numpy as np
 
 from ports import hf_common
 from ports.base import Converted, Exported, expected_shapes
-from ports.rules import CONV, LINEAR, PortError, Rule, convert, export
+from ports.rules import CONV, PortError, Rule, convert, export
 
 MODEL = "dinov2"  # registry name (jaxpretrain/models/dinov2.py)
 MODEL_TYPES = ("dinov2", "dinov2_with_registers")
@@ -71,12 +71,7 @@ def rules(prefix: str) -> list[Rule]:
   ]
 
 
-def _dense(src: str, dst: str) -> list[Rule]:
-  return [Rule(f"{src}.weight", f"{dst}/kernel", LINEAR), Rule(f"{src}.bias", f"{dst}/bias")]
-
-
-def _norm(src: str, dst: str) -> list[Rule]:
-  return [Rule(f"{src}.weight", f"{dst}/scale"), Rule(f"{src}.bias", f"{dst}/bias")]
+_dense, _norm = hf_common.dense, hf_common.norm
 
 
 def architecture(hf_config: Mapping[str, Any], weights: Mapping[str, Any],

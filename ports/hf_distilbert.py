@@ -17,7 +17,7 @@ import numpy as np
 
 from ports import hf_common
 from ports.base import Converted, Exported, expected_shapes
-from ports.rules import LINEAR, PortError, Rule, convert, export
+from ports.rules import PortError, Rule, convert, export
 
 MODEL = "distilbert"  # registry name (jaxpretrain/models/distilbert.py)
 ARCHITECTURES = {"DistilBertModel": None, "DistilBertForSequenceClassification": "classification"}
@@ -54,25 +54,16 @@ def ignored(prefixed: bool) -> list[str]:
   return [("distilbert\\." if prefixed else "") + r"embeddings\.position_ids"]
 
 
-def _dense(src: str, dst: str) -> list[Rule]:
-  return [Rule(f"{src}.weight", f"{dst}/kernel", LINEAR), Rule(f"{src}.bias", f"{dst}/bias")]
-
-
-def _norm(src: str, dst: str) -> list[Rule]:
-  return [Rule(f"{src}.weight", f"{dst}/scale"), Rule(f"{src}.bias", f"{dst}/bias")]
+_dense, _norm = hf_common.dense, hf_common.norm
 
 
 def architecture(hf_config: Mapping[str, Any], weights: Mapping[str, Any],
                  arch: str | None) -> str:
   """`arch`, else config.json's first architecture, else guessed from the head tensors."""
-  name = arch or (hf_config.get("architectures") or [None])[0]
-  if name is None:
-    return ("DistilBertForSequenceClassification" if "classifier.weight" in weights
-            else "DistilBertModel")
-  if name not in ARCHITECTURES:
-    raise PortError(f"config.json: architecture '{name}' is not supported; known: "
-                    f"{sorted(ARCHITECTURES)}")
-  return name
+  return hf_common.architecture_name(
+      hf_config, arch, ARCHITECTURES,
+      lambda: ("DistilBertForSequenceClassification"
+                          if "classifier.weight" in weights else "DistilBertModel"))
 
 
 def model_kwargs(hf_config: Mapping[str, Any], head: str | None) -> dict[str, Any]:

@@ -24,7 +24,7 @@ from jaxpretrain import safe_io
 from jaxpretrain.safe_io import short
 from ports import hf_common
 from ports.base import Converted, Exported, expected_shapes
-from ports.rules import CONV, LINEAR, PortError, Rule, convert, export
+from ports.rules import CONV, PortError, Rule, convert, export
 
 MODEL = "vit"  # registry name (jaxpretrain/models/vit.py)
 ARCHITECTURES = {"ViTModel": None, "ViTForImageClassification": "classification"}
@@ -63,24 +63,16 @@ def rules(prefixed: bool) -> list[Rule]:
   ]
 
 
-def _dense(src: str, dst: str) -> list[Rule]:
-  return [Rule(f"{src}.weight", f"{dst}/kernel", LINEAR), Rule(f"{src}.bias", f"{dst}/bias")]
-
-
-def _norm(src: str, dst: str) -> list[Rule]:
-  return [Rule(f"{src}.weight", f"{dst}/scale"), Rule(f"{src}.bias", f"{dst}/bias")]
+_dense, _norm = hf_common.dense, hf_common.norm
 
 
 def architecture(hf_config: Mapping[str, Any], weights: Mapping[str, Any],
                  arch: str | None) -> str:
   """`arch`, else config.json's first architecture, else guessed from the head tensors."""
-  name = arch or (hf_config.get("architectures") or [None])[0]
-  if name is None:
-    return "ViTForImageClassification" if "classifier.weight" in weights else "ViTModel"
-  if name not in ARCHITECTURES:
-    raise PortError(f"config.json: architecture '{name}' is not supported; known: "
-                    f"{sorted(ARCHITECTURES)}")
-  return name
+  return hf_common.architecture_name(
+      hf_config, arch, ARCHITECTURES,
+      lambda: ("ViTForImageClassification" if "classifier.weight" in weights
+                          else "ViTModel"))
 
 
 def model_kwargs(hf_config: Mapping[str, Any], head: str | None, pooler: bool) -> dict[str, Any]:
