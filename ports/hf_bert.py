@@ -317,7 +317,7 @@ def _st_pooling(folder: pathlib.Path, path: str) -> str:
 def _st_json(folder: pathlib.Path, name: str):
   """A small JSON file inside `folder` (None if absent): plain names, inside the folder (or an
   HF cache's blobs), a regular file of at most MAX_ST_CONFIG_BYTES, strict JSON."""
+  real = safe_io.resolve_relative(folder, name, PortError)  # refused before any look
   if not os.path.lexists(folder / name):
     return None
-  real = safe_io.resolve_relative(folder, name, PortError)
   return safe_io.read_json(real, MAX_ST_CONFIG_BYTES, PortError, where=str(folder / name))

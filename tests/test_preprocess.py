@@ -284,7 +284,7 @@ def test_hf_id2label_and_sentence_transformers_folders(tmp_path):
   with pytest.raises(PortError, match="pooling modes"):
     hf_bert.folder_preprocessing(st_folder(base, {"pooling_mode_mean_tokens": True,
                                                   "pooling_mode_max_tokens": True}))
-  with pytest.raises(PortError, match="outside the folder"):
+  with pytest.raises(PortError, match="'..'|outside"):
     hf_bert.folder_preprocessing(st_folder([("Pooling", "../../x")], {}))
   assert hf_bert.folder_preprocessing(tmp_path / "nothing") == {}
 
