@@ -164,7 +164,8 @@ def _expected_shapes(arch, num_classes):
 def test_unknown_arch_lists_known_and_writes_nothing(torch_state_dict, tmp_path):
   torch.save(torch_state_dict, tmp_path / "r18.pth")
   dst = tmp_path / "out"
-  with pytest.raises(PortError, match=r"unknown torchvision arch 'resnet19'; known: .*\bresnet18, "):
+  with pytest.raises(PortError,
+                     match=r"unknown torchvision arch 'resnet19'; known: .*\bresnet18, "):
     convert.convert(tmp_path / "r18.pth", dst, arch="resnet19")
   _assert_nothing_written(tmp_path, dst)
 
