@@ -25,6 +25,7 @@ from jaxpretrain.select import features
 from jaxpretrain.train import losses
 from jaxpretrain.train import step as step_lib
 from jaxpretrain.train.state import create_train_state
+from tests import cnn_torch_refs as refs
 
 torch = pytest.importorskip("torch")
 pytestmark = pytest.mark.torch
@@ -34,7 +35,12 @@ BATCH = 2
 
 
 # ------------------------------------------------------------------------------------------
-# Tiny sources, one per family: (tmp folder) -> (source path, --arch or None).
+# Tiny sources, one per family: (tmp folder) -> (source path, --arch or None, structure).
+# structure None: `ports.convert` converts the source as the CLI does. A dict: the source is
+# a small model of a structure no named architecture has (the torchvision CNN ports convert
+# named architectures only, and refuse any other structure naming the difference), so its
+# state dict goes through the port's own rule table with these model_kwargs, as
+# `ports.convert` would after that check (the named-architecture path: tests/ports/).
 # ------------------------------------------------------------------------------------------
 
 
@@ -43,7 +49,7 @@ def _torchvision_resnet18(root):
 
   path = root / "resnet18.pth"
   torch.save(random_torchvision_resnet("resnet18", num_classes=10).state_dict(), path)
-  return path, "resnet18"
+  return path, "resnet18", None
 
 
 def _hf(cls_name, cfg_name, **cfg):
@@ -56,18 +62,88 @@ def _hf(cls_name, cfg_name, **cfg):
       for p in model.parameters():
         p.add_(0.05 * torch.randn(p.shape, generator=gen))
     model.save_pretrained(root / "hf")
-    return root / "hf", None
+    return root / "hf", None, None
 
   return make
 
 
+def _small_cnn(make, arch, **structure):
+  """A small torchvision CNN (tests/cnn_torch_refs.py) saved as a .pth state dict."""
+  def source(root):
+    path = root / f"{arch}_small.pth"
+    torch.save(getattr(refs, make)(num_classes=10).state_dict(), path)
+    return path, arch, structure
+
+  return source
+
+
+def _vgg_small(root):
+  """`small_vgg` with BatchNorm (its whole classifier: classifier_6 is the head replaced)."""
+  path = root / "vgg11_bn_small.pth"
+  torch.save(refs.small_vgg(batch_norm=True, num_classes=10).state_dict(), path)
+  return path, "vgg11_bn", {"cfg": list(refs.VGG_CFG), "batch_norm": True,
+                            "classifier_width": refs.VGG_WIDTH}
+
+
+# torchvision's B0 stages thinned (widths x 0.25 -> 8..80 channels) and cut to one block each
+# (depth x 0.1): its structure is two numbers, as a checkpoint's model_kwargs can hold it.
+EFFNET_MULT = {"width_mult": 0.25, "depth_mult": 0.1}
+
+
+def _efficientnet_small(root):
+  from torchvision.models import efficientnet  # noqa: PLC0415
+
+  torch.manual_seed(0)
+  setting, last = efficientnet._efficientnet_conf("efficientnet_b0", **EFFNET_MULT)
+  model = refs.randomize_norms(efficientnet.EfficientNet(setting, 0.2, last_channel=last,
+                                                         num_classes=10))
+  path = root / "efficientnet_b0_small.pth"
+  torch.save(model.state_dict(), path)
+  return path, "efficientnet_b0", dict(EFFNET_MULT)
+
+
+def _convert_structure(src, arch, structure, dst):
+  """ports.convert's steps for a small structure: the port's table, check, save."""
+  from ports import base, convert, readers, rules  # noqa: PLC0415
+
+  port = convert.torchvision_port(arch)
+  weights = readers.load_state_dict(src)
+  table = (port.table(structure["cfg"], structure["batch_norm"]) if hasattr(port, "table")
+           else port.TABLE)
+  head = {"vgg": "classifier.6.weight", "convnext": "classifier.2.weight",
+          "efficientnet": "classifier.1.weight"}[registry.family_of(arch).name]
+  kwargs = {**structure, "num_classes": int(weights[head].shape[0])}
+  converted = base.Converted(
+      model=arch, model_kwargs=kwargs, flat_variables=rules.convert(table, weights, port.IGNORED),
+      source={"format": "torchvision", "arch": arch, "path": str(src)})
+  base.check(converted)
+  model = registry.family_of(arch).build(arch, **kwargs)
+  pretrained.save_pretrained(
+      dst, arch, kwargs, params.unflatten(converted.flat_variables), source=converted.source,
+      preprocessing=registry.family_of(arch).default_preprocessing(model))
+
+
 _BERT = dict(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
              intermediate_size=37, max_position_embeddings=24, type_vocab_size=2)
+_TOWER = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37)
 SOURCES = {
     "resnet": _torchvision_resnet18,  # the smallest torchvision ResNet the port reads
     "bert": _hf("BertForSequenceClassification", "BertConfig", num_labels=3, **_BERT),
     "vit": _hf("ViTModel", "ViTConfig", hidden_size=32, num_hidden_layers=2,
                num_attention_heads=4, intermediate_size=37, image_size=16, patch_size=4),
+    "vgg": _vgg_small,
+    "convnext": _small_cnn("small_convnext", "convnext_tiny", dims=list(refs.CONVNEXT_DIMS),
+                           depths=list(refs.CONVNEXT_DEPTHS)),
+    "efficientnet": _efficientnet_small,
+    "dinov2": _hf("Dinov2Model", "Dinov2Config", image_size=16, patch_size=4, mlp_ratio=2,
+                  **{k: v for k, v in _TOWER.items() if k != "intermediate_size"}),
+    "distilbert": _hf("DistilBertForSequenceClassification", "DistilBertConfig", num_labels=3,
+                      vocab_size=99, dim=32, n_layers=2, n_heads=4, hidden_dim=37,
+                      max_position_embeddings=24),
+    "clip": _hf("CLIPModel", "CLIPConfig", projection_dim=16,
+                text_config=dict(_TOWER, vocab_size=99, max_position_embeddings=16,
+                                 bos_token_id=97, eos_token_id=98, pad_token_id=1),
+                vision_config=dict(_TOWER, image_size=16, patch_size=4)),
 }
 
 FAMILIES = [f.name for f in registry.families()]
@@ -100,8 +176,11 @@ def converted(tmp_path_factory):
   def get(name):
     if name not in cache:
       root = tmp_path_factory.mktemp(name)
-      src, arch = SOURCES[name](root)
-      convert.convert(src, root / "ckpt", arch=arch)
+      src, arch, structure = SOURCES[name](root)
+      if structure is None:
+        convert.convert(src, root / "ckpt", arch=arch)
+      else:
+        _convert_structure(src, arch, structure, root / "ckpt")
       cache[name] = (src, root / "ckpt")
     return cache[name]
 
