@@ -11,6 +11,8 @@ bit-exact, fine-tuned one step with a new head through the job's own functions
 import dataclasses
 import functools
 import importlib
+import json
+import shutil
 
 import jax
 import numpy as np
@@ -52,7 +54,10 @@ def _torchvision_resnet18(root):
   return path, "resnet18", None
 
 
-def _hf(cls_name, cfg_name, **cfg):
+def _hf(cls_name, cfg_name, tokenizer=False, **cfg):
+  """A seeded transformers model saved as a Hugging Face folder (tokenizer=True: with the
+  uncased BERT tokenizer.json all-MiniLM-L6-v2 carries, as a real text model's folder has;
+  its vocabulary is 30,522 tokens)."""
   def make(root):
     transformers = pytest.importorskip("transformers")
     torch.manual_seed(0)
@@ -62,6 +67,10 @@ def _hf(cls_name, cfg_name, **cfg):
       for p in model.parameters():
         p.add_(0.05 * torch.randn(p.shape, generator=gen))
     model.save_pretrained(root / "hf")
+    if tokenizer:
+      from jaxpretrain.data import sources  # noqa: PLC0415
+
+      shutil.copyfile(sources.minilm_tokenizer_path(), root / "hf" / "tokenizer.json")
     return root / "hf", None, None
 
   return make
@@ -125,6 +134,7 @@ def _convert_structure(src, arch, structure, dst):
 
 _BERT = dict(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
              intermediate_size=37, max_position_embeddings=24, type_vocab_size=2)
+BERT_VOCAB = 30522  # bert-base-uncased's vocabulary (the MiniLM tokenizer's)
 _TOWER = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37)
 SOURCES = {
     "resnet": _torchvision_resnet18,  # the smallest torchvision ResNet the port reads
@@ -138,8 +148,8 @@ SOURCES = {
     "dinov2": _hf("Dinov2Model", "Dinov2Config", image_size=16, patch_size=4, mlp_ratio=2,
                   **{k: v for k, v in _TOWER.items() if k != "intermediate_size"}),
     "distilbert": _hf("DistilBertForSequenceClassification", "DistilBertConfig", num_labels=3,
-                      vocab_size=99, dim=32, n_layers=2, n_heads=4, hidden_dim=37,
-                      max_position_embeddings=24),
+                      tokenizer=True, vocab_size=BERT_VOCAB, dim=32, n_layers=2, n_heads=4,
+                      hidden_dim=37, max_position_embeddings=24),
     "clip": _hf("CLIPModel", "CLIPConfig", projection_dim=16,
                 text_config=dict(_TOWER, vocab_size=99, max_position_embeddings=16,
                                  bos_token_id=97, eos_token_id=98, pad_token_id=1),
@@ -260,6 +270,77 @@ def test_family_end_to_end(name, converted, tmp_path, highest_precision):
   assert ("probs" in got) == (size is not None)
   if size is not None:
     assert got["probs"].shape == (BATCH, size) and np.isfinite(got["probs"]).all()
+
+
+# ------------------------------------------------------------------------------------------
+# The whole job on a new image family and a new text family.
+# ------------------------------------------------------------------------------------------
+
+
+def _digits_npz(path):
+  """scikit-learn's 8x8 digits 0-2, 48 to train and 24 to test, with class names."""
+  from sklearn.datasets import load_digits  # noqa: PLC0415
+
+  digits = load_digits(n_class=3)
+  x, y = (digits.images * 255 / 16).astype(np.uint8), digits.target.astype(np.int64)
+  np.savez(path, x_train=x[:48], y_train=y[:48], x_test=x[48:72], y_test=y[48:72],
+           class_names=np.array(["zero", "one", "two"]))
+  return f"npz:{path}"
+
+
+def _words_csv(path):
+  """64 two-class texts: each class draws its words from its own four."""
+  rng = np.random.RandomState(0)
+  words = ("good", "great", "happy", "fine", "bad", "awful", "sad", "poor")
+  rows = ["text,label"]
+  for i in range(64):
+    label = i % 2
+    rows.append(" ".join(rng.choice(words[4 * label:4 * label + 4], 5)) + ","
+                + ("neg", "pos")[label])
+  path.write_text("\n".join(rows) + "\n")
+  return f"csv:{path}"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["efficientnet", "distilbert"])
+def test_whole_job(name, converted, tmp_path):
+  """finetune with a new head -> evaluate -> load().classify -> export as the base's format."""
+  import jaxpretrain  # noqa: PLC0415
+  from jaxpretrain.job import evaluate_checkpoint, finetune  # noqa: PLC0415
+  from ports import export, readers  # noqa: PLC0415
+
+  _, ckpt = converted(name)
+  if name == "efficientnet":
+    data = dict(dataset=_digits_npz(tmp_path / "digits.npz"), image_size=32)
+    inputs = [np.full((8, 8), 200, np.uint8), np.eye(8, dtype=np.uint8) * 255]
+  else:
+    data = dict(dataset=_words_csv(tmp_path / "words.csv"), max_len=16, image_size=None)
+    inputs = ["good great fine", "awful sad poor"]
+  config = JobConfig(workdir=str(tmp_path / "run"), init_checkpoint=str(ckpt), steps=3,
+                     batch_size=16, lr=1e-3, warmup=0, eval_every=0, checkpoint_every=0,
+                     progress="log", **data)
+  result = finetune(config)
+  assert result.summary["new head"] is True and np.isfinite(result.metrics["accuracy"])
+
+  ev = evaluate_checkpoint(result.workdir, data["dataset"], batch_size=64, log=lambda *_: None)
+  assert ev["accuracy"] == pytest.approx(result.metrics["accuracy"])
+
+  names = pretrained.read_config(result.model_dir)["class_names"]
+  top, probs = jaxpretrain.load(result.model_dir).classify(inputs, top_k=2)
+  assert len(top) == 2 and all(t in names for row in top for t in row)
+  assert probs.shape == (2, 2) and np.all(np.diff(probs, axis=1) <= 0)
+
+  if name == "efficientnet":  # a torchvision state dict with the new classifier.1
+    out = export.export(result.workdir, tmp_path / "run.safetensors")
+    state = readers.SafetensorsFile(out)
+    assert state["classifier.1.weight"].shape == (len(names), 80 * 4)
+    assert "features.0.0.weight" in state
+  else:  # a Hugging Face folder whose id2label holds the run's class names
+    out = export.export(result.workdir, tmp_path / "hf")
+    hf_config = json.loads((out / "config.json").read_text())
+    assert hf_config["architectures"] == ["DistilBertForSequenceClassification"]
+    assert list(hf_config["id2label"].values()) == names == ["neg", "pos"]
+    assert (out / "tokenizer.json").is_file()
 
 
 # ------------------------------------------------------------------------------------------
