@@ -41,6 +41,12 @@ CASES = (
     Case("resnet18_b128_32px", "resnet18", batch=128, image=32, num_classes=10),
     Case("bert_base_b8", "bert_base", batch=8, seq=128, num_classes=2),
     Case("minilm_l6_b32", "minilm_l6", batch=32, seq=128, num_classes=2),
+    # The newer families, inference only and JAX only (no torch twin in torch_cases).
+    *(Case(f"{m}_b8", m, batch=8, image=224, modes=("infer",))
+      for m in ("vgg16", "convnext_tiny", "efficientnet_b0", "dinov2_small",
+                "clip_vit_base_patch32")),
+    Case("distilbert_b8", "distilbert_base_uncased", batch=8, seq=128, num_classes=2,
+         modes=("infer",)),
 )
 # --quick: the same code paths at sizes that run in a couple of minutes.
 QUICK_CASES = (
@@ -49,6 +55,11 @@ QUICK_CASES = (
     Case("resnet18_b128_32px", "resnet18", batch=16, image=32, num_classes=10),
     Case("bert_base_b8", "bert_base", batch=2, seq=32, num_classes=2),
     Case("minilm_l6_b32", "minilm_l6", batch=4, seq=32, num_classes=2),
+    *(Case(f"{m}_b8", m, batch=2, image=64, modes=("infer",))
+      for m in ("vgg16", "convnext_tiny", "efficientnet_b0", "dinov2_small",
+                "clip_vit_base_patch32")),
+    Case("distilbert_b8", "distilbert_base_uncased", batch=2, seq=32, num_classes=2,
+         modes=("infer",)),
 )
 MODES = ("infer", "train")
 FRAMEWORKS = ("jax", "torch")
@@ -84,7 +95,7 @@ def _variants(case: Case, mode: str, compile_limit_s: float | None, log,
     fns["jax"], facts["jax"] = build(case)
     log(f"    jax: lower {facts['jax']['lower_s']:.1f}s, compile "
         f"{facts['jax']['compile_s']:.1f}s, {(facts['jax']['flops'] or 0) / 1e9:.1f} GFLOP/step")
-  if "torch" not in frameworks:
+  if "torch" not in frameworks or not case.torch_twin:
     return fns, facts
   from benchmarks import torch_cases  # noqa: PLC0415
 
@@ -120,8 +131,9 @@ def run_case(case: Case, mode: str, *, reps: int, warmup: int, target_s: float,
              compile_limit_s: float | None, log, frameworks: Sequence[str] = FRAMEWORKS
              ) -> dict[str, Any]:
   """Times every variant of (case, mode), interleaved; returns the record of the case."""
+  frameworks = tuple(f for f in frameworks if f == "jax" or case.torch_twin)
   log(f"  {case.name} {mode}: batch {case.batch}, "
-      + (f"{case.image}px" if case.family == "resnet" else f"seq {case.seq}")
+      + (f"{case.image}px" if case.modality == "image" else f"seq {case.seq}")
       + ("" if tuple(frameworks) == FRAMEWORKS else f" ({'+'.join(frameworks)} only)"))
   fns, facts = _variants(case, mode, compile_limit_s, log, frameworks)
   share = harness.CpuShare()
@@ -143,8 +155,8 @@ def run_case(case: Case, mode: str, *, reps: int, warmup: int, target_s: float,
   del fns
   gc.collect()
   return {"case": case.name, "model": case.model, "mode": mode, "batch": case.batch,
-          "image": case.image if case.family == "resnet" else None,
-          "seq": case.seq if case.family != "resnet" else None, "unit": case.unit,
+          "image": case.image if case.modality == "image" else None,
+          "seq": case.seq if case.modality != "image" else None, "unit": case.unit,
           "flops_per_step": flops, "flops_source": "xla cost analysis of the lowered step",
           "others_cpu_share": others, "variants": variants}
 
@@ -153,7 +165,7 @@ def run_case_isolated(case: Case, mode: str, *, reps: int, quick: bool,
                       compile_limit_s: float | None, log) -> dict[str, Any]:
   """run_case with each framework in a fresh process of its own; the records merged."""
   parts = {}
-  for framework in FRAMEWORKS:
+  for framework in FRAMEWORKS if case.torch_twin else ("jax",):
     with tempfile.TemporaryDirectory() as tmp:
       out = os.path.join(tmp, "record.json")
       args = [sys.executable, "-m", "benchmarks.cpu", "--worker", "--case", case.name,
@@ -169,7 +181,8 @@ def run_case_isolated(case: Case, mode: str, *, reps: int, quick: bool,
       with open(out) as f:
         parts[framework] = json.load(f)
   record = dict(parts["jax"])
-  record["variants"] = {**parts["jax"]["variants"], **parts["torch"]["variants"]}
+  record["variants"] = {**parts["jax"]["variants"],
+                        **parts.get("torch", {}).get("variants", {})}
   flops = record["flops_per_step"]
   for stats in parts["torch"]["variants"].values():  # the JAX step's count, as in one process
     if flops and "median" in stats:
@@ -298,7 +311,7 @@ def run(*, quick: bool, only: Sequence[str], reps: int | None, compile_limit_s: 
   log(f"matmul peak {peak_n}^3")
   report["peak"] = {"start": matmul_peak(peak_n, reps, log)}
   for case in cases:
-    for mode in MODES:
+    for mode in case.modes:
       try:
         if isolate:
           record = run_case_isolated(case, mode, reps=reps, quick=quick,

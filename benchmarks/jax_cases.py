@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxpretrain import models, perf
+from jaxpretrain.models import registry
 from jaxpretrain.train import losses, optim
 from jaxpretrain.train import state as state_lib
 from jaxpretrain.train import step as step_lib
@@ -42,22 +43,42 @@ class Case:
   seq: int = 128  # text: tokens per sequence
   num_classes: int = 1000  # images: classes of the head; text: labels of the classifier
   model_kwargs: tuple = ()  # extra constructor kwargs as (key, value) pairs (hashable)
+  modes: tuple = ("infer", "train")  # what the suites time (the newer families: inference)
 
   @property
   def family(self) -> str:
     return models.family_of(self.model)
 
   @property
+  def modality(self) -> str:
+    return registry.get(self.family).modality
+
+  @property
+  def torch_twin(self) -> bool:
+    """Whether benchmarks.torch_cases builds this model (torchvision ResNets, HF BERTs)."""
+    return self.family in ("resnet", "bert")
+
+  @property
   def unit(self) -> str:
-    return "img/s" if self.family == "resnet" else "seq/s"
+    return "img/s" if self.modality == "image" else "seq/s"
 
   def kwargs(self, train: bool) -> dict[str, Any]:
-    """Model constructor kwargs: the variant's, a head for training text models, extras."""
+    """Model constructor kwargs: the variant's, a head for training text models, extras.
+
+    Families whose variants carry a classifier (the torchvision CNNs) keep one of
+    num_classes outputs; the others (BERT, ViT, DINOv2, CLIP...) run bare for inference and
+    with the family's classification head for training.
+    """
     kw = dict(self.model_kwargs)
     if self.family == "resnet":
       kw.setdefault("num_classes", self.num_classes)
-    elif train:  # BertForSequenceClassification: pooler + dropout + classifier
-      kw.update(head="classification", num_labels=self.num_classes)
+    elif self.family == "bert":
+      if train:  # BertForSequenceClassification: pooler + dropout + classifier
+        kw.update(head="classification", num_labels=self.num_classes)
+    else:
+      family = registry.get(self.family)
+      if train or family.head_size(family.variants[self.model]) is not None:
+        kw = family.set_head(kw, self.num_classes)
     return kw
 
 
@@ -65,7 +86,7 @@ def make_batch(case: Case, seed: int = 0) -> dict[str, np.ndarray]:
   """Random inputs, identical for JAX and torch. Images NHWC float32, text int32 ids."""
   rng = np.random.default_rng(seed)
   labels = rng.integers(0, case.num_classes, case.batch).astype(np.int32)
-  if case.family == "resnet":
+  if case.modality == "image":
     image = rng.standard_normal((case.batch, case.image, case.image, 3), np.float32)
     return {"image": image, "label": labels}
   vocab = models.build_model(case.model).vocab_size
@@ -149,7 +170,7 @@ def inference(case: Case, dtype: Any = jnp.float32, compiler_options: dict | Non
   """
   model, variables = build(case, train=False, dtype=dtype)
   batch = device_batch(case, dtype)
-  args, kwargs = step_lib.model_inputs(batch)
+  args, kwargs = registry.get(case.family).inputs(batch)
 
   def forward(variables, args, kwargs):
     out, aux = model.apply(variables, *args, train=False, **kwargs)

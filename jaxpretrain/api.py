@@ -358,9 +358,11 @@ class Pretrained:
       import jax  # noqa: PLC0415
 
       from jaxpretrain import perf  # noqa: PLC0415
+      from jaxpretrain.models import registry  # noqa: PLC0415
 
+      family = registry.family_of(self.config["model"])
       self._compiled[pooling] = jax.jit(
-          functools.partial(_forward, self.model, pooling=pooling),
+          functools.partial(_forward, self.model, family, pooling=pooling),
           compiler_options=perf.compiler_options("inference"))
     return self._compiled[pooling]
 
@@ -448,17 +450,15 @@ def _is_pil(x: Any) -> bool:
   return type(x).__module__.startswith("PIL.")
 
 
-def _forward(model, variables, batch, *, pooling: str | None):
-  """The model on a batch -> {"logits"} (pooling None) or {"features"}."""
+def _forward(model, family, variables, batch, *, pooling: str | None):
+  """The model on a batch -> {"logits"} (pooling None) or {"features"}.
+
+  The family's `inputs` choose what the model takes (DistilBERT has no token types).
+  """
   import jax.numpy as jnp  # noqa: PLC0415
 
-  if "image" in batch:
-    _, aux = model.apply(variables, batch["image"], train=False)
-    mask = None
-  else:
-    mask = batch["attention_mask"]
-    _, aux = model.apply(variables, batch["input_ids"], attention_mask=mask,
-                         token_type_ids=batch["token_type_ids"], train=False)
+  _, aux = family.forward(model, variables, batch, train=False)
+  mask = batch.get("attention_mask")
   if pooling is None:
     return {"logits": aux["logits"].astype(jnp.float32)}
   return {"features": pool(aux, mask, pooling)}

@@ -29,7 +29,7 @@ from jaxpretrain.models import efficientnet
 from ports.base import Converted, Exported
 from ports.rules import CONV, LINEAR, PortError, Rule, convert, export
 from ports.torchvision_efficientnet import expected, preprocessing
-from ports.torchvision_resnet import _bn
+from ports.torchvision_resnet import IMAGENET_NUM_CLASSES, _bn, imagenet_classes
 
 ARCHS = tuple(a for a in efficientnet.VARIANTS if "lite" in a)
 IGNORED = (r"(.+\.)?num_batches_tracked",)
@@ -97,7 +97,9 @@ def to_jaxpretrain(weights: Mapping[str, np.ndarray], *, hf_config: dict | None 
   return Converted(model=arch, model_kwargs={"num_classes": num_classes},
                    flat_variables=convert(table(arch), weights, IGNORED),
                    source={"format": "efficientnet_pytorch", "arch": arch},
-                   preprocessing=preprocessing(arch))
+                   preprocessing=preprocessing(arch),
+                   class_names=(imagenet_classes() if num_classes == IMAGENET_NUM_CLASSES
+                                else None))  # ImageNet-1k (EfficientNet-Lite0's own head)
 
 
 def from_jaxpretrain(config: Mapping[str, Any], flat_variables: Mapping[str, np.ndarray]

@@ -162,7 +162,8 @@ def folder_preprocessing(folder: str | os.PathLike) -> dict[str, Any]:
   return hf_dinov2.folder_preprocessing(folder)
 
 
-def hf_config_for(model_kwargs: Mapping[str, Any], source: Mapping[str, Any]) -> dict[str, Any]:
+def hf_config_for(model_kwargs: Mapping[str, Any], source: Mapping[str, Any],
+                  class_names: list[str] | None = None) -> dict[str, Any]:
   """config.json for a `clip` model: the source's config updated with the model's fields."""
   head = model_kwargs.get("head")
   cfg = dict(source.get("hf_config") or {})
@@ -176,7 +177,7 @@ def hf_config_for(model_kwargs: Mapping[str, Any], source: Mapping[str, Any]) ->
   cfg["model_type"] = "clip"
   cfg["architectures"] = [EXPORT_ARCHITECTURE[head]]
   if head == "classification":
-    hf_common.set_num_labels(cfg, model_kwargs["num_labels"])
+    hf_common.set_num_labels(cfg, model_kwargs["num_labels"], class_names)
   return cfg
 
 
@@ -187,4 +188,5 @@ def from_jaxpretrain(config: Mapping[str, Any], flat_variables: Mapping[str, np.
 
   kw = hf_common.module_fields(clip.build(config["model"], **config["model_kwargs"]))
   return Exported(state_dict=export(rules(), flat_variables),
-                  hf_config=hf_config_for(kw, config.get("source") or {}))
+                  hf_config=hf_config_for(kw, config.get("source") or {},
+                                                 config.get("class_names")))

@@ -160,7 +160,8 @@ def folder_preprocessing(folder: str | os.PathLike) -> dict[str, Any]:
   return out
 
 
-def hf_config_for(model_kwargs: Mapping[str, Any], source: Mapping[str, Any]) -> dict[str, Any]:
+def hf_config_for(model_kwargs: Mapping[str, Any], source: Mapping[str, Any],
+                  class_names: list[str] | None = None) -> dict[str, Any]:
   """config.json for a `dinov2` model: the source's config updated with the model's fields."""
   registers = model_kwargs["num_register_tokens"] > 0
   model_type = "dinov2_with_registers" if registers else "dinov2"
@@ -177,7 +178,7 @@ def hf_config_for(model_kwargs: Mapping[str, Any], source: Mapping[str, Any]) ->
     cfg["use_mask_token"] = model_kwargs["use_mask_token"]
   cfg["architectures"] = [EXPORT_ARCHITECTURE[(model_type, head)]]
   if head == "classification":
-    hf_common.set_num_labels(cfg, model_kwargs["num_labels"])
+    hf_common.set_num_labels(cfg, model_kwargs["num_labels"], class_names)
   return cfg
 
 
@@ -196,4 +197,5 @@ def from_jaxpretrain(config: Mapping[str, Any], flat_variables: Mapping[str, np.
   # Head models need the base prefix for transformers to find the backbone.
   prefixed = bool(source.get("prefixed")) or kw["head"] is not None
   state = export(rules(PREFIX[model_type] if prefixed else ""), flat_variables)
-  return Exported(state_dict=state, hf_config=hf_config_for(kw, source))
+  return Exported(state_dict=state, hf_config=hf_config_for(kw, source,
+                                                                 config.get("class_names")))

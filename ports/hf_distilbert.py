@@ -105,7 +105,8 @@ def to_jaxpretrain(weights: Mapping[str, np.ndarray], *, hf_config: Mapping[str,
                      "pad_token_id": kw["pad_token_id"]})
 
 
-def hf_config_for(model_kwargs: Mapping[str, Any], source: Mapping[str, Any]) -> dict[str, Any]:
+def hf_config_for(model_kwargs: Mapping[str, Any], source: Mapping[str, Any],
+                  class_names: list[str] | None = None) -> dict[str, Any]:
   """config.json for a `distilbert` model: the source's config updated with the model's fields."""
   head = model_kwargs.get("head")
   cfg = dict(source.get("hf_config") or {})
@@ -113,7 +114,7 @@ def hf_config_for(model_kwargs: Mapping[str, Any], source: Mapping[str, Any]) ->
   cfg["model_type"] = "distilbert"
   cfg["architectures"] = [EXPORT_ARCHITECTURE[head]]
   if head == "classification":
-    hf_common.set_num_labels(cfg, model_kwargs["num_labels"])
+    hf_common.set_num_labels(cfg, model_kwargs["num_labels"], class_names)
   return cfg
 
 
@@ -126,4 +127,4 @@ def from_jaxpretrain(config: Mapping[str, Any], flat_variables: Mapping[str, np.
   source = config.get("source") or {}
   prefixed = bool(source.get("prefixed")) or kw["head"] is not None
   return Exported(state_dict=export(rules(prefixed), flat_variables),
-                  hf_config=hf_config_for(kw, source))
+                  hf_config=hf_config_for(kw, source, config.get("class_names")))

@@ -10,11 +10,16 @@ the exporter:
     model the run has) with id2label/label2id from the run's class names, the tokenizer files
     the run carries, a preprocessor_config.json for image models and a README.md model card
     (base checkpoint, dataset, steps, hyperparameters, test metrics);
-  - torchvision: the state dict with the run's new `fc`, as .safetensors or .pth/.pt, which
-    `torchvision.models.<arch>(num_classes=N).load_state_dict(..., strict=True)` accepts.
-A run trained from scratch exports as its family's format when one fits (torchvision ResNets,
-BERT/RoBERTa, ViT). Everything read from the run is untrusted: files are copied only under
-known names, as regular files inside the model folder.
+  - torchvision: the state dict with the run's new head (ResNet's `fc`, VGG's `classifier.6`
+    or a cut backbone's `head`, ConvNeXt's `classifier.2`, EfficientNet's `classifier.1`),
+    as .safetensors or .pth/.pt, which `torchvision.models.<arch>(num_classes=N)
+    .load_state_dict(..., strict=True)` accepts; the family's torchvision port writes it
+    (`ports.convert.torchvision_port`), or ports.efficientnet_pytorch for a base in that
+    layout (EfficientNet-Lite0's file), which writes that layout back.
+A run trained from scratch exports as its family's format when one fits (a variant its
+family's torchvision port reads, or the family's Hugging Face model type). Everything read
+from the run is untrusted: files are copied only under known names, as regular files inside
+the model folder.
 """
 
 from __future__ import annotations
@@ -29,11 +34,13 @@ from typing import Any
 import numpy as np
 
 from ports import readers
-from ports.convert import hf_ports, port_module
+from ports.convert import hf_ports, port_module, torchvision_port
 from ports.rules import PortError
 
 RUN_FORMAT = "jaxpretrain-run"
-FORMATS = ("huggingface", "torchvision")  # formats with an exporter
+# Formats with an exporter; efficientnet_pytorch is a torchvision-style state dict whose keys
+# follow lukemelas/EfficientNet-PyTorch (ports/efficientnet_pytorch.py).
+FORMATS = ("huggingface", "torchvision", "efficientnet_pytorch")
 MAX_BASE_DEPTH = 16  # runs fine-tuned from runs: a longer chain is a loop or a forgery
 TORCHVISION_SUFFIXES = (".safetensors", ".pth", ".pt")
 # PIL resampling codes, as Hugging Face image processors store them.
@@ -108,21 +115,24 @@ def base_source(config: Mapping[str, Any], where: pathlib.Path) -> dict[str, Any
 
 def scratch_source(config: Mapping[str, Any], where: pathlib.Path) -> dict[str, Any]:
   """The format a run trained from scratch exports as, from its model's family."""
-  from jaxpretrain import models  # noqa: PLC0415
-  from ports import torchvision_resnet  # noqa: PLC0415
+  from jaxpretrain.models import registry  # noqa: PLC0415
 
   name = config.get("model")
-  family = models.family_of(name) if name in models.known_models() else None
-  if family == "resnet" and name in torchvision_resnet.ARCHS:
+  family = registry.family_of(name) if name in registry.known_models() else None
+  if (family is not None and "torchvision" in family.ports
+      and name in port_module(family.ports["torchvision"]).ARCHS):
     return {"format": "torchvision", "arch": name}
-  if family == "bert":
+  if family is not None and family.hf_model_types:
     roberta = (config.get("model_kwargs") or {}).get("position_style") == "roberta"
-    return {"format": "huggingface", "model_type": "roberta" if roberta else "bert"}
-  if family == "vit":
-    return {"format": "huggingface", "model_type": "vit"}
+    return {"format": "huggingface",
+            "model_type": "roberta" if family.name == "bert" and roberta
+            else family.hf_model_types[0]}  # a port with two types picks by the kwargs
+  tv = [a for f in registry.families() if "torchvision" in f.ports
+        for a in port_module(f.ports["torchvision"]).ARCHS]
+  hf = [f.name for f in registry.families() if f.hf_model_types]
   raise PortError(f"{where}: the run trained {name!r} from scratch, which no exporter writes; "
-                  f"formats with exporters: huggingface (BERT, RoBERTa, XLM-RoBERTa and ViT "
-                  f"models), torchvision ({', '.join(torchvision_resnet.ARCHS)})")
+                  f"formats with exporters: huggingface (families {', '.join(hf)}), "
+                  f"torchvision ({', '.join(tv)})")
 
 
 def export_run(path: str | pathlib.Path, out: str | pathlib.Path, *,
@@ -150,7 +160,7 @@ def export_run(path: str | pathlib.Path, out: str | pathlib.Path, *,
   flat = params.flatten(pretrained.load_variables(model_dir / pretrained.VARIABLES))
   as_converted = {"model": config["model"], "model_kwargs": config.get("model_kwargs") or {},
                   "source": base, "class_names": names}
-  if fmt == "torchvision":
+  if fmt in ("torchvision", "efficientnet_pytorch"):
     return _to_torchvision(as_converted, flat, out)
   return _to_huggingface(model_dir, workdir, config, as_converted, flat, out, overwrite)
 
@@ -159,18 +169,19 @@ def export_run(path: str | pathlib.Path, out: str | pathlib.Path, *,
 
 def _to_torchvision(as_converted: dict, flat: Mapping[str, np.ndarray],
                     out: pathlib.Path) -> pathlib.Path:
-  from ports import torchvision_resnet  # noqa: PLC0415
+  from jaxpretrain.models import registry  # noqa: PLC0415
 
   arch, names = as_converted["model"], as_converted["class_names"]
-  if arch not in torchvision_resnet.ARCHS:
-    raise PortError(f"model {arch!r} is no torchvision architecture; known: "
-                    f"{', '.join(torchvision_resnet.ARCHS)}")
+  if as_converted["source"].get("format") == "efficientnet_pytorch":
+    port = port_module("ports.efficientnet_pytorch")
+  else:
+    port = torchvision_port(arch)  # the family whose torchvision port reads `arch`
   if out.suffix not in TORCHVISION_SUFFIXES:
     raise PortError(f"{out}: a torchvision export is a {', '.join(TORCHVISION_SUFFIXES)} file")
-  state = torchvision_resnet.from_jaxpretrain(as_converted, flat).state_dict
-  num_classes = int(state["fc.weight"].shape[0]) if "fc.weight" in state else None
+  state = port.from_jaxpretrain(as_converted, flat).state_dict
+  num_classes = registry.family_of(arch).head_size(as_converted["model_kwargs"])
   if names is not None and len(names) != num_classes:
-    raise PortError(f"{len(names)} class_names for an fc of {num_classes} outputs")
+    raise PortError(f"{len(names)} class_names for a head of {num_classes} outputs")
   out.parent.mkdir(parents=True, exist_ok=True)
   tmp = out.with_name(f".{out.name}.partial")
   try:
@@ -206,6 +217,7 @@ def _to_huggingface(model_dir: pathlib.Path, workdir: pathlib.Path | None, confi
     raise PortError(f"{out}: a Hugging Face export is a folder, not a {out.suffix} file")
   exported = port_module(known[model_type]).from_jaxpretrain(as_converted, flat)
   from jaxpretrain.job import model_record  # noqa: PLC0415
+  from jaxpretrain.models import registry  # noqa: PLC0415
 
   listed = set(config.get("files") or [])
   with pretrained.atomic_folder(out, overwrite) as tmp:
@@ -215,7 +227,7 @@ def _to_huggingface(model_dir: pathlib.Path, workdir: pathlib.Path | None, confi
       src = model_dir / name
       if name in listed and _regular_file_inside(src, model_dir):
         shutil.copyfile(src, tmp / name)
-    if model_type == "vit":
+    if registry.family_of(config["model"]).modality == "image":  # ViT, DINOv2, CLIP
       processor = image_processor_config(config.get("preprocessing") or {})
       (tmp / "preprocessor_config.json").write_text(json.dumps(processor, indent=2) + "\n")
     (tmp / "README.md").write_text(
@@ -338,7 +350,11 @@ def model_card(config: Mapping[str, Any], hf_config: Mapping[str, Any],
   """README.md of an exported run: what it is, how it was trained, how well, how to load it."""
   source = config.get("source") or {}
   summary = run_summary(config, workdir)
-  modality = "image" if hf_config.get("model_type") == "vit" else "text"
+  from jaxpretrain.models import registry  # noqa: PLC0415
+
+  name = config.get("model")
+  modality = (registry.family_of(name).modality if name in registry.known_models()
+              else "text")
   head = (config.get("model_kwargs") or {}).get("head")
   tag = PIPELINE_TAGS.get((modality, head), "feature-extraction")
   arch = (hf_config.get("architectures") or ["?"])[0]

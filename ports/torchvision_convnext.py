@@ -21,6 +21,7 @@ import numpy as np
 from jaxpretrain.models import convnext
 from ports.base import Converted, Exported
 from ports.rules import CONV, LINEAR, PortError, Rule, Transform, convert, export
+from ports.torchvision_resnet import IMAGENET_NUM_CLASSES, imagenet_classes
 
 ARCHS = tuple(convnext.VARIANTS)
 PREPROCESSING = dict(convnext.FAMILY_INFO["preprocessing"])
@@ -95,7 +96,9 @@ def to_jaxpretrain(weights: Mapping[str, np.ndarray], *, hf_config: dict | None 
                    flat_variables=convert(TABLE, weights, IGNORED),
                    source={"format": "torchvision", "arch": arch},
                    preprocessing=dict(PREPROCESSING,
-                                      resize_size=_resize_size(arch)))
+                                      resize_size=_resize_size(arch)),
+                   class_names=(imagenet_classes() if num_classes == IMAGENET_NUM_CLASSES
+                                else None))
 
 
 def from_jaxpretrain(config: Mapping[str, Any], flat_variables: Mapping[str, np.ndarray]

@@ -26,7 +26,7 @@ import numpy as np
 from jaxpretrain.models import efficientnet
 from ports.base import Converted, Exported
 from ports.rules import CONV, LINEAR, PortError, Rule, convert, export
-from ports.torchvision_resnet import _bn
+from ports.torchvision_resnet import IMAGENET_NUM_CLASSES, _bn, imagenet_classes
 
 ARCHS = tuple(efficientnet.VARIANTS)
 # torchvision EfficientNet_B*_Weights.IMAGENET1K_V1 transforms: (crop_size, resize_size,
@@ -135,7 +135,9 @@ def to_jaxpretrain(weights: Mapping[str, np.ndarray], *, hf_config: dict | None 
   return Converted(model=arch, model_kwargs={"num_classes": num_classes},
                    flat_variables=convert(TABLE, weights, IGNORED),
                    source={"format": "torchvision", "arch": arch},
-                   preprocessing=preprocessing(arch))
+                   preprocessing=preprocessing(arch),
+                   class_names=(imagenet_classes() if num_classes == IMAGENET_NUM_CLASSES
+                                else None))
 
 
 def from_jaxpretrain(config: Mapping[str, Any], flat_variables: Mapping[str, np.ndarray]

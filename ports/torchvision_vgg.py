@@ -31,7 +31,7 @@ import numpy as np
 from jaxpretrain.models import vgg
 from ports.base import Converted, Exported
 from ports.rules import CONV, LINEAR, PortError, Rule, convert, export
-from ports.torchvision_resnet import _bn
+from ports.torchvision_resnet import IMAGENET_NUM_CLASSES, _bn, imagenet_classes
 
 ARCHS = tuple(vgg.VARIANTS)  # vgg11, vgg11_bn, ..., vgg19_bn
 PREPROCESSING = dict(vgg.FAMILY_INFO["preprocessing"])
@@ -128,7 +128,9 @@ def to_jaxpretrain(weights: Mapping[str, np.ndarray], *, hf_config: dict | None 
   if craft:
     source["origin"] = "craft"
   return Converted(model=name, model_kwargs=kwargs, flat_variables=flat, source=source,
-                   preprocessing=dict(PREPROCESSING))
+                   preprocessing=dict(PREPROCESSING),
+                   class_names=(imagenet_classes()
+                                if kwargs["num_classes"] == IMAGENET_NUM_CLASSES else None))
 
 
 def from_jaxpretrain(config: Mapping[str, Any], flat_variables: Mapping[str, np.ndarray]

@@ -262,7 +262,10 @@ FAMILY = registry.register(registry.Family(
         set=lambda kw, n: ({**kw, "head": None} if n is None else
                            {**kw, "head": "classification", "num_labels": n}),
         size=lambda kw: kw.get("num_labels") if kw.get("head") == "classification" else None)},
-    preprocessing={"image_size": registry.SMALL_IMAGE_SIZE, "mean": registry.IMAGENET_MEAN,
-                   "std": registry.IMAGENET_STD},
+    # The project's small size rounded up to whole patches (14-pixel patches: 42, 3 x 3),
+    # ImageNet statistics (a folder's preprocessor_config.json overrides them on conversion).
+    preprocessing=lambda model: {
+        "image_size": -(-registry.SMALL_IMAGE_SIZE // model.patch_size) * model.patch_size,
+        "mean": registry.IMAGENET_MEAN, "std": registry.IMAGENET_STD},
     ports={"huggingface": "ports.hf_dinov2"},
     hf_model_types=("dinov2", "dinov2_with_registers")))

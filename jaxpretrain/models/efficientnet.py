@@ -333,6 +333,13 @@ FAMILY_INFO = {
 }
 
 
+def _default_preprocessing(model: EfficientNet) -> dict[str, Any]:
+  """The project's small size; a Lite model's [-1, 1] inputs (TF's), else ImageNet's."""
+  lite = not model.se and model.activation == "relu6"
+  stats = FAMILY_INFO["preprocessing_lite"] if lite else FAMILY_INFO["preprocessing"]
+  return {"image_size": registry.SMALL_IMAGE_SIZE, "mean": stats["mean"], "std": stats["std"]}
+
+
 # The family descriptor (jaxpretrain/models/registry.py); FAMILY_INFO above keeps the eval
 # transforms the ports record (torchvision's, or EfficientNet-Lite's [-1, 1) inputs).
 FAMILY = registry.register(registry.Family(
@@ -342,6 +349,5 @@ FAMILY = registry.register(registry.Family(
         patterns=(r"params/classifier_1/.*",),
         set=lambda kw, n: {**kw, "num_classes": n},
         size=lambda kw: kw.get("num_classes", 1000))},
-    preprocessing={"image_size": registry.SMALL_IMAGE_SIZE, "mean": registry.IMAGENET_MEAN,
-                   "std": registry.IMAGENET_STD},
+    preprocessing=_default_preprocessing,
     ports={"torchvision": "ports.torchvision_efficientnet"}))

@@ -11,6 +11,8 @@ bit-exact, fine-tuned one step with a new head through the job's own functions
 import dataclasses
 import functools
 import importlib
+import json
+import shutil
 
 import jax
 import numpy as np
@@ -25,6 +27,7 @@ from jaxpretrain.select import features
 from jaxpretrain.train import losses
 from jaxpretrain.train import step as step_lib
 from jaxpretrain.train.state import create_train_state
+from tests import cnn_torch_refs as refs
 
 torch = pytest.importorskip("torch")
 pytestmark = pytest.mark.torch
@@ -34,7 +37,12 @@ BATCH = 2
 
 
 # ------------------------------------------------------------------------------------------
-# Tiny sources, one per family: (tmp folder) -> (source path, --arch or None).
+# Tiny sources, one per family: (tmp folder) -> (source path, --arch or None, structure).
+# structure None: `ports.convert` converts the source as the CLI does. A dict: the source is
+# a small model of a structure no named architecture has (the torchvision CNN ports convert
+# named architectures only, and refuse any other structure naming the difference), so its
+# state dict goes through the port's own rule table with these model_kwargs, as
+# `ports.convert` would after that check (the named-architecture path: tests/ports/).
 # ------------------------------------------------------------------------------------------
 
 
@@ -43,10 +51,13 @@ def _torchvision_resnet18(root):
 
   path = root / "resnet18.pth"
   torch.save(random_torchvision_resnet("resnet18", num_classes=10).state_dict(), path)
-  return path, "resnet18"
+  return path, "resnet18", None
 
 
-def _hf(cls_name, cfg_name, **cfg):
+def _hf(cls_name, cfg_name, tokenizer=False, **cfg):
+  """A seeded transformers model saved as a Hugging Face folder (tokenizer=True: with the
+  uncased BERT tokenizer.json all-MiniLM-L6-v2 carries, as a real text model's folder has;
+  its vocabulary is 30,522 tokens)."""
   def make(root):
     transformers = pytest.importorskip("transformers")
     torch.manual_seed(0)
@@ -56,18 +67,93 @@ def _hf(cls_name, cfg_name, **cfg):
       for p in model.parameters():
         p.add_(0.05 * torch.randn(p.shape, generator=gen))
     model.save_pretrained(root / "hf")
-    return root / "hf", None
+    if tokenizer:
+      from jaxpretrain.data import sources  # noqa: PLC0415
+
+      shutil.copyfile(sources.minilm_tokenizer_path(), root / "hf" / "tokenizer.json")
+    return root / "hf", None, None
 
   return make
 
 
+def _small_cnn(make, arch, **structure):
+  """A small torchvision CNN (tests/cnn_torch_refs.py) saved as a .pth state dict."""
+  def source(root):
+    path = root / f"{arch}_small.pth"
+    torch.save(getattr(refs, make)(num_classes=10).state_dict(), path)
+    return path, arch, structure
+
+  return source
+
+
+def _vgg_small(root):
+  """`small_vgg` with BatchNorm (its whole classifier: classifier_6 is the head replaced)."""
+  path = root / "vgg11_bn_small.pth"
+  torch.save(refs.small_vgg(batch_norm=True, num_classes=10).state_dict(), path)
+  return path, "vgg11_bn", {"cfg": list(refs.VGG_CFG), "batch_norm": True,
+                            "classifier_width": refs.VGG_WIDTH}
+
+
+# torchvision's B0 stages thinned (widths x 0.25 -> 8..80 channels) and cut to one block each
+# (depth x 0.1): its structure is two numbers, as a checkpoint's model_kwargs can hold it.
+EFFNET_MULT = {"width_mult": 0.25, "depth_mult": 0.1}
+
+
+def _efficientnet_small(root):
+  from torchvision.models import efficientnet  # noqa: PLC0415
+
+  torch.manual_seed(0)
+  setting, last = efficientnet._efficientnet_conf("efficientnet_b0", **EFFNET_MULT)
+  model = refs.randomize_norms(efficientnet.EfficientNet(setting, 0.2, last_channel=last,
+                                                         num_classes=10))
+  path = root / "efficientnet_b0_small.pth"
+  torch.save(model.state_dict(), path)
+  return path, "efficientnet_b0", dict(EFFNET_MULT)
+
+
+def _convert_structure(src, arch, structure, dst):
+  """ports.convert's steps for a small structure: the port's table, check, save."""
+  from ports import base, convert, readers, rules  # noqa: PLC0415
+
+  port = convert.torchvision_port(arch)
+  weights = readers.load_state_dict(src)
+  table = (port.table(structure["cfg"], structure["batch_norm"]) if hasattr(port, "table")
+           else port.TABLE)
+  head = {"vgg": "classifier.6.weight", "convnext": "classifier.2.weight",
+          "efficientnet": "classifier.1.weight"}[registry.family_of(arch).name]
+  kwargs = {**structure, "num_classes": int(weights[head].shape[0])}
+  converted = base.Converted(
+      model=arch, model_kwargs=kwargs, flat_variables=rules.convert(table, weights, port.IGNORED),
+      source={"format": "torchvision", "arch": arch, "path": str(src)})
+  base.check(converted)
+  model = registry.family_of(arch).build(arch, **kwargs)
+  pretrained.save_pretrained(
+      dst, arch, kwargs, params.unflatten(converted.flat_variables), source=converted.source,
+      preprocessing=registry.family_of(arch).default_preprocessing(model))
+
+
 _BERT = dict(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
              intermediate_size=37, max_position_embeddings=24, type_vocab_size=2)
+BERT_VOCAB = 30522  # bert-base-uncased's vocabulary (the MiniLM tokenizer's)
+_TOWER = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37)
 SOURCES = {
     "resnet": _torchvision_resnet18,  # the smallest torchvision ResNet the port reads
     "bert": _hf("BertForSequenceClassification", "BertConfig", num_labels=3, **_BERT),
     "vit": _hf("ViTModel", "ViTConfig", hidden_size=32, num_hidden_layers=2,
                num_attention_heads=4, intermediate_size=37, image_size=16, patch_size=4),
+    "vgg": _vgg_small,
+    "convnext": _small_cnn("small_convnext", "convnext_tiny", dims=list(refs.CONVNEXT_DIMS),
+                           depths=list(refs.CONVNEXT_DEPTHS)),
+    "efficientnet": _efficientnet_small,
+    "dinov2": _hf("Dinov2Model", "Dinov2Config", image_size=16, patch_size=4, mlp_ratio=2,
+                  **{k: v for k, v in _TOWER.items() if k != "intermediate_size"}),
+    "distilbert": _hf("DistilBertForSequenceClassification", "DistilBertConfig", num_labels=3,
+                      tokenizer=True, vocab_size=BERT_VOCAB, dim=32, n_layers=2, n_heads=4,
+                      hidden_dim=37, max_position_embeddings=24),
+    "clip": _hf("CLIPModel", "CLIPConfig", projection_dim=16,
+                text_config=dict(_TOWER, vocab_size=99, max_position_embeddings=16,
+                                 bos_token_id=97, eos_token_id=98, pad_token_id=1),
+                vision_config=dict(_TOWER, image_size=16, patch_size=4)),
 }
 
 FAMILIES = [f.name for f in registry.families()]
@@ -100,8 +186,11 @@ def converted(tmp_path_factory):
   def get(name):
     if name not in cache:
       root = tmp_path_factory.mktemp(name)
-      src, arch = SOURCES[name](root)
-      convert.convert(src, root / "ckpt", arch=arch)
+      src, arch, structure = SOURCES[name](root)
+      if structure is None:
+        convert.convert(src, root / "ckpt", arch=arch)
+      else:
+        _convert_structure(src, arch, structure, root / "ckpt")
       cache[name] = (src, root / "ckpt")
     return cache[name]
 
@@ -181,6 +270,82 @@ def test_family_end_to_end(name, converted, tmp_path, highest_precision):
   assert ("probs" in got) == (size is not None)
   if size is not None:
     assert got["probs"].shape == (BATCH, size) and np.isfinite(got["probs"]).all()
+
+
+# ------------------------------------------------------------------------------------------
+# The whole job on a new image family and a new text family.
+# ------------------------------------------------------------------------------------------
+
+
+def _digits_npz(path):
+  """scikit-learn's 8x8 digits 0-2, 48 to train and 24 to test, with class names."""
+  from sklearn.datasets import load_digits  # noqa: PLC0415
+
+  digits = load_digits(n_class=3)
+  x, y = (digits.images * 255 / 16).astype(np.uint8), digits.target.astype(np.int64)
+  np.savez(path, x_train=x[:48], y_train=y[:48], x_test=x[48:72], y_test=y[48:72],
+           class_names=np.array(["zero", "one", "two"]))
+  return f"npz:{path}"
+
+
+def _words_csv(path):
+  """64 two-class texts: each class draws its words from its own four."""
+  rng = np.random.RandomState(0)
+  words = ("good", "great", "happy", "fine", "bad", "awful", "sad", "poor")
+  rows = ["text,label"]
+  for i in range(64):
+    label = i % 2
+    rows.append(" ".join(rng.choice(words[4 * label:4 * label + 4], 5)) + ","
+                + ("neg", "pos")[label])
+  path.write_text("\n".join(rows) + "\n")
+  return f"csv:{path}"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["vgg", "distilbert"])
+def test_whole_job(name, converted, tmp_path):
+  """finetune with a new head -> evaluate -> load().classify -> export as the base's format.
+
+  VGG rather than EfficientNet for the image family: orbax's save of the train state
+  compiles once per distinct array shape, ~400 of them for the small EfficientNet (~25 s on
+  two shared cores), against ~40 for the small VGG.
+  """
+  import jaxpretrain  # noqa: PLC0415
+  from jaxpretrain.job import evaluate_checkpoint, finetune  # noqa: PLC0415
+  from ports import export, readers  # noqa: PLC0415
+
+  _, ckpt = converted(name)
+  if name == "vgg":
+    data = dict(dataset=_digits_npz(tmp_path / "digits.npz"), image_size=32)
+    inputs = [np.full((8, 8), 200, np.uint8), np.eye(8, dtype=np.uint8) * 255]
+  else:
+    data = dict(dataset=_words_csv(tmp_path / "words.csv"), max_len=16, image_size=None)
+    inputs = ["good great fine", "awful sad poor"]
+  config = JobConfig(workdir=str(tmp_path / "run"), init_checkpoint=str(ckpt), steps=3,
+                     batch_size=16, lr=1e-3, warmup=0, eval_every=0, checkpoint_every=0,
+                     progress="log", **data)
+  result = finetune(config)
+  assert result.summary["new head"] is True and np.isfinite(result.metrics["accuracy"])
+
+  ev = evaluate_checkpoint(result.workdir, data["dataset"], batch_size=64, log=lambda *_: None)
+  assert ev["accuracy"] == pytest.approx(result.metrics["accuracy"])
+
+  names = pretrained.read_config(result.model_dir)["class_names"]
+  top, probs = jaxpretrain.load(result.model_dir).classify(inputs, top_k=2)
+  assert len(top) == 2 and all(t in names for row in top for t in row)
+  assert probs.shape == (2, 2) and np.all(np.diff(probs, axis=1) <= 0)
+
+  if name == "vgg":  # a torchvision state dict with the new classifier.6
+    out = export.export(result.workdir, tmp_path / "run.safetensors")
+    state = readers.SafetensorsFile(out)
+    assert state["classifier.6.weight"].shape == (len(names), refs.VGG_WIDTH)
+    assert "features.0.weight" in state and "features.1.running_var" in state
+  else:  # a Hugging Face folder whose id2label holds the run's class names
+    out = export.export(result.workdir, tmp_path / "hf")
+    hf_config = json.loads((out / "config.json").read_text())
+    assert hf_config["architectures"] == ["DistilBertForSequenceClassification"]
+    assert list(hf_config["id2label"].values()) == names == ["neg", "pos"]
+    assert (out / "tokenizer.json").is_file()
 
 
 # ------------------------------------------------------------------------------------------

@@ -189,6 +189,8 @@ def test_lite0_checkpoint_metadata_and_export(lite0_path, lite0_checkpoint, tmp_
   config = pretrained.read_config(lite0_checkpoint)
   assert config["source"]["format"] == "efficientnet_pytorch"
   assert config["preprocessing"]["mean"] == [127 / 255] * 3
+  names = config["class_names"]  # ImageNet-1k's, so that predict shows names
+  assert len(names) == 1000 and (names[PALACE], names[DAISY]) == ("palace", "daisy")
   original = _torch_state(lite0_path)
   assert len(original) == 296
   learnable = sum(v.numel() for k, v in original.items()

@@ -145,6 +145,5 @@ def test_convnext_wrong_depths_are_named():
 def test_arch_prefixes_choose_the_port():
   assert convert.torchvision_port("vgg16_bn:39").__name__ == "ports.torchvision_vgg"
   assert convert.torchvision_port("convnext_base").__name__ == "ports.torchvision_convnext"
-  assert (convert.torchvision_port("efficientnet_lite0").__name__
-          == "ports.torchvision_efficientnet")
+  assert convert.torchvision_port("efficientnet_lite0").__name__ == "ports.torchvision_efficientnet"
   assert convert.torchvision_port("resnet50").__name__ == "ports.torchvision_resnet"

@@ -155,7 +155,8 @@ def test_base_format_without_exporter_is_named(text_run, tmp_path):
                         text=True, timeout=300)
   lines = proc.stderr.strip().splitlines()
   assert proc.returncode != 0 and len(lines) == 1, proc.stderr
-  assert "'resnet_tiny' from scratch" in lines[0] and "torchvision (resnet18" in lines[0]
+  assert "'resnet_tiny' from scratch" in lines[0] and "torchvision (" in lines[0]
+  assert "resnet18," in lines[0] and "vgg16_bn," in lines[0]  # every torchvision port's archs
   assert not (tmp_path / "out").exists()
   with pytest.raises(PortError, match="has not finished"):
     (tmp_path / "wd").mkdir()
