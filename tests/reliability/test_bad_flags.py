@@ -76,6 +76,8 @@ CASES = [
     ({"clip_norm": "-1"}, "--clip_norm=-1.0"),
     ({"label_smoothing": "1"}, "--label_smoothing=1.0"),
     ({"label_smoothing": "-0.1"}, "--label_smoothing=-0.1"),
+    ({"validation_fraction": "1"}, "--validation_fraction=1.0"),
+    ({"validation_fraction": "-0.1"}, "--validation_fraction=-0.1"),
     ({"freeze": "conv1/("}, "--freeze='conv1/('"),
     ({"lr_mult": "fc"}, "--lr_mult='fc'"),
     ({"lr_mult": "fc/.*=abc"}, "--lr_mult='fc/.*=abc'"),
