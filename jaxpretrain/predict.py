@@ -36,7 +36,8 @@ from jaxpretrain import console
 
 _CHECKPOINT = flags.DEFINE_string(
     "checkpoint", None, "A checkpoint folder, a run's workdir, a Hugging Face folder, a "
-    "torchvision weights file (with --arch) or 'minilm'.", required=True)
+    "torchvision weights file (with --arch) or 'minilm'. Required; checked in main, not by "
+    "absl, whose check would run for every main that shares the process's flags.")
 # allow_override: converting a source imports ports.convert, whose CLI defines --arch too
 # (main reads every value before that import).
 _ARCH = flags.DEFINE_string("arch", None, "Architecture of a torchvision weights file.",
@@ -197,6 +198,10 @@ def run(checkpoint: str, inputs: Sequence[str], *, arch: str | None = None, top_
 
 def main(argv: list[str]) -> int:
   console.after_flags(tfds=False)  # orbax and XLA quiet unless --verbosity is given
+  if not _CHECKPOINT.value:
+    print("error: --checkpoint is required: a checkpoint folder, a run's workdir, a Hugging "
+          "Face folder, a torchvision weights file (with --arch) or 'minilm'", file=sys.stderr)
+    return 2
   return run(_CHECKPOINT.value, argv[1:], arch=_ARCH.value, top_k=_TOP_K.value,
              as_json=_JSON.value, strict=_STRICT.value, batch_size=_BATCH_SIZE.value,
              cache_dir=_CACHE_DIR.value)
