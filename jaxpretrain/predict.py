@@ -44,7 +44,8 @@ _ARCH = flags.DEFINE_string("arch", None, "Architecture of a torchvision weights
                             allow_override=True)
 _TOP_K = flags.DEFINE_integer("top_k", 5, "Classes per input.", lower_bound=1)
 _JSON = flags.DEFINE_bool("json", False, "One JSON object per input instead of a table.")
-_STRICT = flags.DEFINE_bool("strict", False, "Stop at the first unusable input (exit 2).")
+_STRICT = flags.DEFINE_bool("strict", False, "Stop at the first unusable input (exit 2).",
+                            allow_override=True)  # select defines one too
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 32, "Inputs per compiled call.", lower_bound=1,
                                    allow_override=True)  # the job defines one too
 _CACHE_DIR = flags.DEFINE_string("cache_dir", None, "Where converted sources are kept (default "

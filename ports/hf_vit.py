@@ -117,7 +117,7 @@ def to_jaxpretrain(weights: Mapping[str, np.ndarray], *, hf_config: Mapping[str,
 
 # PIL resampling ids (`resample` in preprocessor_config.json) -> jaxpretrain.preprocess names.
 PIL_RESAMPLE = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 5: "hamming"}
-MAX_PROCESSOR_CONFIG_BYTES = 1 << 20  # a real preprocessor_config.json is < 2 KB
+MAX_PROCESSOR_CONFIG_BYTES = safe_io.MAX_CONFIG_BYTES  # a side file like config.json
 
 
 def preprocessing(image_size: Any, num_channels: int = 3) -> dict[str, Any]:
@@ -150,8 +150,8 @@ def folder_preprocessing(folder: str | os.PathLike) -> dict[str, Any]:
     raise PortError(f"{path}: expected a JSON object, got {type(cfg).__name__}")
   try:
     return preprocess.normalize_record(_record(cfg))
-  except (PortError, ValueError) as e:
-    raise PortError(f"{path}: {e}") from None
+  except (PortError, ValueError) as e:  # values from a stranger: never echoed at length
+    raise PortError(f"{path}: {short(str(e), 200)}") from None
 
 
 def _record(cfg: Mapping[str, Any]) -> dict[str, Any]:

@@ -82,9 +82,10 @@ def test_skip_survives_a_restart(tiny_config, tmp_path):
   resumed = finetune(config)  # clean data: only the stored skip keeps batch 11 out
   assert resumed.resumed_from == 15 and resumed.summary["skipped batches"] == [BAD_POSITION]
   jax.tree.map(np.testing.assert_array_equal, _variables(resumed), _variables(straight))
-  assert train_records(tmp_path / "crashed") == [
-      {**r, "steps_per_s": g["steps_per_s"], "time": g["time"]}
-      for r, g in zip(records, train_records(tmp_path / "crashed"), strict=True)]
+  timing = ("steps_per_s", "time")  # wall-clock fields; a window of only the compiling step
+  # has no steps_per_s
+  strip = lambda rs: [{k: v for k, v in r.items() if k not in timing} for r in rs]
+  assert strip(train_records(tmp_path / "crashed")) == strip(records)
 
 
 def test_diverging_run_stops_after_max_skips(cli, tmp_path):
