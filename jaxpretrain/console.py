@@ -54,6 +54,20 @@ def after_flags(tfds: bool = True) -> None:
     silence_tfds()
 
 
+def missing_flags(*holders: flags.FlagHolder, hint: str = "") -> bool:
+  """Prints one line naming each unset required flag; True if any is unset (main returns 2).
+
+  absl's `required=True` is not used by any main: it registers a validator on the global FLAGS,
+  so every other main parsed in the same process (the test suite, the `jaxpretrain` console
+  script's sub-commands) would fail on a flag it does not have.
+  """
+  names = [f"--{h.name}" for h in holders if h.value in (None, "", [])]
+  if names:
+    print(f"error: {', '.join(names)} {'is' if len(names) == 1 else 'are'} required"
+          f"{': ' + hint if hint else ''}", file=sys.stderr)
+  return bool(names)
+
+
 def silence_tfds() -> None:
   """TFDS prints "Downloading and preparing dataset ..." (even when nothing downloads) and
   draws progress bars: both off (imports TFDS, which the mains need anyway)."""

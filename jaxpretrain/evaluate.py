@@ -34,7 +34,7 @@ from jaxpretrain.job.config import ConfigError  # noqa: E402
 
 _CHECKPOINT = flags.DEFINE_string(
     "checkpoint", None, "A checkpoint folder (finetune's <workdir>/model, ports.convert output) "
-    "or a run's workdir.", required=True)
+    "or a run's workdir.")
 _DATASET = flags.DEFINE_string(
     "dataset", None, "Dataset name or folder:/csv:/npz: spec (csv:TRAIN.csv?test=TEST.csv&"
     "text=COLUMN&label=COLUMN); default: the run's, when --checkpoint is a run's.")
@@ -61,6 +61,8 @@ def main(argv: list[str]) -> int:
     print(f"error: unexpected arguments {argv[1:]}", file=sys.stderr)
     return 2
   console.after_flags()  # orbax, TFDS and XLA stay quiet unless --verbosity is given
+  if console.missing_flags(_CHECKPOINT):
+    return 2
   try:
     evaluation.evaluate_checkpoint(
         _CHECKPOINT.value, _DATASET.value, split=_SPLIT.value, data_dir=_DATA_DIR.value,

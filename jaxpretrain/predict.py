@@ -199,9 +199,8 @@ def run(checkpoint: str, inputs: Sequence[str], *, arch: str | None = None, top_
 
 def main(argv: list[str]) -> int:
   console.after_flags(tfds=False)  # orbax and XLA quiet unless --verbosity is given
-  if not _CHECKPOINT.value:
-    print("error: --checkpoint is required: a checkpoint folder, a run's workdir, a Hugging "
-          "Face folder, a torchvision weights file (with --arch) or 'minilm'", file=sys.stderr)
+  if console.missing_flags(_CHECKPOINT, hint="a checkpoint folder, a run's workdir, a Hugging "
+                          "Face folder, a torchvision weights file (with --arch) or 'minilm'"):
     return 2
   return run(_CHECKPOINT.value, argv[1:], arch=_ARCH.value, top_k=_TOP_K.value,
              as_json=_JSON.value, strict=_STRICT.value, batch_size=_BATCH_SIZE.value,

@@ -40,3 +40,32 @@ def test_evaluate_bad_checkpoint_is_one_line_without_library_logs(tmp_path):
   out = _run("jaxpretrain.evaluate", f"--checkpoint={tmp_path / 'missing'}")
   assert out.returncode == 2 and out.stderr.startswith("error: "), out.stderr[-2000:]
   assert not [line for line in out.stderr.splitlines() if LIBRARY_LOG.search(line)]
+
+
+def test_no_main_uses_absl_required_flags():
+  """absl's required=True / mark_flag_as_required registers a validator on the global FLAGS:
+  every other main parsed in the same process then fails on it (the 2026-11-30 CI run failed
+  63 flag tests on select's). Mains check their required flags with console.missing_flags."""
+  import ast
+  import pathlib
+
+  offenders = []
+  for path in sorted(pathlib.Path(REPO, "jaxpretrain").rglob("*.py")):
+    for node in ast.walk(ast.parse(path.read_text())):
+      if not isinstance(node, ast.Call) or not isinstance(node.func, ast.Attribute):
+        continue
+      name = node.func.attr
+      required = any(k.arg == "required" and getattr(k.value, "value", None) is True
+                     for k in node.keywords)
+      if (name.startswith("DEFINE_") and required) or name.startswith("mark_flag"):
+        offenders.append(f"{path.relative_to(REPO)}:{node.lineno}")
+  assert not offenders, offenders
+
+
+@pytest.mark.parametrize("main, argv, named", [
+    ("jaxpretrain.select", ["--dataset=digits_local"], "--candidates, --workdir are required"),
+    ("jaxpretrain.evaluate", [], "--checkpoint is required"),
+])
+def test_missing_required_flag_is_one_line(main, argv, named):
+  out = _run(main, *argv)
+  assert out.returncode == 2 and out.stderr.strip() == f"error: {named}", out.stderr[-2000:]

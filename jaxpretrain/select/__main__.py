@@ -15,7 +15,7 @@ weighted tau with bootstrap intervals over seeds, and the score's regret).
 Candidates are anything `finetune --init_checkpoint` takes (`jaxpretrain.api.resolve`): a
 converted checkpoint folder, a run's workdir, a Hugging Face folder, a torchvision weights
 file as FILE@ARCH (e.g. r18.pth@resnet18), 'minilm', plus 'random:MODEL'. Every candidate and
-the dataset are checked (`check_candidates`, `loaders.check_spec`) before anything is
+the dataset are checked (`features.check_candidates`, `loaders.check_spec`) before anything is
 converted, extracted or compiled: a missing or unsupported one is one line, exit status 2.
 
 The console shows select's own lines only: progress with an ETA on the feature extraction,
@@ -29,7 +29,6 @@ flag. Errors are one line.
 from __future__ import annotations
 
 import pathlib
-import re
 import sys
 
 from jaxpretrain import console
@@ -45,16 +44,14 @@ from jaxpretrain.select.scores import SCORES  # noqa: E402
 _CANDIDATES = flags.DEFINE_list(
     "candidates", None, "Checkpoint folders, run workdirs, Hugging Face folders, FILE@ARCH "
     "torchvision files, 'minilm' or 'random:MODEL', each optionally NAME=...; the name is "
-    "shown in tables.", required=True)
-_DATASET = flags.DEFINE_string("dataset", None, "Target dataset (load_dataset spec).",
-                               required=True)
+    "shown in tables.")
+_DATASET = flags.DEFINE_string("dataset", None, "Target dataset (load_dataset spec).")
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "TFDS data dir (default $TFDS_DATA_DIR).")
 _SPLIT = flags.DEFINE_string("split", "train", "Split the scores are computed on.")
 _MAX_EXAMPLES = flags.DEFINE_integer(
     "max_examples", 2000, "Stratified, seeded subset of at most this many examples (0: all).",
     lower_bound=0)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Output folder (reports and caches).",
-                               required=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Output folder (reports and caches).")
 _SEED = flags.DEFINE_integer("seed", 0, "Subset draw, random-init, first fine-tuning and "
                              "bootstrap seed.")
 _STRICT = flags.DEFINE_bool("strict", False, "Stop at the first candidate that fails to load, "
@@ -128,33 +125,13 @@ def say(message: str) -> None:
   print(message, file=sys.stderr, flush=True)
 
 
-def check_candidates(specs) -> None:
-  """Every candidate's name and source, checked in milliseconds (ValueError names it)."""
-  from jaxpretrain import api, models  # noqa: PLC0415
-
-  for spec in specs:
-    name, rest = features.parse_spec(spec)
-    if not re.fullmatch(r"[\w.+-]+", name):
-      raise ValueError(f"candidate name '{name}' (from '{spec}') may only hold letters, "
-                       "digits and '._+-'; give one as NAME=SPEC")
-    if rest.startswith(features.RANDOM_PREFIX):
-      model = rest[len(features.RANDOM_PREFIX):]
-      if model not in models.known_models():
-        raise ValueError(f"candidate '{spec}': unknown model '{model}'; known: "
-                         f"{sorted(models.known_models())}")
-      continue
-    path, arch = features.split_arch(rest)
-    try:
-      api.check_source(path, arch=arch)
-    except api.LoadError as e:
-      raise ValueError(f"candidate '{spec}': {e}") from None
-
-
 def main(argv) -> int:
   if len(argv) > 1:
     print(f"error: unexpected arguments {argv[1:]}; everything is a flag", file=sys.stderr)
     return 2
   console.after_flags()  # orbax, TFDS and XLA stay quiet unless --verbosity is given
+  if console.missing_flags(_CANDIDATES, _DATASET, _WORKDIR):
+    return 2
   budgets = {"max_latency_ms": _MAX_LATENCY_MS.value, "max_params": _MAX_PARAMS.value,
              "max_gflops": _MAX_GFLOPS.value}
   try:  # flag values that absl cannot check alone: nothing runs or is written before this
@@ -162,7 +139,7 @@ def main(argv) -> int:
     rank.check_recommend_by(_RECOMMEND_BY.value, names)
     if cost.check_budgets(budgets) and not _MEASURE_COST.value:
       raise ValueError("--max_latency_ms/--max_params/--max_gflops need --measure_cost")
-    check_candidates(_CANDIDATES.value)
+    features.check_candidates(_CANDIDATES.value)
     from jaxpretrain.data import loaders  # noqa: PLC0415 -- TFDS import is slow
 
     try:

@@ -113,6 +113,28 @@ def split_arch(spec: str) -> tuple[str, str | None]:
   return path, arch
 
 
+def check_candidates(specs) -> None:
+  """Every candidate's name and source, checked in milliseconds (ValueError names it)."""
+  from jaxpretrain import api  # noqa: PLC0415 -- api imports this module's users
+
+  for spec in specs:
+    name, rest = parse_spec(spec)
+    if not re.fullmatch(r"[\w.+-]+", name):
+      raise ValueError(f"candidate name '{name}' (from '{spec}') may only hold letters, "
+                       "digits and '._+-'; give one as NAME=SPEC")
+    if rest.startswith(RANDOM_PREFIX):
+      model = rest[len(RANDOM_PREFIX):]
+      if model not in models.known_models():
+        raise ValueError(f"candidate '{spec}': unknown model '{model}'; known: "
+                         f"{sorted(models.known_models())}")
+      continue
+    path, arch = split_arch(rest)
+    try:
+      api.check_source(path, arch=arch)
+    except api.LoadError as e:
+      raise ValueError(f"candidate '{spec}': {e}") from None
+
+
 def resolve_candidate(spec: str, cache_dir: str | pathlib.Path, *, seed: int = 0
                       ) -> pathlib.Path:
   """The checkpoint folder of a candidate spec, creating it in `cache_dir` if needed.
