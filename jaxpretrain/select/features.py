@@ -31,7 +31,7 @@ import json
 import pathlib
 import re
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import flax.linen as nn
@@ -42,6 +42,7 @@ from absl import logging
 
 from jaxpretrain import data, models, perf, preprocess, pretrained
 from jaxpretrain.data import sources
+from jaxpretrain.data.loaders import Subset, source_labels  # noqa: F401 -- re-exported
 from jaxpretrain.models import registry
 from jaxpretrain.models.registry import POOLINGS, pool_features  # noqa: F401 -- re-exported
 
@@ -253,38 +254,6 @@ def preprocessor(candidate: Candidate, *, image_size: int | None = None, max_len
                f"image_size={image_size}" if image_size else "the checkpoint's",
                preprocess.describe(pre.record))
   return pre
-
-
-class Subset:
-  """Rows `indices` of a random-access source, with its batched read when it has one."""
-
-  def __init__(self, source, indices: np.ndarray):
-    self.source, self.indices = source, np.asarray(indices, np.int64)
-
-  def __len__(self) -> int:
-    return len(self.indices)
-
-  def __getitem__(self, i: int) -> dict:
-    return self.source[int(self.indices[i])]
-
-  def __getitems__(self, rows: Sequence[int]) -> list[dict]:
-    idx = [int(self.indices[i]) for i in rows]
-    if hasattr(self.source, "__getitems__"):
-      return self.source.__getitems__(idx)
-    return [self.source[i] for i in idx]
-
-
-def source_labels(source, chunk: int = 1024) -> np.ndarray:
-  """int64 [n] labels of every example (the in-memory array when the source has one)."""
-  if hasattr(source, "labels"):
-    return np.asarray(source.labels, np.int64)
-  out = []
-  for start in range(0, len(source), chunk):
-    rows = range(start, min(start + chunk, len(source)))
-    examples = (source.__getitems__(list(rows)) if hasattr(source, "__getitems__")
-                else [source[i] for i in rows])
-    out += [ex["label"] for ex in examples]
-  return np.asarray(out, np.int64)
 
 
 def stratified_subset(labels: np.ndarray, max_examples: int | None, seed: int = 0
