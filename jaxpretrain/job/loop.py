@@ -434,8 +434,9 @@ def _run_locked(config, wd, stop, hooks, log, newest) -> Result:
   state = par.put_state(state0)
   del state0
   ckpt = checkpoint_lib.Checkpointer(wd.path, max_to_keep=config.keep_checkpoints)
-  tb = metrics_lib.TensorBoard(wd.path, enabled=lead)
-  with ckpt, tb:  # closed on every path; a failing one does not raise a failed save again
+  # Closed on every path (also when the event file cannot be created); a failing path does
+  # not raise a failed save or write again.
+  with ckpt, metrics_lib.TensorBoard(wd.path, enabled=lead) as tb:
     return _train(config, wd, stop, hooks, log, lead, t_start, spec, data, model, par, state,
                   ckpt, batch_fn, total, run_record, tb=tb)
 

@@ -12,8 +12,12 @@ correlation (Gorodkin 2004, as `sklearn.metrics.matthews_corrcoef`).
 
 from __future__ import annotations
 
+import pathlib
+import socket
+import struct
+import time
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -112,47 +116,98 @@ def classification_metrics(logits: np.ndarray, labels: np.ndarray,
   }
 
 
+def _open_events(path: pathlib.Path) -> BinaryIO:
+  """The event file, opened for appending (tests replace it with a file that fills up)."""
+  return path.open("ab")
+
+
 class TensorBoard:
-  """TensorBoard event files in the workdir (tensorboardX: no TensorFlow), so that
-  `tensorboard --logdir workdirs/` shows every run. Scalars are tagged `train/loss`,
-  `eval/accuracy`, ...; a resumed run first writes TensorBoard's "restart at step N" marker,
-  which drops the points the stopped run wrote past its checkpoint. Without tensorboardX it
-  does nothing (metrics.jsonl holds the same numbers)."""
+  """TensorBoard event files in the workdir, so that `tensorboard --logdir workdirs/` shows
+  every run. Scalars are tagged `train/loss`, `eval/accuracy`, ...; a resumed run first writes
+  TensorBoard's "restart at step N" marker, which drops the points the stopped run wrote past
+  its checkpoint. Without tensorboardX (its protos and CRC) it does nothing (metrics.jsonl
+  holds the same numbers).
+
+  Events are written and flushed in the caller's thread, like metrics.jsonl, not through
+  tensorboardX's SummaryWriter: its writer thread dies on a full disk, and its bounded queue
+  then blocks the next `add_scalar` (and `close`) forever, so the run never exited. Here a
+  failed write raises an OSError naming the event file (ENOSPC: cli.py's "no space left"
+  line), and `close` on a failing path neither blocks nor replaces the first error.
+  """
 
   KINDS = ("train", "eval")
 
   def __init__(self, logdir, enabled: bool = True):
-    self._writer = None
-    if enabled:
-      try:
-        from tensorboardX import SummaryWriter  # noqa: PLC0415
-      except ImportError:
-        return
-      self._writer = SummaryWriter(logdir=str(logdir), flush_secs=10)
+    self._file: BinaryIO | None = None
+    self.path: pathlib.Path | None = None
+    if not enabled:
+      return
+    try:
+      from tensorboardX.proto import event_pb2, summary_pb2  # noqa: PLC0415
+      from tensorboardX.record_writer import masked_crc32c  # noqa: PLC0415
+    except ImportError:
+      return
+    self._event_pb2, self._summary_pb2, self._crc = event_pb2, summary_pb2, masked_crc32c
+    # tensorboardX's file name: TensorBoard reads every events.out.tfevents.* in the folder.
+    self.path = pathlib.Path(logdir) / (f"events.out.tfevents.{str(time.time())[:10]}."
+                                        f"{socket.gethostname()}")
+    try:
+      self._file = _open_events(self.path)
+    except OSError as e:
+      raise OSError(e.errno, e.strerror, str(self.path)) from None
+    try:
+      self._write([self._event_pb2.Event(wall_time=time.time(), file_version="brain.Event:2")])
+    except OSError:
+      self.close(raise_errors=False)
+      raise
+
+  def _write(self, events: list[Any]) -> None:
+    """Appends TFRecord-framed events and flushes them (an error surfaces here, at once)."""
+    if self._file is None:
+      return
+    out = bytearray()
+    for event in events:
+      data = event.SerializeToString()
+      header = struct.pack("<Q", len(data))
+      out += header + struct.pack("<I", self._crc(header)) + data
+      out += struct.pack("<I", self._crc(data))
+    try:
+      self._file.write(out)
+      self._file.flush()
+    except OSError as e:
+      raise OSError(e.errno, e.strerror, str(self.path)) from None
 
   def resume(self, step: int) -> None:
-    if self._writer is not None:
-      from tensorboardX.proto.event_pb2 import Event, SessionLog  # noqa: PLC0415
-
-      self._writer._get_file_writer().add_event(
-          Event(step=step, session_log=SessionLog(status=SessionLog.START)))
+    if self._file is not None:
+      pb = self._event_pb2
+      self._write([pb.Event(wall_time=time.time(), step=step,
+                            session_log=pb.SessionLog(status=pb.SessionLog.START))])
 
   def write(self, record: dict[str, Any]) -> None:
     kind = record.get("kind")
-    if self._writer is None or kind not in self.KINDS:
+    if self._file is None or kind not in self.KINDS:
       return
-    for key, value in record.items():
-      if key not in ("kind", "step", "time") and isinstance(value, (int, float)):
-        self._writer.add_scalar(f"{kind}/{key}", value, record["step"],
-                                walltime=record.get("time"))
+    wall = record.get("time") or time.time()
+    summary = self._summary_pb2.Summary
+    self._write([self._event_pb2.Event(
+        wall_time=wall, step=record["step"],
+        summary=summary(value=[summary.Value(tag=f"{kind}/{key}", simple_value=float(value))]))
+        for key, value in record.items()
+        if key not in ("kind", "step", "time") and isinstance(value, (int, float))])
 
-  def close(self) -> None:
-    if self._writer is not None:
-      self._writer.close()
-      self._writer = None
+  def close(self, *, raise_errors: bool = True) -> None:
+    """Closes the file; `raise_errors=False` on a path that is already failing."""
+    f, self._file = self._file, None
+    if f is None:
+      return
+    try:
+      f.close()  # closes the descriptor even when the final flush fails
+    except OSError as e:
+      if raise_errors:
+        raise OSError(e.errno, e.strerror, str(self.path)) from None
 
   def __enter__(self) -> TensorBoard:
     return self
 
-  def __exit__(self, *exc) -> None:
-    self.close()
+  def __exit__(self, exc_type, *exc) -> None:
+    self.close(raise_errors=exc_type is None)

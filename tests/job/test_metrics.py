@@ -1,10 +1,17 @@
-"""job/metrics.py against scikit-learn (installed for tests only)."""
+"""job/metrics.py against scikit-learn (installed for tests only), and its TensorBoard event
+file: read back, and on a disk that fills up (issue 17: the run never exited)."""
+
+import errno
+import io
+import os
+import threading
 
 import numpy as np
 import pytest
 from sklearn import metrics as skm
 
 from jaxpretrain.job import metrics
+from jaxpretrain.job.loop import Hooks
 
 
 @pytest.mark.parametrize("seed, n, classes", [(0, 200, 3), (1, 50, 10), (2, 7, 5)])
@@ -46,3 +53,110 @@ def test_degenerate_cases_match_sklearn():
 def _softmax(z):
   e = np.exp(z - z.max(-1, keepdims=True))
   return e / e.sum(-1, keepdims=True)
+
+
+# ----------------------------------------------------------------------------- TensorBoard
+
+def _events(data: bytes) -> list:
+  """The events of a TFRecord file (length u64, its crc u32, payload, its crc u32)."""
+  from tensorboardX.proto.event_pb2 import Event  # noqa: PLC0415
+  from tensorboardX.record_writer import masked_crc32c  # noqa: PLC0415
+
+  out, pos = [], 0
+  while pos < len(data):
+    n = int.from_bytes(data[pos:pos + 8], "little")
+    assert int.from_bytes(data[pos + 8:pos + 12], "little") == masked_crc32c(data[pos:pos + 8])
+    payload = data[pos + 12:pos + 12 + n]
+    assert int.from_bytes(data[pos + 12 + n:pos + 16 + n], "little") == masked_crc32c(payload)
+    out.append(Event.FromString(payload))
+    pos += 16 + n
+  return out
+
+
+def test_tensorboard_events_read_back(tmp_path):
+  pytest.importorskip("tensorboardX")
+  with metrics.TensorBoard(tmp_path) as tb:
+    tb.write({"kind": "train", "step": 1, "loss": 0.5, "lr": 0.01, "time": 100.0})
+    tb.resume(1)
+    tb.write({"kind": "eval", "step": 2, "accuracy": 0.75, "split": "test", "time": 101.0})
+    tb.write({"kind": "resume", "step": 1})  # not a scalar kind: nothing written
+  events = _events(tb.path.read_bytes())
+  assert tb.path.parent == tmp_path and tb.path.name.startswith("events.out.tfevents.")
+  assert events[0].file_version == "brain.Event:2"
+  scalars = [(e.step, v.tag, v.simple_value, e.wall_time) for e in events
+             for v in e.summary.value]
+  assert scalars == [(1, "train/loss", 0.5, 100.0), (1, "train/lr", pytest.approx(0.01), 100.0),
+                     (2, "eval/accuracy", 0.75, 101.0)]
+  assert [e.step for e in events if e.HasField("session_log")] == [1]
+
+
+class _FillsUp(io.RawIOBase):
+  """A file on a disk with `room` bytes left: a write past it fails with ENOSPC."""
+
+  def __init__(self, room: int):
+    self.room = room
+
+  def writable(self) -> bool:
+    return True
+
+  def write(self, b) -> int:
+    if len(b) > self.room:
+      raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    self.room -= len(b)
+    return len(b)
+
+
+def test_tensorboard_on_a_full_disk_raises_at_once_and_never_blocks(tmp_path, monkeypatch):
+  """The write that meets the full disk raises ENOSPC naming the event file, in the caller's
+  thread (no writer thread, whose death left tensorboardX's queue to block the run forever),
+  and closing on the failing path neither raises again nor blocks."""
+  pytest.importorskip("tensorboardX")
+  monkeypatch.setattr(metrics, "_open_events", lambda path: io.BufferedWriter(_FillsUp(600)))
+  threads = threading.active_count()
+  record = {"kind": "train", "step": 1, "loss": 0.5, "accuracy": 0.25, "lr": 0.01, "time": 1.0}
+  with pytest.raises(OSError) as e, metrics.TensorBoard(tmp_path) as tb:
+    assert threading.active_count() == threads
+    for step in range(1, 100):
+      tb.write({**record, "step": step})
+  assert e.value.errno == errno.ENOSPC and e.value.filename == str(tb.path)
+  assert 2 <= step < 10  # ~140 bytes a record: the first that does not fit raises
+  tb.close()  # closed already: nothing to do
+
+  tb = metrics.TensorBoard(tmp_path)  # a clean close whose final flush fails raises
+  tb._file.raw.room = 0
+  tb._file.write(b"x")
+  with pytest.raises(OSError, match="No space left"):
+    tb.close()
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="no /dev/full here")
+def test_tensorboard_on_a_disk_full_from_the_start(tmp_path, monkeypatch):
+  """/dev/full: the kernel's ENOSPC, at the first event."""
+  pytest.importorskip("tensorboardX")
+  monkeypatch.setattr(metrics, "_open_events", lambda path: open("/dev/full", "ab"))  # noqa: SIM115
+  with pytest.raises(OSError) as e:
+    metrics.TensorBoard(tmp_path)
+  assert e.value.errno == errno.ENOSPC and "events.out.tfevents." in e.value.filename
+
+
+TB_ROOM = 700  # bytes the event file may take: the disk fills at step 2 or 3 of 12
+
+
+def test_a_run_whose_event_file_fills_the_disk_stops_with_the_disk_full_line(tiny, monkeypatch):
+  """The event file meets the full disk first (on a tmpfs, appending to metrics.jsonl's last
+  page still succeeds): the run ends at once with ENOSPC, which the mains print as the one
+  "no space left" line. (tests/reliability/test_workdir.py fills a real disk mid-run and
+  resumes; this is its cheap in-process part.)"""
+  from jaxpretrain.job import cli, finetune  # noqa: PLC0415
+
+  monkeypatch.setattr(metrics, "_open_events",
+                      lambda path: io.BufferedWriter(_FillsUp(TB_ROOM)))
+  config = tiny(log_every=1, eval_every=0, checkpoint_every=0)
+  steps = []
+  with pytest.raises(OSError) as e:
+    finetune(config, hooks=Hooks(after_step=steps.append))
+  assert e.value.errno == errno.ENOSPC, e.value
+  assert 1 <= steps[-1] < 6, steps
+  assert cli._failure_mid_run(e.value, config) == (
+      f"no space left on the device of --workdir={config.workdir!r}; free some space and rerun "
+      "the same command: it resumes from the last complete checkpoint")
