@@ -27,14 +27,14 @@ import numpy as np
 import optax
 
 from jaxpretrain.models import registry
-from jaxpretrain.train import losses
+from jaxpretrain.train import kinds, losses
 from jaxpretrain.train.state import TrainState
 
 Batch = Mapping[str, Any]
 InputsFn = Callable[[Batch], tuple[tuple, dict]]
 
 # Compute dtypes by flag name; parameters stay float32 (see module docstring).
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+DTYPES = {name: getattr(jnp, name) for name in kinds.DTYPES}
 
 
 def compute_dtype(name: str) -> jnp.dtype:
