@@ -59,7 +59,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from jaxpretrain import console, perf, pretrained
+from jaxpretrain import perf, pretrained
 from jaxpretrain.job import config as config_lib
 from jaxpretrain.job import evaluation as evaluation_lib
 from jaxpretrain.job import flags as flags_lib
@@ -69,7 +69,6 @@ from jaxpretrain.job import report as report_lib
 from jaxpretrain.job import task as task_lib
 from jaxpretrain.job import workdir as workdir_lib
 from jaxpretrain.job.config import ConfigError, JobConfig
-from jaxpretrain.models import registry
 from jaxpretrain.train import checkpoint as checkpoint_lib
 from jaxpretrain.train import losses, optim, parallel
 from jaxpretrain.train.state import create_train_state
@@ -288,14 +287,10 @@ def _nbytes(tree) -> int:
 # ----------------------------------------------------------------------------- evaluation
 
 def make_predict(par: parallel.Parallel, model, family=None) -> Callable[[Any, dict], tuple]:
-  """`predict(state, host_batch) -> (logits [b, C], label [b], mask [b])` as NumPy, global.
-
-  `family` (a registry.Family or its name) feeds the batch; None tells inputs by batch keys.
-  """
+  """`predict(state, host_batch) -> (logits [b, C], label [b], mask [b])` as NumPy, global:
+  `evaluation.predict_batch` under the run's parallelism."""
   def fwd(state, batch):
-    logits = registry.forward(family, model, state.variables, batch)[0]
-    mask = batch.get("mask", jax.numpy.ones(batch["label"].shape, jax.numpy.float32))
-    return logits.astype(jax.numpy.float32), batch["label"], mask
+    return evaluation_lib.predict_batch(model, family, state.variables, batch)
 
   if par.kind == "pmap":
     compiled = jax.pmap(fwd, axis_name=parallel.PMAP_AXIS)
@@ -312,30 +307,6 @@ def make_predict(par: parallel.Parallel, model, family=None) -> Callable[[Any, d
   return lambda state, batch: tuple(parallel.to_host(compiled(state, par.put_batch(batch))))
 
 
-def _batches(it, source, batch_size: int, what: str | None):
-  """The eval iterator, with progress and an ETA on stderr when `what` names the phase."""
-  if what is None:
-    return it
-  return console.progress(it, math.ceil(len(source) / batch_size), what)
-
-
-def predict_split(predict, state, source, preprocess, batch_size: int,
-                  what: str | None = None) -> tuple:
-  """(logits [n, C], labels [n]) over a whole split, padding dropped."""
-  from jaxpretrain.data import pipeline  # noqa: PLC0415
-
-  it = pipeline.eval_iterator(source, preprocess, global_batch_size=batch_size, num_threads=2,
-                              prefetch_buffer_size=4)
-  logits, labels = [], []
-  for batch in _batches(it, source, batch_size, what):
-    out, y, mask = predict(state, batch)
-    keep = mask > 0
-    logits.append(out[keep])
-    labels.append(y[keep])
-  it.close()
-  return np.concatenate(logits), np.concatenate(labels)
-
-
 def mlm_evaluate(par: parallel.Parallel, state, source, preprocess, batch_fn, batch_size: int,
                  seed: int, what: str | None = None) -> dict[str, float]:
   """Masked-token loss and accuracy over the split, masks drawn from a fixed key per batch."""
@@ -346,7 +317,7 @@ def mlm_evaluate(par: parallel.Parallel, state, source, preprocess, batch_fn, ba
   it = pipeline.eval_iterator(source, preprocess, global_batch_size=batch_size, num_threads=2,
                               prefetch_buffer_size=4)
   stats = None
-  for i, batch in enumerate(_batches(it, source, batch_size, what)):
+  for i, batch in enumerate(evaluation_lib.eval_batches(it, source, batch_size, what)):
     masked = jax.tree.map(np.asarray, mask(jax.random.fold_in(key, i), batch))
     out = par.get_metrics(par.eval_step(state, par.put_batch(masked)))
     stats = losses.add_stats(stats, out)
@@ -395,7 +366,7 @@ def _run_locked(config, wd, stop, hooks, log, newest) -> Result:
   base = task_lib.model_spec(config, wd.path, log)
   probe = task_lib.with_head(base, config, config.num_classes or 2)
   config_lib.check_param_regexes(config, task_lib.param_paths(probe))
-  data = task_lib.load_data(config, base)
+  data = task_lib.load_data(task_lib.DataOptions.of(config), base)
   fingerprint = _fingerprint(config)
   if newest is not None:
     _check_data(config, *newest, fingerprint)
@@ -524,8 +495,8 @@ def _train(config, wd, stop, hooks, log, lead, t_start, spec, data, model, par, 
     if predict is None:
       return mlm_evaluate(par, state_now, source, data.eval_preprocess, batch_fn,
                           config.batch_size, config.seed, what)
-    logits, labels = predict_split(predict, state_now, source, data.eval_preprocess,
-                                   config.batch_size, what)
+    logits, labels = evaluation_lib.predict_split(predict, state_now, source,
+                                                  data.eval_preprocess, config.batch_size, what)
     if split == "test":
       evaluation_lib.warn_single_class(labels, f"--dataset={config.dataset!r} test split", log)
     names = model_record.class_names(data.meta.class_names, logits.shape[-1])

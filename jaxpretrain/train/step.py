@@ -56,7 +56,7 @@ def model_inputs(batch: Batch) -> tuple[tuple, dict]:
 
 def _logits(outputs: Any) -> jax.Array:
   """Our models return (output, aux dict); bare outputs are accepted too."""
-  return outputs[0] if isinstance(outputs, tuple) else outputs
+  return registry.output_and_aux(outputs)[0]
 
 
 def _psum(tree: Any, axis_name: str | None) -> Any:
