@@ -5,6 +5,10 @@ passes to `job.finetune` / `job.pretrain` directly. Field names are the flag nam
 error names the flag (`--epochs`) with the bad value and the allowed ones, so the same message
 serves the command line and the library.
 
+Each field is written once, here: its default, and in its metadata (`_field`) its help text,
+its --help group, its allowed values and how it reads from and writes to a flag. job/flags.py
+derives the flag definitions, the config of the parsed flags and the flagfile from these.
+
 `validate(config)` is pure (no JAX, no files): it runs before any work. Checks that need the
 model (a `--freeze` regex matching nothing) or the devices (batch divisibility) live in
 `check_param_regexes` and `check_devices`, called as soon as those are known, still before
@@ -14,33 +18,25 @@ data is built or a step is compiled.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
 import re
-from collections.abc import Sequence
+import typing
+from collections.abc import Callable, Sequence
 from typing import Any
+
+from jaxpretrain.train.kinds import DTYPES, PARALLEL
 
 TASKS = ("classification", "mlm")  # mlm: masked-LM pretraining of BERT models
 OPTIMIZERS = ("adamw", "sgd")
 SCHEDULES = ("constant", "cosine", "linear")
-PARALLEL = ("jit", "fsdp", "pmap")
-DTYPES = ("float32", "bfloat16")
 ON_NAN = ("stop", "skip")
+PROGRESS = ("auto", "bar", "log")  # job/report.py's Progress modes
 MINILM = "minilm"  # --init_checkpoint shorthand for the packaged all-MiniLM-L6-v2 folder
-# Flags that may change between a run and its resumption. These do not change the result:
-RESULT_NEUTRAL = ("log_every", "eval_every", "checkpoint_every", "keep_checkpoints", "on_nan",
-                  "progress")
-# These change how the step is compiled and how gradients are reduced over devices, so the
-# result agrees with an uninterrupted run only to float tolerance, not bit for bit (a resume
-# with other --cpu_devices moved parameters by 1.4e-6). They are allowed, with a message:
-# moving a preempted run to other hardware is what resuming is for.
-FLOAT_TOLERANCE = ("parallel", "cpu_devices", "coordinator_address", "num_processes",
-                   "process_id")
-RESUMABLE_CHANGES = RESULT_NEUTRAL + FLOAT_TOLERANCE
-# Paths are compared resolved (absolute, links followed), so a relative path given from
-# another folder is the same flag. --workdir is never compared: the folder being resumed is
-# the run, wherever it now is and however it is named.
-PATH_FLAGS = ("dataset", "init_checkpoint", "data_dir", "export_dir")
+GROUPS = ("model", "data", "optimization", "run", "distributed")  # --help's sections, in order
+REQUIRED = dataclasses.MISSING  # a field without default (the flag's default is None)
+_KINDS = {str: "string", int: "integer", float: "float", bool: "bool"}  # type -> absl DEFINE_*
 
 
 class ConfigError(ValueError):
@@ -48,62 +44,221 @@ class ConfigError(ValueError):
 
 
 @dataclasses.dataclass(frozen=True)
+class FlagSpec:
+  """How a JobConfig field is a flag: `dataclasses.fields(JobConfig)[i].metadata["flag"]`."""
+  help: str
+  group: str  # one of GROUPS
+  choices: tuple[str, ...] | None = None  # an enum flag
+  kind: str | None = None  # absl's DEFINE_<kind>; None: enum with choices, else the field's type
+  parse: Callable[[Any], Any] | None = None  # the parsed flag's value -> the field's value
+  unparse: Callable[[Any], Any] | None = None  # the field's value -> the flag's (str or list)
+  at_least: float | None = None  # validate: the smallest value (None passes if the default)
+  pretrain_only: bool = False  # a flag of pretrain only (finetune is classification)
+  # On resuming a run (config.resume_differences): "same" must not change; "neutral" may
+  # (the result does not depend on it); "tolerance" may, the result agreeing to float
+  # tolerance only; "path" must resolve to the same file or folder.
+  on_resume: str = "same"
+
+
+def _field(default: Any, help: str, group: str, **spec: Any) -> Any:
+  """A JobConfig field with its flag's `FlagSpec` (keyword arguments) in its metadata."""
+  metadata = {"flag": FlagSpec(help, group, **spec)}
+  if group not in GROUPS:
+    raise ValueError(f"flag group {group!r} unknown; known: {GROUPS}")
+  if default is REQUIRED:
+    return dataclasses.field(metadata=metadata)
+  if isinstance(default, dict):
+    return dataclasses.field(default_factory=lambda: dict(default), metadata=metadata)
+  return dataclasses.field(default=default, metadata=metadata)
+
+
+def parse_model_kwargs(text: str | None) -> dict[str, Any]:
+  """--model_kwargs's JSON text -> a dict (validate checks that it is an object)."""
+  try:
+    return json.loads(text or "{}")
+  except json.JSONDecodeError as e:
+    raise ConfigError(f"--model_kwargs={text!r}; allowed: a JSON object ({e})") from None
+
+
+def parse_lr_mults(items: Sequence[str] | None) -> tuple[tuple[str, float], ...]:
+  """["encoder/.*=0.1", ...] -> (("encoder/.*", 0.1), ...); the last "=" splits."""
+  out = []
+  for item in items or ():
+    regex, sep, mult = item.rpartition("=")
+    try:
+      value = float(mult)
+    except ValueError:
+      value = None
+    if not sep or not regex or value is None:
+      _fail("lr_mult", item, "REGEX=MULTIPLIER, e.g. 'encoder/.*=0.1'")
+    out.append((regex, value))
+  return tuple(out)
+
+
+MODEL, DATA, OPTIM, RUN, DIST = GROUPS
+
+
+@dataclasses.dataclass(frozen=True)
 class JobConfig:
-  """Everything a fine-tuning or pretraining run needs (see job/flags.py for the help)."""
-  workdir: str
-  dataset: str
-  task: str = "classification"
+  """Everything a fine-tuning or pretraining run needs. Fields are listed in --help by group,
+  in this order within each group (see BUILD.md, "Adding a flag to the job")."""
+  workdir: str = _field(
+      REQUIRED, "Run folder: flags, git revision, metrics.jsonl, checkpoints, report. Rerunning "
+      "the same command resumes from it.", RUN)
+  dataset: str = _field(
+      REQUIRED, "fashion_mnist_local | mnist_local | digits_local | tweets_sentiment | "
+      "folder:PATH | csv:PATH | npz:PATH | tfds:NAME. Built offline on first use.", DATA,
+      on_resume="path")
   # Model: a checkpoint to start from, or a registry name to train from scratch.
-  init_checkpoint: str | None = None
-  model: str | None = None
-  model_kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)
-  num_classes: int | None = None  # None: the dataset's
-  reset_head: bool = False  # a new head even when the checkpoint's has num_classes outputs
+  init_checkpoint: str | None = _field(
+      None, "Start from this: a converted checkpoint folder (python -m ports.convert), a "
+      "Hugging Face folder or a torchvision weights file (converted on the fly into "
+      f"<workdir>/init_checkpoint), or '{MINILM}' for the packaged all-MiniLM-L6-v2. Unset: "
+      "train --model from scratch.", MODEL, on_resume="path")
+  model: str | None = _field(
+      None, "Registry name to train from scratch (resnet18, resnet_tiny, minilm_l6, bert, vit, "
+      "...), or the architecture of a torchvision weights file given as --init_checkpoint.", MODEL)
+  model_kwargs: dict[str, Any] = _field(
+      {}, "JSON object of model constructor overrides, e.g. '{\"num_hidden_layers\": 2}'.", MODEL,
+      kind="string", parse=parse_model_kwargs,
+      unparse=lambda v: json.dumps(v, sort_keys=True))
+  num_classes: int | None = _field(None, "Classes of the new head; default: the dataset's.", MODEL)
+  reset_head: bool = _field(
+      False, "Put a freshly initialized head on the checkpoint even when its head already has "
+      "--num_classes outputs (another task with the same number of classes).", MODEL)
   # Data.
-  data_dir: str | None = None
-  max_len: int = 128
-  image_size: int | None = None  # None: the checkpoint's, else 32
-  crop_padding: int = 0
-  flip: bool = False
-  mask_rate: float = 0.15
-  # Share of the training part held out (stratified, seeded) for evaluation during the run;
-  # the offline datasets have their own 10% split. 0: evaluate on test during the run.
-  validation_fraction: float = 0.1
+  data_dir: str | None = _field(
+      None, "TFDS data dir; default $TFDS_DATA_DIR or ~/tensorflow_datasets.", DATA,
+      on_resume="path")
+  max_len: int = _field(128, "Text: tokens per example (truncated and padded).", DATA, at_least=2)
+  image_size: int | None = _field(
+      None, "Images: resized to this square size; default the checkpoint's, else 32.", DATA,
+      at_least=8)
+  crop_padding: int = _field(
+      0, "Images, training: zero-pad by this many pixels and crop back at random (0 = off).", DATA,
+      at_least=0)
+  flip: bool = _field(False, "Images, training: random horizontal flips.", DATA)
+  validation_fraction: float = _field(
+      0.1, "Share of each class of the training data held out as the validation split that "
+      "--eval_every evaluates on (csv:/folder:/npz:; the offline datasets have their own "
+      "10% split). 0: no validation split, evaluate on test during training.", DATA)
+  task: str = _field(
+      "classification", "classification (images or text, labels) or mlm (masked-LM on the "
+      "texts of a text dataset; BERT models).", DATA, choices=TASKS, pretrain_only=True)
+  mask_rate: float = _field(0.15, "mlm: share of tokens masked (BERT: 0.15).", DATA,
+                            pretrain_only=True)
   # Optimization.
-  batch_size: int = 32
-  epochs: float | None = None
-  steps: int | None = None
-  optimizer: str = "adamw"
-  lr: float = 1e-3
-  schedule: str = "cosine"
-  warmup: int = 0
-  weight_decay: float = 0.0
-  momentum: float = 0.9
-  clip_norm: float | None = None
-  freeze: tuple[str, ...] = ()
-  lr_mult: tuple[tuple[str, float], ...] = ()
-  label_smoothing: float = 0.0
+  batch_size: int = _field(32, "Global batch size (over all devices and processes).", OPTIM,
+                           at_least=1)
+  epochs: float | None = _field(
+      None, "Train for this many epochs (fractions allowed); or --steps.", OPTIM)
+  steps: int | None = _field(None, "Train for this many optimizer steps; or --epochs.", OPTIM)
+  optimizer: str = _field("adamw", "adamw (torch.optim.AdamW) | sgd (with momentum).", OPTIM,
+                          choices=OPTIMIZERS)
+  lr: float = _field(1e-3, "Peak learning rate.", OPTIM)
+  schedule: str = _field("cosine", "Learning-rate decay after warmup.", OPTIM, choices=SCHEDULES)
+  warmup: int = _field(0, "Steps of linear warmup from 0.", OPTIM, at_least=0)
+  weight_decay: float = _field(
+      0.0, "adamw: decoupled decay; sgd: L2. Biases and norm scales are never decayed.", OPTIM)
+  momentum: float = _field(0.9, "sgd momentum.", OPTIM)
+  clip_norm: float | None = _field(
+      None, "Clip gradients to this global norm (unset = no clip).", OPTIM)
+  freeze: tuple[str, ...] = _field(
+      (), "Regex over '/'-joined parameter paths (encoder/layer_0/.*, layer1_0/.*); matching "
+      "parameters never change. Repeatable; each must match something.", OPTIM,
+      kind="multi_string", parse=lambda v: tuple(v or ()), unparse=list)
+  lr_mult: tuple[tuple[str, float], ...] = _field(
+      (), "REGEX=MULT: scale the learning rate of matching parameters (first match wins). "
+      "Repeatable.", OPTIM, kind="multi_string", parse=parse_lr_mults,
+      unparse=lambda v: [f"{regex}={mult}" for regex, mult in v])
+  label_smoothing: float = _field(0.0, "Label smoothing of the cross-entropy.", OPTIM)
   # Runtime.
-  dtype: str = "float32"
-  parallel: str = "jit"
-  cpu_devices: int = 0
-  seed: int = 0
-  eval_every: int = 0
-  checkpoint_every: int = 0
-  keep_checkpoints: int = 2
-  log_every: int = 50
-  on_nan: str = "stop"
-  max_skips: int = 10
-  progress: str = "auto"  # "auto" (bar on a terminal) | "bar" | "log"
-  export_dir: str | None = None  # None: <workdir>/model
+  seed: int = _field(0, "Seed of initialization, data order and dropout.", RUN, at_least=0)
+  dtype: str = _field("float32", "Compute dtype (parameters stay float32).", RUN, choices=DTYPES)
+  # --parallel, --cpu_devices and the distributed flags change how the step is compiled and
+  # how gradients are reduced over devices, so a resumed run agrees with an uninterrupted one
+  # only to float tolerance, not bit for bit (a resume with other --cpu_devices moved
+  # parameters by 1.4e-6). They may change, with a message: moving a preempted run to other
+  # hardware is what resuming is for.
+  parallel: str = _field(
+      "jit", "jit (one program over a device mesh) | fsdp (jit, state sharded) | pmap.", RUN,
+      choices=PARALLEL, on_resume="tolerance")
+  cpu_devices: int = _field(
+      0, "Split the CPU into this many XLA devices (data parallelism on one machine; 0 = "
+      "leave as is). Takes effect only before JAX starts.", RUN, at_least=0,
+      on_resume="tolerance")
+  eval_every: int = _field(
+      0, "Evaluate on the validation split every N steps (0 = never); the test split is "
+      "evaluated once, at the end.", RUN, at_least=0, on_resume="neutral")
+  log_every: int = _field(50, "Log training metrics every N steps.", RUN, at_least=1,
+                          on_resume="neutral")
+  checkpoint_every: int = _field(
+      0, "Checkpoint every N steps (0 = at the end and on SIGTERM only).", RUN, at_least=0,
+      on_resume="neutral")
+  keep_checkpoints: int = _field(2, "Checkpoints kept in the workdir.", RUN, at_least=1,
+                                 on_resume="neutral")
+  on_nan: str = _field(
+      "stop", "A non-finite loss or gradient norm: stop (error naming the step and metric) | "
+      "skip (roll back to the last checkpoint, replay up to the bad batch, skip it; at most "
+      "--max_skips times).", RUN, choices=ON_NAN, on_resume="neutral")
+  max_skips: int = _field(10, "--on_nan=skip: stop after this many skipped batches.", RUN,
+                          at_least=0)
+  progress: str = _field(
+      "auto", "auto (a progress bar on a terminal, log lines otherwise) | bar | log.", RUN,
+      choices=PROGRESS, on_resume="neutral")
+  export_dir: str | None = _field(
+      None, "Where the final model is written as a checkpoint folder; default <workdir>/model.",
+      RUN, on_resume="path")
   # Distributed.
-  coordinator_address: str | None = None
-  num_processes: int | None = None
-  process_id: int | None = None
+  coordinator_address: str | None = _field(
+      None, "Multi-process: host:port of process 0.", DIST, on_resume="tolerance")
+  num_processes: int | None = _field(None, "Multi-process: number of processes.", DIST,
+                                     on_resume="tolerance")
+  process_id: int | None = _field(None, "Multi-process: this process's index.", DIST,
+                                  on_resume="tolerance")
 
   def to_json(self) -> dict[str, Any]:
     """A JSON-friendly dict (tuples as lists)."""
     return json_ready(dataclasses.asdict(self))
+
+
+def flag_specs(*, pretrain: bool = True) -> list[tuple[str, FlagSpec, Any]]:
+  """(name, spec with its kind, the flag's default) of every JobConfig field, in --help order:
+  by group, then as JobConfig lists them. Without `pretrain`, finetune's (no pretrain_only)."""
+  types = typing.get_type_hints(JobConfig)
+  out = []
+  for f in dataclasses.fields(JobConfig):
+    spec = f.metadata["flag"]
+    if spec.pretrain_only and not pretrain:
+      continue
+    kind = spec.kind or ("enum" if spec.choices else _KINDS[_not_none(types[f.name])])
+    default = f.default_factory() if f.default_factory is not REQUIRED else (
+        None if f.default is REQUIRED else f.default)
+    out.append((f.name, dataclasses.replace(spec, kind=kind),
+                spec.unparse(default) if spec.unparse and default is not None else default))
+  return sorted(out, key=lambda x: GROUPS.index(x[1].group))
+
+
+def _not_none(hint: Any) -> type:
+  """int | None -> int."""
+  args = [a for a in typing.get_args(hint) if a is not type(None)]
+  return args[0] if args else hint
+
+
+def _resume_flags(kind: str) -> tuple[str, ...]:
+  return tuple(f.name for f in dataclasses.fields(JobConfig)
+               if f.metadata["flag"].on_resume == kind)
+
+
+# Flags that may change between a run and its resumption. These do not change the result:
+RESULT_NEUTRAL = _resume_flags("neutral")
+# These agree only to float tolerance (see --parallel above); allowed, with a message.
+FLOAT_TOLERANCE = _resume_flags("tolerance")
+RESUMABLE_CHANGES = RESULT_NEUTRAL + FLOAT_TOLERANCE
+# Paths are compared resolved (absolute, links followed), so a relative path given from
+# another folder is the same flag. --workdir is never compared: the folder being resumed is
+# the run, wherever it now is and however it is named.
+PATH_FLAGS = _resume_flags("path")
 
 
 def json_ready(x: Any) -> Any:
@@ -132,21 +287,6 @@ def _at_least(config: JobConfig, flag: str, low: float, *, optional: bool = Fals
     _fail(flag, value, f">= {low}")
 
 
-def parse_lr_mults(items: Sequence[str]) -> tuple[tuple[str, float], ...]:
-  """["encoder/.*=0.1", ...] -> (("encoder/.*", 0.1), ...); the last "=" splits."""
-  out = []
-  for item in items:
-    regex, sep, mult = item.rpartition("=")
-    try:
-      value = float(mult)
-    except ValueError:
-      value = None
-    if not sep or not regex or value is None:
-      _fail("lr_mult", item, "REGEX=MULTIPLIER, e.g. 'encoder/.*=0.1'")
-    out.append((regex, value))
-  return tuple(out)
-
-
 def validate(config: JobConfig) -> None:
   """Checks values and combinations; raises ConfigError naming the flag. Pure."""
   if not config.workdir:
@@ -155,7 +295,9 @@ def validate(config: JobConfig) -> None:
     _fail("dataset", config.dataset,
           "a dataset name (fashion_mnist_local, mnist_local, digits_local, tweets_sentiment) "
           "or folder:PATH, csv:PATH, npz:PATH, tfds:NAME")
-  _choice(config, "task", TASKS)
+  for f in dataclasses.fields(JobConfig):  # enum values (absl checks the flags' already)
+    if f.metadata["flag"].choices:
+      _choice(config, f.name, f.metadata["flag"].choices)
   if config.init_checkpoint is None and config.model is None:
     raise ConfigError("give --init_checkpoint (a checkpoint folder, a Hugging Face folder, "
                       f"a torchvision file or '{MINILM}') or --model (train from scratch)")
@@ -171,12 +313,9 @@ def validate(config: JobConfig) -> None:
     _fail("num_classes", config.num_classes,
           ">= 2 (classification only)" if config.task == "classification"
           else "unset for --task=mlm (the vocabulary is the output)")
-  for flag, low in (("batch_size", 1), ("max_len", 2), ("warmup", 0), ("crop_padding", 0),
-                    ("log_every", 1), ("eval_every", 0), ("checkpoint_every", 0),
-                    ("keep_checkpoints", 1), ("seed", 0), ("cpu_devices", 0),
-                    ("max_skips", 0)):
-    _at_least(config, flag, low)
-  _at_least(config, "image_size", 8, optional=True)
+  for f in dataclasses.fields(JobConfig):
+    if f.metadata["flag"].at_least is not None:
+      _at_least(config, f.name, f.metadata["flag"].at_least, optional=f.default is None)
   if (config.epochs is None) == (config.steps is None):
     raise ConfigError(f"give exactly one of --epochs or --steps (got --epochs={config.epochs}, "
                       f"--steps={config.steps})")
@@ -186,12 +325,6 @@ def validate(config: JobConfig) -> None:
     _fail("steps", config.steps, "an int >= 1")
   if config.steps is not None and config.schedule != "constant" and config.warmup >= config.steps:
     _fail("warmup", config.warmup, f"< --steps={config.steps} with --schedule={config.schedule}")
-  _choice(config, "optimizer", OPTIMIZERS)
-  _choice(config, "schedule", SCHEDULES)
-  _choice(config, "dtype", DTYPES)
-  _choice(config, "parallel", PARALLEL)
-  _choice(config, "on_nan", ON_NAN)
-  _choice(config, "progress", ("auto", "bar", "log"))
   if not 0 < config.lr < math.inf:
     _fail("lr", config.lr, "> 0 and finite")
   if not 0 <= config.weight_decay < math.inf:

@@ -27,18 +27,20 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import pathlib
 import re
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
-from jaxpretrain import perf, pretrained, safe_io
+from jaxpretrain import console, perf, pretrained, safe_io
 from jaxpretrain.job import metrics as metrics_lib
 from jaxpretrain.job import report as report_lib
 from jaxpretrain.job import task as task_lib
-from jaxpretrain.job.config import ConfigError, JobConfig
+from jaxpretrain.job.config import ConfigError
 from jaxpretrain.models import registry
 
 
@@ -138,28 +140,51 @@ def label_mapping(data_names, model_names, *, what: str, warn=print) -> np.ndarr
   return np.asarray([index[n] for n in data_names], np.int64)
 
 
-def predict_source(model, variables, source, preprocess, batch_size: int,
-                   family: registry.Family | str | None = None):
-  """(logits [n, C], labels [n]) of a whole split on the default device.
+def predict_batch(model, family: registry.Family | str | None, variables, batch):
+  """`(logits [b, C] float32, label [b], mask [b])` of a batch: the evaluation forward pass
+  of `evaluate` and of a run (traced under jit or pmap). `family` feeds the batch to the model
+  (`registry.forward`); None tells inputs by batch keys."""
+  logits = registry.forward(family, model, variables, batch)[0]
+  mask = batch.get("mask", jnp.ones(batch["label"].shape, jnp.float32))
+  return logits.astype(jnp.float32), batch["label"], mask
 
-  `family` feeds the batch to the model (`registry.forward`); None tells inputs by batch keys.
+
+def eval_batches(it, source, batch_size: int, what: str | None):
+  """The eval iterator, with progress and an ETA on stderr when `what` names the phase."""
+  if what is None:
+    return it
+  return console.progress(it, math.ceil(len(source) / batch_size), what)
+
+
+def predict_split(predict, params, source, preprocess, batch_size: int, what: str | None = None,
+                  **iterator_kwargs) -> tuple[np.ndarray, np.ndarray]:
+  """(logits [n, C], labels [n]) over a whole split, padding dropped.
+
+  `predict(params, host_batch) -> (logits, label, mask)` as NumPy (`predict_batch` compiled);
+  `iterator_kwargs` go to `pipeline.eval_iterator` (the devices and processes it feeds).
   """
   from jaxpretrain.data import pipeline  # noqa: PLC0415
 
-  @functools.partial(jax.jit, compiler_options=perf.compiler_options("inference"))
-  def fwd(batch):
-    return registry.forward(family, model, variables, batch)[0]
-
-  it = pipeline.eval_iterator(source, preprocess, global_batch_size=batch_size,
-                              local_device_count=1, process_count=1, process_index=0,
-                              num_threads=2, prefetch_buffer_size=4)
+  it = pipeline.eval_iterator(source, preprocess, global_batch_size=batch_size, num_threads=2,
+                              prefetch_buffer_size=4, **iterator_kwargs)
   logits, labels = [], []
-  for batch in it:
-    keep = batch.pop("mask") > 0
-    logits.append(np.asarray(fwd(batch), np.float32)[keep])
-    labels.append(batch["label"][keep])
+  for batch in eval_batches(it, source, batch_size, what):
+    out, y, mask = predict(params, batch)
+    keep = mask > 0
+    logits.append(out[keep])
+    labels.append(y[keep])
   it.close()
   return np.concatenate(logits), np.concatenate(labels)
+
+
+def predict_source(model, variables, source, preprocess, batch_size: int,
+                   family: registry.Family | str | None = None):
+  """(logits [n, C], labels [n]) of a whole split on the default device (`predict_split`)."""
+  fwd = jax.jit(functools.partial(predict_batch, model, family),
+                compiler_options=perf.compiler_options("inference"))
+  return predict_split(lambda v, batch: jax.device_get(fwd(v, batch)), variables, source,
+                       preprocess, batch_size, local_device_count=1, process_count=1,
+                       process_index=0)
 
 
 def evaluate_checkpoint(checkpoint: str | pathlib.Path, dataset: str | None = None, *,
@@ -204,10 +229,9 @@ def evaluate_checkpoint(checkpoint: str | pathlib.Path, dataset: str | None = No
     prep["tokenizer_path"] = str(model_dir / "tokenizer.json")
   vf = saved.get("validation_fraction")
   extra = {"validation_fraction": vf} if isinstance(vf, float) and 0 <= vf < 1 else {}
-  job = JobConfig(workdir=str(model_dir), dataset=dataset, data_dir=data_dir, model=cfg["model"],
-                  steps=1, max_len=max_len or prep.get("max_len", 128), image_size=image_size,
-                  **extra)
-  data = task_lib.load_data(job, None, split=split, train=False, preprocessing=prep)
+  options = task_lib.DataOptions(dataset=dataset, data_dir=data_dir, image_size=image_size,
+                                 max_len=max_len or prep.get("max_len", 128), **extra)
+  data = task_lib.load_data(options, None, split=split, train=False, preprocessing=prep)
   family = registry.family_of(cfg["model"])
   if family.modality != data.test_meta.modality:
     raise ConfigError(f"--dataset={dataset!r} holds {data.test_meta.modality}s but the "

@@ -7,7 +7,10 @@
 Order of work (everything that can fail on a bad flag fails before data is built or a step
 compiled): validate flags -> devices -> workdir writable + lock -> flags equal to the
 workdir's earlier run -> model (checkpoint converted if needed) -> `--freeze`/`--lr_mult`
-regexes -> data -> free disk space -> compile and train.
+regexes -> data -> free disk space -> compile and train. In code: `_run_locked` sets up a
+`_Run` (the invocation's context and state); `_train` loops over a training step and the
+periodic actions due after it (log, validation, checkpoint); `_finish` evaluates on test,
+exports the model and writes the report.
 
 Resumption: rerunning the same command restores the latest complete checkpoint (state and
 data-iterator position), drops metrics.jsonl records written after it and continues; the
@@ -59,7 +62,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from jaxpretrain import console, perf, pretrained
+from jaxpretrain import perf, pretrained
 from jaxpretrain.job import config as config_lib
 from jaxpretrain.job import evaluation as evaluation_lib
 from jaxpretrain.job import flags as flags_lib
@@ -69,7 +72,6 @@ from jaxpretrain.job import report as report_lib
 from jaxpretrain.job import task as task_lib
 from jaxpretrain.job import workdir as workdir_lib
 from jaxpretrain.job.config import ConfigError, JobConfig
-from jaxpretrain.models import registry
 from jaxpretrain.train import checkpoint as checkpoint_lib
 from jaxpretrain.train import losses, optim, parallel
 from jaxpretrain.train.state import create_train_state
@@ -288,14 +290,10 @@ def _nbytes(tree) -> int:
 # ----------------------------------------------------------------------------- evaluation
 
 def make_predict(par: parallel.Parallel, model, family=None) -> Callable[[Any, dict], tuple]:
-  """`predict(state, host_batch) -> (logits [b, C], label [b], mask [b])` as NumPy, global.
-
-  `family` (a registry.Family or its name) feeds the batch; None tells inputs by batch keys.
-  """
+  """`predict(state, host_batch) -> (logits [b, C], label [b], mask [b])` as NumPy, global:
+  `evaluation.predict_batch` under the run's parallelism."""
   def fwd(state, batch):
-    logits = registry.forward(family, model, state.variables, batch)[0]
-    mask = batch.get("mask", jax.numpy.ones(batch["label"].shape, jax.numpy.float32))
-    return logits.astype(jax.numpy.float32), batch["label"], mask
+    return evaluation_lib.predict_batch(model, family, state.variables, batch)
 
   if par.kind == "pmap":
     compiled = jax.pmap(fwd, axis_name=parallel.PMAP_AXIS)
@@ -312,30 +310,6 @@ def make_predict(par: parallel.Parallel, model, family=None) -> Callable[[Any, d
   return lambda state, batch: tuple(parallel.to_host(compiled(state, par.put_batch(batch))))
 
 
-def _batches(it, source, batch_size: int, what: str | None):
-  """The eval iterator, with progress and an ETA on stderr when `what` names the phase."""
-  if what is None:
-    return it
-  return console.progress(it, math.ceil(len(source) / batch_size), what)
-
-
-def predict_split(predict, state, source, preprocess, batch_size: int,
-                  what: str | None = None) -> tuple:
-  """(logits [n, C], labels [n]) over a whole split, padding dropped."""
-  from jaxpretrain.data import pipeline  # noqa: PLC0415
-
-  it = pipeline.eval_iterator(source, preprocess, global_batch_size=batch_size, num_threads=2,
-                              prefetch_buffer_size=4)
-  logits, labels = [], []
-  for batch in _batches(it, source, batch_size, what):
-    out, y, mask = predict(state, batch)
-    keep = mask > 0
-    logits.append(out[keep])
-    labels.append(y[keep])
-  it.close()
-  return np.concatenate(logits), np.concatenate(labels)
-
-
 def mlm_evaluate(par: parallel.Parallel, state, source, preprocess, batch_fn, batch_size: int,
                  seed: int, what: str | None = None) -> dict[str, float]:
   """Masked-token loss and accuracy over the split, masks drawn from a fixed key per batch."""
@@ -346,7 +320,7 @@ def mlm_evaluate(par: parallel.Parallel, state, source, preprocess, batch_fn, ba
   it = pipeline.eval_iterator(source, preprocess, global_batch_size=batch_size, num_threads=2,
                               prefetch_buffer_size=4)
   stats = None
-  for i, batch in enumerate(_batches(it, source, batch_size, what)):
+  for i, batch in enumerate(evaluation_lib.eval_batches(it, source, batch_size, what)):
     masked = jax.tree.map(np.asarray, mask(jax.random.fold_in(key, i), batch))
     out = par.get_metrics(par.eval_step(state, par.put_batch(masked)))
     stats = losses.add_stats(stats, out)
@@ -395,7 +369,7 @@ def _run_locked(config, wd, stop, hooks, log, newest) -> Result:
   base = task_lib.model_spec(config, wd.path, log)
   probe = task_lib.with_head(base, config, config.num_classes or 2)
   config_lib.check_param_regexes(config, task_lib.param_paths(probe))
-  data = task_lib.load_data(config, base)
+  data = task_lib.load_data(task_lib.DataOptions.of(config), base)
   fingerprint = _fingerprint(config)
   if newest is not None:
     _check_data(config, *newest, fingerprint)
@@ -437,8 +411,10 @@ def _run_locked(config, wd, stop, hooks, log, newest) -> Result:
   # Closed on every path (also when the event file cannot be created); a failing path does
   # not raise a failed save or write again.
   with ckpt, metrics_lib.TensorBoard(wd.path, enabled=lead) as tb:
-    return _train(config, wd, stop, hooks, log, lead, t_start, spec, data, model, par, state,
-                  ckpt, batch_fn, total, run_record, tb=tb)
+    return _train(_Run(config=config, wd=wd, stop=stop, hooks=hooks, log=log, lead=lead,
+                       t_start=t_start, spec=spec, data=data, model=model, par=par,
+                       state=state, ckpt=ckpt, tb=tb, batch_fn=batch_fn, total=total,
+                       run_record=run_record))
 
 
 def _fingerprint(config: JobConfig) -> dict:
@@ -451,178 +427,277 @@ def _fingerprint(config: JobConfig) -> dict:
                       f"{type(e).__name__}: {e}") from None
 
 
-def _train(config, wd, stop, hooks, log, lead, t_start, spec, data, model, par, state, ckpt,
-           batch_fn, total, run_record, *, tb) -> Result:
-  from jaxpretrain.data import pipeline  # noqa: PLC0415
+EVAL_KEYS = ("loss", "accuracy", "macro_f1", "perplexity")  # of an evaluation, logged
 
-  mlog = workdir_lib.MetricsLog(wd / workdir_lib.METRICS, enabled=lead)
 
-  def write(record):  # metrics.jsonl and TensorBoard
-    mlog.write(record)
-    tb.write(record)
+@dataclasses.dataclass
+class _Window:
+  """Training metrics summed since the last log line, and this invocation's step timing
+  (steps/s excludes the first step, which compiles)."""
+  sums: dict[str, float] = dataclasses.field(default_factory=dict)
+  count: int = 0
+  t_log: float = dataclasses.field(default_factory=time.perf_counter)
+  timed: int = 0  # timed steps since the last log line
+  train_time: float = 0.0
+  train_steps: int = 0
+  t_first: float | None = None  # the first step's seconds, compilation included
 
-  train_it = pipeline.train_iterator(data.train, data.preprocess,
-                                     global_batch_size=config.batch_size, seed=config.seed,
-                                     num_threads=2, prefetch_buffer_size=4)
-  skipped: set[int] = set()
-  restored_state: dict = {}  # the data state of the last restore (its "wall_s")
+  def timed_step(self, t0: float) -> None:
+    if self.t_first is None:
+      self.t_first = time.perf_counter() - t0
+      self.t_log = time.perf_counter()  # steps/s starts after it, also after a resume
+    else:
+      self.train_time += time.perf_counter() - t0
+      self.train_steps += 1
+      self.timed += 1
 
-  def check(step_now, data_state):
+  def add(self, host: dict[str, float]) -> None:
+    for k, v in host.items():
+      self.sums[k] = self.sums.get(k, 0.0) + v
+    self.count += 1
+
+
+@dataclasses.dataclass(eq=False)
+class _Run:
+  """One invocation of a run: what `_run_locked` set up, and the state the loop advances
+  (`state`, `step`, the skipped batches). Its methods are the loop's actions."""
+  config: JobConfig
+  wd: workdir_lib.Workdir
+  stop: workdir_lib.StopSignal
+  hooks: Hooks
+  log: Callable[[str], None]
+  lead: bool  # process 0: writes the files
+  t_start: float
+  spec: task_lib.ModelSpec
+  data: task_lib.Data
+  model: Any
+  par: parallel.Parallel
+  state: Any  # the TrainState, on the devices
+  ckpt: checkpoint_lib.Checkpointer
+  tb: metrics_lib.TensorBoard
+  batch_fn: Any
+  total: int
+  run_record: dict
+  step: int = 0
+  skipped: set[int] = dataclasses.field(default_factory=set)
+  resumed_from: int | None = None
+  wall_before: float = 0.0  # the wall time of the invocations before this one
+  restored: dict = dataclasses.field(default_factory=dict)  # the data state last restored
+  window: _Window = dataclasses.field(default_factory=_Window)
+
+  def __post_init__(self):
+    from jaxpretrain.data import pipeline  # noqa: PLC0415
+
+    self.mlog = workdir_lib.MetricsLog(self.wd / workdir_lib.METRICS, enabled=self.lead)
+    self.train_it = pipeline.train_iterator(
+        self.data.train, self.data.preprocess, global_batch_size=self.config.batch_size,
+        seed=self.config.seed, num_threads=2, prefetch_buffer_size=4)
+    self.progress = None
+
+  def write(self, record: dict) -> None:  # metrics.jsonl and TensorBoard
+    self.mlog.write(record)
+    self.tb.write(record)
+
+  # --- checkpoints
+
+  def _check(self, step: int, data_state: dict) -> None:
     record = data_state.get("run")
     if not isinstance(record, dict):
       return  # written before checkpoints held their run record
     if isinstance(record.get("flags"), dict):
-      _refuse(wd, config_lib.key_differences(record["flags"], config),
-              f"stored in checkpoint {step_now}")
-    _check_data(config, step_now, record, run_record["data"])
+      _refuse(self.wd, config_lib.key_differences(record["flags"], self.config),
+              f"stored in checkpoint {step}")
+    _check_data(self.config, step, record, self.run_record["data"])
 
-  def restore():
-    got = ckpt.restore_latest(par.global_state(state), check=check, log=log)
+  def restore(self) -> tuple[Any, int] | None:
+    got = self.ckpt.restore_latest(self.par.global_state(self.state), check=self._check,
+                                   log=self.log)
     if got is None:
       return None
     restored, data_state = got
-    restored_state.clear()
-    restored_state.update(data_state)
-    train_it.set_state(data_state)
-    skipped.update(data_state.get("skipped", []))
-    return par.put_state(restored), int(data_state.get("train_step", 0))
+    self.restored = dict(data_state)
+    self.train_it.set_state(data_state)
+    self.skipped.update(data_state.get("skipped", []))
+    return self.par.put_state(restored), int(data_state.get("train_step", 0))
 
-  def save(step_now):
-    data_state = {**train_it.get_state(), "skipped": sorted(skipped), "train_step": step_now,
-                  "run": run_record, "wall_s": wall_before + time.perf_counter() - t_start}
-    ckpt.save(step_now, par.global_state(state), data_state=data_state)
+  def save(self, step: int) -> None:
+    data_state = {**self.train_it.get_state(), "skipped": sorted(self.skipped),
+                  "train_step": step, "run": self.run_record,
+                  "wall_s": self.wall_before + time.perf_counter() - self.t_start}
+    self.ckpt.save(step, self.par.global_state(self.state), data_state=data_state)
 
-  step, resumed_from, wall_before = 0, None, 0.0
-  got = restore()
-  if got is not None:
-    state, step = got
-    resumed_from = step
-    wall_before = _wall_s(restored_state.get("wall_s"))
-    log(f"resuming from the checkpoint of step {step} in {ckpt.directory}")
-    mlog.truncate_after(step, final_step=total)  # a final evaluation logged is done again
-    tb.resume(step)
-    write({"kind": "resume", "step": step, "time": time.time()})
-  elif config.on_nan == "skip":
-    save(0)  # something to roll back to
-  elif mlog.path.exists():
-    mlog.truncate_after(0)
+  def resume_or_start(self) -> None:
+    """From the workdir's newest checkpoint, else from step 0 (saved if it may be rolled
+    back to)."""
+    got = self.restore()
+    if got is not None:
+      self.state, self.step = got
+      self.resumed_from = self.step
+      self.wall_before = _wall_s(self.restored.get("wall_s"))
+      self.log(f"resuming from the checkpoint of step {self.step} in {self.ckpt.directory}")
+      # A final evaluation logged is done again.
+      self.mlog.truncate_after(self.step, final_step=self.total)
+      self.tb.resume(self.step)
+      self.write({"kind": "resume", "step": self.step, "time": time.time()})
+    elif self.config.on_nan == "skip":
+      self.save(0)  # something to roll back to
+    elif self.mlog.path.exists():
+      self.mlog.truncate_after(0)
 
-  predict = make_predict(par, model, spec.family) if config.task == "classification" else None
-  # Periodic evaluations use the validation split (the test split when there is none); the
-  # test split is evaluated once, at the end.
-  splits = {"test": (data.test, data.test_meta),
-            "validation": (data.validation, data.validation_meta)
-            if data.validation is not None else (data.test, data.test_meta)}
-  to_train = {}
-  if predict is not None:  # each split's label names -> the train split's class ids
-    to_train = {s: evaluation_lib.label_mapping(
-        m.class_names, data.meta.class_names,
-        what=f"--dataset={config.dataset!r} ({s} split)", warn=log)
-        for s, (_, m) in splits.items()}
+  # --- evaluation
 
-  def evaluate(state_now, split="test", what=None):
-    source = splits[split][0]
-    if predict is None:
-      return mlm_evaluate(par, state_now, source, data.eval_preprocess, batch_fn,
+  def prepare_evaluation(self) -> None:
+    """Periodic evaluations use the validation split (the test split when there is none);
+    the test split is evaluated once, at the end. Each split's label names are mapped onto
+    the train split's class ids."""
+    config, data = self.config, self.data
+    self.predict = (make_predict(self.par, self.model, self.spec.family)
+                    if config.task == "classification" else None)
+    self.splits = {"test": (data.test, data.test_meta),
+                   "validation": (data.validation, data.validation_meta)
+                   if data.validation is not None else (data.test, data.test_meta)}
+    self.to_train = {}
+    if self.predict is not None:
+      self.to_train = {s: evaluation_lib.label_mapping(
+          m.class_names, data.meta.class_names,
+          what=f"--dataset={config.dataset!r} ({s} split)", warn=self.log)
+          for s, (_, m) in self.splits.items()}
+
+  def evaluate(self, split: str = "test", what: str | None = None) -> dict[str, Any]:
+    config, data = self.config, self.data
+    source = self.splits[split][0]
+    if self.predict is None:
+      return mlm_evaluate(self.par, self.state, source, data.eval_preprocess, self.batch_fn,
                           config.batch_size, config.seed, what)
-    logits, labels = predict_split(predict, state_now, source, data.eval_preprocess,
-                                   config.batch_size, what)
+    logits, labels = evaluation_lib.predict_split(self.predict, self.state, source,
+                                                  data.eval_preprocess, config.batch_size, what)
     if split == "test":
-      evaluation_lib.warn_single_class(labels, f"--dataset={config.dataset!r} test split", log)
+      evaluation_lib.warn_single_class(labels, f"--dataset={config.dataset!r} test split",
+                                       self.log)
     names = model_record.class_names(data.meta.class_names, logits.shape[-1])
-    return metrics_lib.classification_metrics(logits, to_train[split][labels], names)
+    return metrics_lib.classification_metrics(logits, self.to_train[split][labels], names)
 
-  progress = report_lib.Progress(step, total, config.progress)
-  sums, count, t_log, timed = {}, 0, time.perf_counter(), 0
-  train_time, train_steps, t_first = 0.0, 0, None
-  while step < total:
-    requested = multihost.agreed_stop(stop.requested)  # all processes stop at one step
+  # --- the loop's actions
+
+  def stop_if_asked(self) -> None:
+    """SIGTERM/SIGINT: a checkpoint of this step, then Stopped (all processes at one step)."""
+    requested = multihost.agreed_stop(self.stop.requested)
     if requested:
-      ckpt.wait()
-      if step not in ckpt.all_steps():
-        save(step)
-      ckpt.wait()
-      progress.close()
-      raise Stopped(step, requested, wd.path)
-    position = train_it.get_state()["step"]
-    batch = next(train_it)
-    if position in skipped:
-      continue
-    if hooks.batch is not None:
-      batch = hooks.batch(position, batch)
+      self.ckpt.wait()
+      if self.step not in self.ckpt.all_steps():
+        self.save(self.step)
+      self.ckpt.wait()
+      self.progress.close()
+      raise Stopped(self.step, requested, self.wd.path)
+
+  def train_step(self) -> bool:
+    """One batch; False when it did not advance the run (a skipped batch, a rollback)."""
+    position = self.train_it.get_state()["step"]
+    batch = next(self.train_it)
+    if position in self.skipped:
+      return False
+    if self.hooks.batch is not None:
+      batch = self.hooks.batch(position, batch)
     t0 = time.perf_counter()
-    state, metrics = par.train_step(state, par.put_batch(batch))
-    host = {k: float(v) for k, v in par.get_metrics(metrics).items()}
-    if t_first is None:
-      t_first = time.perf_counter() - t0  # compilation included
-      t_log = time.perf_counter()  # steps/s starts after it, also after a resume
-    else:
-      train_time += time.perf_counter() - t0
-      train_steps += 1
-      timed += 1
+    self.state, metrics = self.par.train_step(self.state, self.par.put_batch(batch))
+    host = {k: float(v) for k, v in self.par.get_metrics(metrics).items()}
+    self.window.timed_step(t0)
     bad = [k for k in ("loss", "grad_norm") if not math.isfinite(host[k])]
     if bad:
-      what = ", ".join(f"{k}={host[k]}" for k in bad)
-      where = f"non-finite {what} at step {step + 1} (training batch {position})"
-      if config.on_nan == "stop":
-        progress.close()
-        raise NonFiniteError(f"{where}; stopped (--on_nan=stop), the bad state was not saved. "
-                             "Lower --lr, set --clip_norm, or use --on_nan=skip")
-      skipped.add(position)
-      if len(skipped) > config.max_skips:
-        raise NonFiniteError(f"{where}; {len(skipped)} batches skipped so far, more than "
-                             f"--max_skips={config.max_skips}: the run diverges")
-      log(f"{where}; rolling back to the last checkpoint and skipping that batch "
-          f"(--on_nan=skip, {len(skipped)} skipped)")
-      ckpt.wait()
-      state, step = restore()
-      mlog.truncate_after(step)  # the replayed steps are logged again
-      progress = report_lib.Progress(step, total, config.progress)
-      sums, count = {}, 0
-      continue
-    step += 1
-    for k, v in host.items():
-      sums[k] = sums.get(k, 0.0) + v
-    count += 1
-    progress.update(step)
-    if hooks.after_step is not None:
-      hooks.after_step(step)
-    if step % config.log_every == 0 or step == total:
-      now = time.perf_counter()
-      record = {"kind": "train", "step": step, **{k: v / count for k, v in sums.items()},
-                "time": time.time()}
-      if timed:  # a window holding only the compiling first step has no rate
-        record["steps_per_s"] = timed / max(now - t_log, 1e-9)
-      write(record)
-      progress.log(f"step {step}/{total}  " + report_lib.format_metrics(
-          record, ["loss", "accuracy", "lr", "grad_norm"]) + f"  {progress.rate(step):.2f} "
-          f"steps/s  ETA {progress.eta(step)}")
-      sums, count, t_log, timed = {}, 0, now, 0
-    if config.eval_every and step % config.eval_every == 0 and step != total:
-      m = evaluate(state, "validation")
-      on = "validation" if data.validation is not None else "test"
-      rec = {"kind": "eval", "step": step, **{k: m[k] for k in (
-          "loss", "accuracy", "macro_f1", "perplexity") if k in m}, "split": on,
-          "time": time.time()}
-      write(rec)
-      progress.log(f"eval ({on}) at step {step}: " + report_lib.format_metrics(rec, [
-          "loss", "accuracy", "macro_f1", "perplexity"]))
-    if (config.checkpoint_every and step % config.checkpoint_every == 0) or step == total:
-      save(step)
-  progress.close()
-  train_it.close()
-  ckpt.wait()
+      self._non_finite(host, bad, position)
+      return False
+    self.step += 1
+    self.window.add(host)
+    self.progress.update(self.step)
+    if self.hooks.after_step is not None:
+      self.hooks.after_step(self.step)
+    return True
 
-  final = evaluate(state, "test", "final evaluation" if lead else None)
-  write({"kind": "eval", "step": step, **{k: final[k] for k in (
-      "loss", "accuracy", "macro_f1", "perplexity") if k in final}, "split": "test",
-      "time": time.time()})
+  def _non_finite(self, host: dict[str, float], bad: list[str], position: int) -> None:
+    """--on_nan=stop: NonFiniteError; skip: roll back to the last checkpoint, and skip the
+    batch at `position` from then on."""
+    config = self.config
+    what = ", ".join(f"{k}={host[k]}" for k in bad)
+    where = f"non-finite {what} at step {self.step + 1} (training batch {position})"
+    if config.on_nan == "stop":
+      self.progress.close()
+      raise NonFiniteError(f"{where}; stopped (--on_nan=stop), the bad state was not saved. "
+                           "Lower --lr, set --clip_norm, or use --on_nan=skip")
+    self.skipped.add(position)
+    if len(self.skipped) > config.max_skips:
+      raise NonFiniteError(f"{where}; {len(self.skipped)} batches skipped so far, more than "
+                           f"--max_skips={config.max_skips}: the run diverges")
+    self.log(f"{where}; rolling back to the last checkpoint and skipping that batch "
+             f"(--on_nan=skip, {len(self.skipped)} skipped)")
+    self.ckpt.wait()
+    self.state, self.step = self.restore()
+    self.mlog.truncate_after(self.step)  # the replayed steps are logged again
+    self.progress = report_lib.Progress(self.step, self.total, config.progress)
+    self.window.sums, self.window.count = {}, 0
+
+  def log_train(self) -> None:
+    """The mean training metrics since the last line, and steps/s."""
+    w, now = self.window, time.perf_counter()
+    record = {"kind": "train", "step": self.step, **{k: v / w.count for k, v in w.sums.items()},
+              "time": time.time()}
+    if w.timed:  # a window holding only the compiling first step has no rate
+      record["steps_per_s"] = w.timed / max(now - w.t_log, 1e-9)
+    self.write(record)
+    self.progress.log(f"step {self.step}/{self.total}  " + report_lib.format_metrics(
+        record, ["loss", "accuracy", "lr", "grad_norm"]) + f"  {self.progress.rate(self.step):.2f} "
+        f"steps/s  ETA {self.progress.eta(self.step)}")
+    w.sums, w.count, w.t_log, w.timed = {}, 0, now, 0
+
+  def log_validation(self) -> None:
+    m = self.evaluate("validation")
+    on = "validation" if self.data.validation is not None else "test"
+    rec = {"kind": "eval", "step": self.step, **{k: m[k] for k in EVAL_KEYS if k in m},
+           "split": on, "time": time.time()}
+    self.write(rec)
+    self.progress.log(f"eval ({on}) at step {self.step}: "
+                      + report_lib.format_metrics(rec, list(EVAL_KEYS)))
+
+  def checkpoint(self) -> None:
+    self.save(self.step)
+
+
+def _train(run: _Run) -> Result:
+  """The loop: a training step, then the periodic actions due at the new step; the finish
+  (final evaluation, export, report) apart."""
+  run.resume_or_start()
+  run.prepare_evaluation()
+  c, total = run.config, run.total
+  periodic = (  # (due at step s, action), in this order
+      (lambda s: s % c.log_every == 0 or s == total, run.log_train),
+      (lambda s: c.eval_every and s % c.eval_every == 0 and s != total, run.log_validation),
+      (lambda s: (c.checkpoint_every and s % c.checkpoint_every == 0) or s == total,
+       run.checkpoint),
+  )
+  run.progress = report_lib.Progress(run.step, total, c.progress)
+  while run.step < total:
+    run.stop_if_asked()
+    if run.train_step():
+      for due, action in periodic:
+        if due(run.step):
+          action()
+  run.progress.close()
+  run.train_it.close()
+  run.ckpt.wait()
+  return _finish(run)
+
+
+def _finish(run: _Run) -> Result:
+  """The final test evaluation, the exported model, the report, curves.png and final.json."""
+  config, spec, wd, step, w = run.config, run.spec, run.wd, run.step, run.window
+  final = run.evaluate("test", "final evaluation" if run.lead else None)
+  run.write({"kind": "eval", "step": step, **{k: final[k] for k in EVAL_KEYS if k in final},
+             "split": "test", "time": time.time()})
   export = pathlib.Path(config.export_dir or wd / "model").absolute()
-  if lead:
-    _export(config, spec, data, par, state, export, final, step)
-  steps_per_s = train_steps / train_time if train_time > 0 else float("nan")
+  if run.lead:
+    _export(config, spec, run.data, run.par, run.state, export, final, step)
+  steps_per_s = w.train_steps / w.train_time if w.train_time > 0 else float("nan")
   init = _init_name(config)
-  wall = time.perf_counter() - t_start
+  wall = time.perf_counter() - run.t_start
   named = f"{init} ({spec.name})" if spec.checkpoint else spec.name
   summary = {
       "title": f"{_kind(config, spec)}: {named} on {config.dataset}",
@@ -631,19 +706,19 @@ def _train(config, wd, stop, hooks, log, lead, t_start, spec, data, model, par, 
       "new head": spec.new_head, "dataset": config.dataset, "task": config.task,
       "steps": step, "batch size": config.batch_size, "parallel": config.parallel,
       "devices": jax.device_count(),
-      "resumed from step": resumed_from if resumed_from is not None else "-",
+      "resumed from step": run.resumed_from if run.resumed_from is not None else "-",
       "wall time (this invocation)": f"{wall:.1f} s",
-      "wall time (all invocations)": f"{wall_before + wall:.1f} s",
-      "first step (compilation)": f"{t_first:.1f} s" if t_first else "-",
+      "wall time (all invocations)": f"{run.wall_before + wall:.1f} s",
+      "first step (compilation)": f"{w.t_first:.1f} s" if w.t_first else "-",
       "steps/s (after the first step)": f"{steps_per_s:.3f}",
-      "skipped batches": sorted(skipped) or "-",
+      "skipped batches": sorted(run.skipped) or "-",
       "git revision": workdir_lib.git_revision(), "exported model": str(export),
   }
   result = Result(workdir=str(wd.path), steps=step, metrics=final, report=str(wd / REPORT),
-                  model_dir=str(export), wall_time_s=time.perf_counter() - t_start,
-                  steps_per_s=steps_per_s, resumed_from=resumed_from, summary=summary)
-  if lead:
-    records = mlog.read()
+                  model_dir=str(export), wall_time_s=time.perf_counter() - run.t_start,
+                  steps_per_s=steps_per_s, resumed_from=run.resumed_from, summary=summary)
+  if run.lead:
+    records = run.mlog.read()
     report_lib.plot_curves(records, wd / CURVES, summary["title"],
                            baseline=final.get("majority_baseline"), log_every=config.log_every)
     (wd / REPORT).write_text(report_lib.run_report(summary=summary, final=final, curves=CURVES))

@@ -14,6 +14,8 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from jaxpretrain.job.config import PROGRESS
+
 _BAR = 30
 
 
@@ -38,6 +40,9 @@ class Progress:
   """Steps/s and ETA for a run from `start_step` to `total_steps`."""
 
   def __init__(self, start_step: int, total_steps: int, mode: str = "auto", stream=None):
+    """`mode`: --progress (config.PROGRESS): auto (a bar on a terminal) | bar | log."""
+    if mode not in PROGRESS:
+      raise ValueError(f"progress mode {mode!r} unknown; known: {PROGRESS}")
     self.stream = stream or sys.stdout
     tty = hasattr(self.stream, "isatty") and self.stream.isatty()
     self.bar = mode == "bar" or (mode == "auto" and tty)

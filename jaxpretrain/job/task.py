@@ -255,12 +255,33 @@ def check_dataset(config: JobConfig) -> None:
     raise ConfigError(f"--dataset={config.dataset!r}: {e}") from None
 
 
-def load_data(config: JobConfig, spec: ModelSpec | None = None, *, split: str = "test",
+def _job_default(name: str) -> Any:
+  return next(f.default for f in dataclasses.fields(JobConfig) if f.name == name)
+
+
+@dataclasses.dataclass(frozen=True)
+class DataOptions:
+  """The settings that make a run's data: `DataOptions.of(config)` in a run; `evaluate` gives
+  them itself (no JobConfig). Fields and defaults are JobConfig's."""
+  dataset: str
+  data_dir: str | None = _job_default("data_dir")
+  max_len: int = _job_default("max_len")
+  image_size: int | None = _job_default("image_size")
+  crop_padding: int = _job_default("crop_padding")
+  flip: bool = _job_default("flip")
+  validation_fraction: float = _job_default("validation_fraction")
+
+  @classmethod
+  def of(cls, config: JobConfig) -> DataOptions:
+    return cls(**{f.name: getattr(config, f.name) for f in dataclasses.fields(cls)})
+
+
+def load_data(config: DataOptions, spec: ModelSpec | None = None, *, split: str = "test",
               train: bool = True, preprocessing: dict[str, Any] | None = None) -> Data:
   """The dataset's train and `split` sources with preprocessing fitting the model."""
   from jaxpretrain.data import loaders  # noqa: PLC0415 -- TFDS import is slow
 
-  fraction = getattr(config, "validation_fraction", 0.0)
+  fraction = config.validation_fraction
 
   def load(s):
     try:
@@ -285,7 +306,7 @@ def load_data(config: JobConfig, spec: ModelSpec | None = None, *, split: str = 
               val_source, val_meta)
 
 
-def _validation(config: JobConfig, load, fraction: float, log=print):
+def _validation(config: DataOptions, load, fraction: float, log=print):
   """The validation split: the offline builders' own, --validation_fraction of a user
   dataset's training part, or a TFDS dataset's "validation" split if it has one."""
   from jaxpretrain.data import builders  # noqa: PLC0415
@@ -305,7 +326,7 @@ def _validation(config: JobConfig, load, fraction: float, log=print):
   return load("validation")
 
 
-def make_preprocess(config: JobConfig, modality: str, preprocessing: dict[str, Any],
+def make_preprocess(config: DataOptions, modality: str, preprocessing: dict[str, Any],
                     spec: ModelSpec | None, log=print):
   """(train preprocess, eval preprocess, JSON record, tokenizer path).
 

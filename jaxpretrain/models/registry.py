@@ -241,10 +241,8 @@ class Family:
 
   def forward(self, model: nn.Module, variables: Mapping[str, Any], batch: Batch, *,
               train: bool = False, **apply_kwargs: Any) -> tuple[Any, dict[str, Any]]:
-    """`(output, aux)` of `model` on a batch (aux {} for a model returning one array)."""
-    args, kwargs = self.inputs(batch)
-    out = model.apply(variables, *args, train=train, **kwargs, **apply_kwargs)
-    return out if isinstance(out, tuple) else (out, {})
+    """`(output, aux)` of `model` on a batch (`registry.forward` with this family)."""
+    return forward(self, model, variables, batch, train=train, **apply_kwargs)
 
 
 def _compile(where: str, patterns: Any) -> None:
@@ -345,10 +343,13 @@ def forward(family: Family | str | None, model: nn.Module, variables: Mapping[st
 
   The one forward pass of evaluation, the training loop's predictions and `select`.
   """
-  if family is None:
-    args, kwargs = batch_inputs(batch)
-    out = model.apply(variables, *args, train=train, **kwargs, **apply_kwargs)
-    return out if isinstance(out, tuple) else (out, {})
   if isinstance(family, str):
     family = get(family)
-  return family.forward(model, variables, batch, train=train, **apply_kwargs)
+  args, kwargs = (batch_inputs if family is None else family.inputs)(batch)
+  return output_and_aux(model.apply(variables, *args, train=train, **kwargs, **apply_kwargs))
+
+
+def output_and_aux(out: Any) -> tuple[Any, dict[str, Any]]:
+  """A model's return value as `(output, aux)`: our models return that pair; a model
+  returning one array has aux {}."""
+  return out if isinstance(out, tuple) else (out, {})

@@ -39,13 +39,14 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from jaxpretrain import perf
+from jaxpretrain.train import kinds
 from jaxpretrain.train import step as step_lib
 from jaxpretrain.train.state import TrainState
 
 PyTree = Any
 DATA_AXIS = "data"   # mesh axis the batch (and, with fsdp, the state) is split over
 PMAP_AXIS = "batch"  # pmap's named axis
-KINDS = ("jit", "fsdp", "pmap")
+KINDS = kinds.PARALLEL  # --parallel
 
 
 # ----------------------------------------------------------------------------- multi-host

@@ -27,14 +27,14 @@ import numpy as np
 import optax
 
 from jaxpretrain.models import registry
-from jaxpretrain.train import losses
+from jaxpretrain.train import kinds, losses
 from jaxpretrain.train.state import TrainState
 
 Batch = Mapping[str, Any]
 InputsFn = Callable[[Batch], tuple[tuple, dict]]
 
 # Compute dtypes by flag name; parameters stay float32 (see module docstring).
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+DTYPES = {name: getattr(jnp, name) for name in kinds.DTYPES}
 
 
 def compute_dtype(name: str) -> jnp.dtype:
@@ -56,7 +56,7 @@ def model_inputs(batch: Batch) -> tuple[tuple, dict]:
 
 def _logits(outputs: Any) -> jax.Array:
   """Our models return (output, aux dict); bare outputs are accepted too."""
-  return outputs[0] if isinstance(outputs, tuple) else outputs
+  return registry.output_and_aux(outputs)[0]
 
 
 def _psum(tree: Any, axis_name: str | None) -> Any:

@@ -7,7 +7,9 @@ import subprocess
 import sys
 
 import pytest
+from absl import flags
 
+from jaxpretrain import console
 from jaxpretrain.job import config as config_lib
 from jaxpretrain.job import flags as flags_lib
 from jaxpretrain.job import loop, task
@@ -97,6 +99,70 @@ def test_flagfile_round_trip():
   text = flags_lib.flagfile_text(config)
   assert "--freeze=a/.*\n" in text and "--lr_mult=b/.*=0.5\n" in text and "--flip\n" in text
   assert "--task" not in text  # finetune has no --task
+
+
+# Every field away from its default (not a valid run: --epochs with --steps, --task=mlm with
+# --num_classes); a field added to JobConfig gets a value here.
+EVERY_FIELD = JobConfig(
+    workdir="/w", dataset="csv:/d.csv", init_checkpoint="/ckpt", model="resnet18",
+    model_kwargs={"width": 8, "names": ["a", "b"]}, num_classes=3, reset_head=True,
+    data_dir="/data", max_len=64, image_size=48, crop_padding=4, flip=True,
+    validation_fraction=0.2, task="mlm", mask_rate=0.2, batch_size=8, epochs=1.5, steps=7,
+    optimizer="sgd", lr=0.05, schedule="linear", warmup=2, weight_decay=1e-4, momentum=0.8,
+    clip_norm=1.0, freeze=("a/.*", "b"), lr_mult=(("c/.*", 0.5), ("x=y", 2.0)),
+    label_smoothing=0.1, seed=3, dtype="bfloat16", parallel="fsdp", cpu_devices=2,
+    eval_every=5, log_every=3, checkpoint_every=4, keep_checkpoints=3, on_nan="skip",
+    max_skips=2, progress="log", export_dir="/out", coordinator_address="host:1234",
+    num_processes=2, process_id=1)
+DEFAULTS = JobConfig(workdir=None, dataset=None)  # the two fields without a default
+
+
+def _flag_values(pretrain, argv=()):
+  fv = flags.FlagValues()
+  flags_lib.define_train_flags(pretrain=pretrain, flag_values=fv)
+  fv(["prog", *argv])
+  return fv
+
+
+@pytest.mark.parametrize("pretrain", [False, True])
+def test_every_field_is_a_flag_with_help_and_group(pretrain):
+  fv = _flag_values(pretrain)
+  by_module = fv.flags_by_module_dict()
+  for field in dataclasses.fields(JobConfig):
+    spec = field.metadata["flag"]
+    assert spec.help and spec.group in config_lib.GROUPS, field.name
+    if spec.pretrain_only and not pretrain:
+      assert field.name not in fv
+      continue
+    assert fv[field.name] in by_module[console.GROUP_PREFIX + spec.group], field.name
+    assert spec.help in fv[field.name].help  # absl adds an enum's <a|b>, a list's note
+  # The defaults agree: no flag given is the dataclass's defaults.
+  assert flags_lib.config_from_flags(fv, validate=False) == DEFAULTS
+
+
+def test_allowed_values_written_once():
+  from jaxpretrain.train import parallel, step  # noqa: PLC0415 -- JAX
+
+  assert parallel.KINDS is config_lib.PARALLEL
+  assert tuple(step.DTYPES) == config_lib.DTYPES
+  choices = {f.name: f.metadata["flag"].choices for f in dataclasses.fields(JobConfig)}
+  assert choices["progress"] is config_lib.PROGRESS and choices["dtype"] is config_lib.DTYPES
+  with pytest.raises(ValueError, match="progress mode 'fancy'"):
+    loop.report_lib.Progress(0, 1, "fancy")
+
+
+def test_flagfile_round_trips_every_field():
+  for field in dataclasses.fields(JobConfig):
+    assert getattr(EVERY_FIELD, field.name) != getattr(DEFAULTS, field.name), field.name
+  text = flags_lib.flagfile_text(EVERY_FIELD)
+  fv = _flag_values(True, text.splitlines())
+  assert flags_lib.config_from_flags(fv, validate=False) == EVERY_FIELD
+  # A classification run's flagfile is finetune's: no --task, --mask_rate.
+  classify = dataclasses.replace(EVERY_FIELD, task="classification", mask_rate=0.15)
+  text = flags_lib.flagfile_text(classify)
+  assert "--task" not in text and "--mask_rate" not in text
+  fv = _flag_values(False, text.splitlines())
+  assert flags_lib.config_from_flags(fv, validate=False) == classify
 
 
 def _cli(*args):
