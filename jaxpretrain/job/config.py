@@ -142,6 +142,10 @@ class JobConfig:
       0.1, "Share of each class of the training data held out as the validation split that "
       "--eval_every evaluates on (csv:/folder:/npz:; the offline datasets have their own "
       "10% split). 0: no validation split, evaluate on test during training.", DATA)
+  train_per_class: int = _field(
+      0, "The low-data regime: train on only this many labelled examples of each class (a "
+      "seeded draw, the same for every --seed; 10 per class is inside 100 per class). 0: all.",
+      DATA, at_least=0)
   task: str = _field(
       "classification", "classification (images or text, labels) or mlm (masked-LM on the "
       "texts of a text dataset; BERT models).", DATA, choices=TASKS, pretrain_only=True)
@@ -440,7 +444,19 @@ def key_differences(saved_key: dict[str, Any], config: JobConfig,
                     resolve: bool = True) -> dict[str, tuple]:
   """{flag: (saved, now)} between a stored `resume_key` and `config`'s."""
   now = resume_key(config, resolve)
-  return {k: (saved_key.get(k), v) for k, v in now.items() if saved_key.get(k) != v}
+  return {k: (saved_key.get(k, _default(k)), v) for k, v in now.items()
+          if saved_key.get(k, _default(k)) != v}
+
+
+def _default(name: str) -> Any:
+  """A field's default as JSON: what a run made before the field existed ran with (a new
+  field's default keeps the old behaviour, so such a run resumes; BUILD.md)."""
+  field = JobConfig.__dataclass_fields__.get(name)
+  if field is None:
+    return None
+  if field.default_factory is not dataclasses.MISSING:
+    return json_ready(field.default_factory())
+  return None if field.default is dataclasses.MISSING else json_ready(field.default)
 
 
 def resume_differences(saved: dict[str, Any], config: JobConfig) -> dict[str, tuple]:

@@ -270,6 +270,7 @@ class DataOptions:
   crop_padding: int = _job_default("crop_padding")
   flip: bool = _job_default("flip")
   validation_fraction: float = _job_default("validation_fraction")
+  train_per_class: int = _job_default("train_per_class")
 
   @classmethod
   def of(cls, config: JobConfig) -> DataOptions:
@@ -291,6 +292,8 @@ def load_data(config: DataOptions, spec: ModelSpec | None = None, *, split: str 
       raise ConfigError(f"--dataset={config.dataset!r} (split {s!r}): {e}") from None
 
   train_source, meta = load("train") if train else (None, None)
+  if train and config.train_per_class:
+    train_source, meta = _low_data(config, train_source, meta)
   test_source, test_meta = load(split)
   val_source, val_meta = (None, None)
   if train:
@@ -304,6 +307,26 @@ def load_data(config: DataOptions, spec: ModelSpec | None = None, *, split: str 
                                                spec)
   return Data(train_source, test_source, meta, test_meta, pre, eval_pre, record, tok,
               val_source, val_meta)
+
+
+# The low-data draw's seed: fixed, so every --seed (and every candidate `select` fine-tunes)
+# trains on the same labelled examples, as a user with a given small labelled set would.
+LOW_DATA_SEED = 0
+
+
+def _low_data(config: DataOptions, source, meta, log=print):
+  """--train_per_class: the training source cut to that many examples of each class."""
+  from jaxpretrain.data import loaders, sources  # noqa: PLC0415
+
+  try:
+    rows = sources.per_class_subset(loaders.source_labels(source), config.train_per_class,
+                                    seed=LOW_DATA_SEED)
+  except ValueError as e:
+    raise ConfigError(f"--train_per_class={config.train_per_class}: {e} "
+                      f"(--dataset={config.dataset!r})") from None
+  log(f"low-data regime: {config.train_per_class} labelled examples per class, {len(rows)} of "
+      f"{len(source)} training examples")
+  return loaders.Subset(source, rows), dataclasses.replace(meta, num_examples=len(rows))
 
 
 def _validation(config: DataOptions, load, fraction: float, log=print):

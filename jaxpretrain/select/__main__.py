@@ -51,6 +51,10 @@ _SPLIT = flags.DEFINE_string("split", "train", "Split the scores are computed on
 _MAX_EXAMPLES = flags.DEFINE_integer(
     "max_examples", 2000, "Stratified, seeded subset of at most this many examples (0: all).",
     lower_bound=0)
+_PER_CLASS = flags.DEFINE_integer(
+    "train_per_class", 0, "The low-data regime: score and fine-tune on only this many "
+    "labelled training examples per class, the draw finetune's --train_per_class makes "
+    "(overrides --max_examples; needs --split=train). 0: off.", lower_bound=0)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output folder (reports and caches).")
 _SEED = flags.DEFINE_integer("seed", 0, "Subset draw, random-init, first fine-tuning and "
                              "bootstrap seed.")
@@ -109,7 +113,7 @@ _FT_WARMUP = flags.DEFINE_integer("finetune_warmup", 0, "Fine-tuning warmup step
 # --help: the flags above, by purpose.
 GROUPS = {
     "candidates and data": ["candidates", "dataset", "data_dir", "split", "max_examples",
-                            "workdir", "seed", "strict"],
+                            "train_per_class", "workdir", "seed", "strict"],
     "features and scores": ["scores", "recommend_by", "pooling", "batch_size", "image_size",
                             "max_len"],
     "cost and budgets": ["measure_cost", "cost_repeats", "cost_warmup", "max_latency_ms",
@@ -139,6 +143,9 @@ def main(argv) -> int:
     rank.check_recommend_by(_RECOMMEND_BY.value, names)
     if cost.check_budgets(budgets) and not _MEASURE_COST.value:
       raise ValueError("--max_latency_ms/--max_params/--max_gflops need --measure_cost")
+    if _PER_CLASS.value and _SPLIT.value != "train":
+      raise ValueError(f"--train_per_class={_PER_CLASS.value} scores the fine-tuning training "
+                       f"examples; it needs --split=train, got --split={_SPLIT.value!r}")
     features.check_candidates(_CANDIDATES.value)
     from jaxpretrain.data import loaders  # noqa: PLC0415 -- TFDS import is slow
 
@@ -155,14 +162,15 @@ def main(argv) -> int:
                   learning_rate=_FT_LR.value, batch_size=_FT_BATCH.value,
                   optimizer=_FT_OPTIMIZER.value, schedule=_FT_SCHEDULE.value,
                   warmup=_FT_WARMUP.value, image_size=_IMAGE_SIZE.value or None,
-                  max_len=_MAX_LEN.value)
+                  max_len=_MAX_LEN.value, train_per_class=_PER_CLASS.value)
     finetune_fn = rank.make_finetune_fn(workdir=_WORKDIR.value, log=say, **recipe)
     settings = recipe
   try:
     report = rank.select_models(
         _CANDIDATES.value, dataset=_DATASET.value, workdir=_WORKDIR.value,
         data_dir=_DATA_DIR.value, split=_SPLIT.value, max_examples=_MAX_EXAMPLES.value or None,
-        scores=names, pooling=_POOLING.value, batch_size=_BATCH_SIZE.value,
+        train_per_class=_PER_CLASS.value, scores=names, pooling=_POOLING.value,
+        batch_size=_BATCH_SIZE.value,
         image_size=_IMAGE_SIZE.value or None, max_len=_MAX_LEN.value, seed=_SEED.value,
         finetune_fn=finetune_fn, finetune_settings=settings, finetune_seeds=_FT_SEEDS.value,
         bootstrap=_BOOTSTRAP.value, measure_cost=_MEASURE_COST.value,

@@ -46,6 +46,7 @@ import numpy as np
 from absl import logging
 
 from jaxpretrain import data
+from jaxpretrain.data import sources
 from jaxpretrain.select import cost as cost_lib
 from jaxpretrain.select import features as features_lib
 from jaxpretrain.select.scores import HEAD_SCORES, SCORES, ScoreUnavailable
@@ -741,7 +742,7 @@ def make_finetune_fn(*, workdir: str | pathlib.Path, dataset: str, steps: int,
                      learning_rate: float, batch_size: int, data_dir: str | None = None,
                      optimizer: str = "adamw", schedule: str = "cosine", warmup: int = 0,
                      image_size: int | None = None, max_len: int = 128,
-                     log: Log = absl_log) -> FinetuneFn:
+                     train_per_class: int = 0, log: Log = absl_log) -> FinetuneFn:
   """(candidate, seed) -> test accuracy after fine-tuning it with the project's job.
 
   Every candidate gets the same recipe (`jaxpretrain.job.finetune`): a fresh classification
@@ -753,6 +754,8 @@ def make_finetune_fn(*, workdir: str | pathlib.Path, dataset: str, steps: int,
   recipe = dict(dataset=dataset, data_dir=data_dir, steps=steps, lr=learning_rate,
                 batch_size=batch_size, optimizer=optimizer, schedule=schedule, warmup=warmup,
                 image_size=image_size, max_len=max_len)
+  if train_per_class:  # keys only when set: cached results of earlier recipes stay valid
+    recipe["train_per_class"] = train_per_class
 
   def finetune(cand: features_lib.Candidate, seed: int) -> float:
     from jaxpretrain import job  # noqa: PLC0415 -- the training stack, only when asked
@@ -790,7 +793,8 @@ def _one_line(e: BaseException) -> str:
 
 def select_models(candidates: Sequence[str], *, dataset: str, workdir: str | pathlib.Path,
                   data_dir: str | None = None, split: str = "train",
-                  max_examples: int | None = 2000, scores: Sequence[str] = (),
+                  max_examples: int | None = 2000, train_per_class: int = 0,
+                  scores: Sequence[str] = (),
                   pooling: str = "pooled", batch_size: int = 64, image_size: int | None = None,
                   max_len: int = 128, seed: int = 0, finetune_fn: FinetuneFn | None = None,
                   finetune_settings: Mapping[str, Any] | None = None, finetune_seeds: int = 1,
@@ -810,6 +814,9 @@ def select_models(candidates: Sequence[str], *, dataset: str, workdir: str | pat
     data_dir: TFDS data dir.
     split: the split the scores are computed on.
     max_examples: a stratified, seeded subset of at most this many examples (None: all).
+    train_per_class: the low-data regime: score on exactly the training examples a
+      fine-tuning run with `--train_per_class` uses (split must be "train"; replaces
+      `max_examples`). 0: off.
     scores: names in `SCORES` (empty: all).
     pooling, batch_size, image_size, max_len: feature extraction (see `features`); the cost is
       measured on one batch of `batch_size` at the same input size.
@@ -848,12 +855,19 @@ def select_models(candidates: Sequence[str], *, dataset: str, workdir: str | pat
     raise ValueError(f"need distinct candidate names; got {parsed} (repeated: {dupes}); "
                      "name them NAME=SPEC")
   workdir = pathlib.Path(workdir)
-  source, meta = data.load_dataset(dataset, data_dir, split)
+  if train_per_class:
+    indices, source, meta = _low_data_rows(dataset, data_dir, split, train_per_class)
+    labels = features_lib.source_labels(source)
+    max_examples = None
+  else:
+    source, meta = data.load_dataset(dataset, data_dir, split)
+    labels = features_lib.source_labels(source)
+    indices = features_lib.stratified_subset(labels, max_examples, seed)
   workdir.mkdir(parents=True, exist_ok=True)
-  labels = features_lib.source_labels(source)
-  indices = features_lib.stratified_subset(labels, max_examples, seed)
-  log(f"{meta.name}: scoring on {len(indices)} of {len(labels)} examples ({split} split)")
+  log(f"{meta.name}: scoring on {len(indices)} of {len(labels)} examples ({split} split"
+      f"{f', {train_per_class} per class' if train_per_class else ''})")
   settings = {"dataset": dataset, "split": split, "max_examples": max_examples,
+              **({"train_per_class": train_per_class} if train_per_class else {}),
               "num_examples": len(indices), "num_classes": meta.num_classes,
               "pooling": pooling, "batch_size": batch_size, "image_size": image_size,
               "max_len": max_len, "seed": seed, "scores": names, "recommend_by": by,
@@ -930,9 +944,25 @@ def select_models(candidates: Sequence[str], *, dataset: str, workdir: str | pat
   return report
 
 
+def _low_data_rows(dataset: str, data_dir: str | None, split: str, per_class: int):
+  """(rows, source, meta): the training examples `finetune --train_per_class` trains on."""
+  from jaxpretrain.job import task  # noqa: PLC0415 -- the training stack, only when asked
+
+  if split != "train":
+    raise ValueError(f"train_per_class={per_class} scores the fine-tuning training examples; "
+                     f"split must be 'train', got {split!r}")
+  options = task.DataOptions(dataset=dataset, data_dir=data_dir)
+  source, meta = data.load_dataset(dataset, data_dir, "train",
+                                   validation_fraction=options.validation_fraction)
+  rows = sources.per_class_subset(features_lib.source_labels(source), per_class,
+                                  seed=task.LOW_DATA_SEED)
+  return rows, source, meta
+
+
 def _feature_meta(cand, settings) -> dict[str, Any]:
   return {"spec": cand.spec, "path": str(cand.path.absolute()), "config": cand.config,
-          **{k: settings[k] for k in ("dataset", "split", "pooling", "image_size", "max_len")}}
+          **{k: settings[k] for k in ("dataset", "split", "pooling", "image_size", "max_len")},
+          **{k: settings[k] for k in ("train_per_class",) if k in settings}}
 
 
 def _cached_features(cand, source, indices, settings, workdir, *, batch_size, log=absl_log,

@@ -107,7 +107,7 @@ EVERY_FIELD = JobConfig(
     workdir="/w", dataset="csv:/d.csv", init_checkpoint="/ckpt", model="resnet18",
     model_kwargs={"width": 8, "names": ["a", "b"]}, num_classes=3, reset_head=True,
     data_dir="/data", max_len=64, image_size=48, crop_padding=4, flip=True,
-    validation_fraction=0.2, task="mlm", mask_rate=0.2, batch_size=8, epochs=1.5, steps=7,
+    validation_fraction=0.2, train_per_class=10, task="mlm", mask_rate=0.2, batch_size=8, epochs=1.5, steps=7,
     optimizer="sgd", lr=0.05, schedule="linear", warmup=2, weight_decay=1e-4, momentum=0.8,
     clip_norm=1.0, freeze=("a/.*", "b"), lr_mult=(("c/.*", 0.5), ("x=y", 2.0)),
     label_smoothing=0.1, seed=3, dtype="bfloat16", parallel="fsdp", cpu_devices=2,

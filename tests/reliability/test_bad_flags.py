@@ -78,6 +78,7 @@ CASES = [
     ({"label_smoothing": "-0.1"}, "--label_smoothing=-0.1"),
     ({"validation_fraction": "1"}, "--validation_fraction=1.0"),
     ({"validation_fraction": "-0.1"}, "--validation_fraction=-0.1"),
+    ({"train_per_class": "-1"}, "--train_per_class=-1"),
     ({"freeze": "conv1/("}, "--freeze='conv1/('"),
     ({"lr_mult": "fc"}, "--lr_mult='fc'"),
     ({"lr_mult": "fc/.*=abc"}, "--lr_mult='fc/.*=abc'"),

@@ -459,7 +459,32 @@ def test_make_finetune_fn_runs_the_job(digits_dir, tmp_path):
   pytest.importorskip("jaxpretrain.job")
   cand = features.load_candidate("random:resnet_tiny", tmp_path)
   fn = rank.make_finetune_fn(workdir=tmp_path, dataset="digits_local", data_dir=digits_dir,
-                             steps=2, learning_rate=1e-3, batch_size=8, image_size=16)
+                             steps=2, learning_rate=1e-3, batch_size=8, image_size=16,
+                             train_per_class=4)
   acc = fn(cand, 0)
   assert 0.0 <= acc <= 1.0
-  assert len(list((tmp_path / "finetune").glob("random_resnet_tiny-*/final.json"))) == 1
+  runs = list((tmp_path / "finetune").glob("random_resnet_tiny-*/final.json"))
+  assert len(runs) == 1
+  assert json.loads((runs[0].parent / "flags.json").read_text())["train_per_class"] == 4
+
+
+def test_low_data_scores_the_examples_finetune_trains_on(digits_dir, tmp_path):
+  from jaxpretrain.data import loaders, sources
+  from jaxpretrain.job import task
+
+  report = rank.select_models(["a=random:resnet_tiny"], dataset="digits_local",
+                              data_dir=digits_dir, workdir=tmp_path, train_per_class=5,
+                              scores=["logme", "knn"], image_size=16, batch_size=32,
+                              measure_cost=False, log=lambda m: None)
+  assert report["settings"]["num_examples"] == 50
+  assert report["settings"]["train_per_class"] == 5
+  job = task.load_data(task.DataOptions(dataset="digits_local", data_dir=digits_dir,
+                                        image_size=16, train_per_class=5))
+  feats = np.load(tmp_path / "features" / "a.npz")
+  source, _ = loaders.load_dataset("digits_local", digits_dir, "train")
+  rows = sources.per_class_subset(loaders.source_labels(source), 5, seed=task.LOW_DATA_SEED)
+  np.testing.assert_array_equal(feats["indices"], rows)
+  np.testing.assert_array_equal(loaders.source_labels(job.train), feats["labels"])
+  with pytest.raises(ValueError, match="split must be 'train', got 'test'"):
+    rank.select_models(["a=random:resnet_tiny"], dataset="digits_local", data_dir=digits_dir,
+                       workdir=tmp_path, train_per_class=5, split="test")
