@@ -67,7 +67,7 @@ def main(argv: list[str]) -> int:
     evaluation.evaluate_checkpoint(
         _CHECKPOINT.value, _DATASET.value, split=_SPLIT.value, data_dir=_DATA_DIR.value,
         batch_size=_BATCH_SIZE.value, max_len=_MAX_LEN.value, image_size=_IMAGE_SIZE.value,
-        output_dir=_OUTPUT_DIR.value)
+        output_dir=_OUTPUT_DIR.value, progress=True)
   except (ConfigError, FileNotFoundError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2

@@ -178,12 +178,12 @@ def predict_split(predict, params, source, preprocess, batch_size: int, what: st
 
 
 def predict_source(model, variables, source, preprocess, batch_size: int,
-                   family: registry.Family | str | None = None):
+                   family: registry.Family | str | None = None, what: str | None = None):
   """(logits [n, C], labels [n]) of a whole split on the default device (`predict_split`)."""
   fwd = jax.jit(functools.partial(predict_batch, model, family),
                 compiler_options=perf.compiler_options("inference"))
   return predict_split(lambda v, batch: jax.device_get(fwd(v, batch)), variables, source,
-                       preprocess, batch_size, local_device_count=1, process_count=1,
+                       preprocess, batch_size, what, local_device_count=1, process_count=1,
                        process_index=0)
 
 
@@ -192,8 +192,10 @@ def evaluate_checkpoint(checkpoint: str | pathlib.Path, dataset: str | None = No
                         data_dir: str | None = None, batch_size: int = 64,
                         max_len: int | None = None, image_size: int | None = None,
                         output_dir: str | pathlib.Path | None = None,
-                        log=print) -> dict[str, Any]:
+                        log=print, progress: bool = False) -> dict[str, Any]:
   """Evaluates a classifier checkpoint; writes markdown + JSON; returns the metrics dict.
+
+  `progress`: a progress line with an ETA on stderr over the split (the CLI's).
 
   `dataset` and `data_dir` default to the run's (flags.json) when `checkpoint` is a run's.
   """
@@ -247,7 +249,7 @@ def evaluate_checkpoint(checkpoint: str | pathlib.Path, dataset: str | None = No
         f"--dataset={dataset!r} orders or numbers its classes differently from the training "
         "data")
   logits, labels = predict_source(model, variables, data.test, data.eval_preprocess, batch_size,
-                                  family)
+                                  family, f"evaluating {split}" if progress else None)
   warn_single_class(labels, f"--dataset={dataset!r} split {split!r}", log)
   if logits.ndim != 2:
     raise ConfigError(f"--checkpoint={str(checkpoint)!r}: the model has no classification head "

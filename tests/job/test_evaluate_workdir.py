@@ -40,16 +40,20 @@ def empty_default_dir(tmp_path, monkeypatch):
 
 
 def test_evaluate_on_a_workdir_uses_its_dataset_and_data_dir(digits_dir, tmp_path,
-                                                            empty_default_dir):
+                                                            empty_default_dir, capsys):
   workdir = tmp_path / "run"
   _checkpoint(workdir / "model")
   (workdir / "flags.json").write_text(json.dumps(
       {"dataset": "digits_local", "data_dir": digits_dir, "validation_fraction": 0.1}))
   lines = []
   for checkpoint in (workdir, workdir / "model"):  # the workdir, or its model/
-    result = evaluate_checkpoint(checkpoint, split="test[:20%]", batch_size=128,
-                                 output_dir=tmp_path / "out", log=lines.append)
+    result = evaluate_checkpoint(checkpoint, split="test[:20%]", batch_size=16,
+                                 output_dir=tmp_path / "out", log=lines.append,
+                                 progress=checkpoint == workdir)
     assert result["dataset"] == "digits_local" and result["num_examples"] == 72
+  err = capsys.readouterr().err.splitlines()  # the CLI's progress: 72 examples, 5 batches of 16
+  assert err[-1].startswith("evaluating test[:20%]: 5/5 (100%)"), err
+  assert len([e for e in err if e.startswith("evaluating test[:20%]: ")]) == 5, err
   assert lines[0] == f"evaluating on the run's dataset 'digits_local' (--data_dir={digits_dir})"
   assert list(empty_default_dir.iterdir()) == []  # nothing built behind the user's back
   assert not any("only one class" in line for line in lines)  # shuffled: every class
