@@ -69,3 +69,21 @@ def test_no_main_uses_absl_required_flags():
 def test_missing_required_flag_is_one_line(main, argv, named):
   out = _run(main, *argv)
   assert out.returncode == 2 and out.stderr.strip() == f"error: {named}", out.stderr[-2000:]
+
+
+def test_verbosity_brings_library_logs_back():
+  """Quiet by default; --verbosity (or -v) leaves the library loggers and TF's C++ level as
+  they are, so orbax/TFDS/XLA lines show again (in a subprocess: the levels are global)."""
+  code = (
+      "import logging, os, sys\n"
+      "from jaxpretrain import console\n"
+      "console.quiet_logs(sys.argv)\n"
+      "print(logging.getLogger('orbax').level, logging.getLogger('jax').level,"
+      " os.environ.get('TF_CPP_MIN_LOG_LEVEL', '-'))\n")
+  env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+  outs = [subprocess.run([sys.executable, "-c", code, *args], cwd=REPO, env=env,
+                         capture_output=True, text=True, timeout=TIMEOUT_S)
+          for args in ([], ["--verbosity=0"], ["-v", "1"])]
+  assert [o.returncode for o in outs] == [0, 0, 0], [o.stderr[-2000:] for o in outs]
+  assert outs[0].stdout.split() == ["40", "40", "3"]  # ERROR
+  assert outs[1].stdout.split() == outs[2].stdout.split() == ["0", "0", "-"]  # untouched
