@@ -31,6 +31,22 @@ def verbose(argv: Sequence[str] | None = None) -> bool:
   return any(a.split("=")[0] in ("--verbosity", "-v") for a in argv[1:])
 
 
+# Libraries that log through absl (so by the "absl" logger) whose lines are theirs, not ours:
+# orbax logs a failed save as an ERROR with its traceback, and the job then reports the same
+# failure as its one `error: ...` line (issue 17: one line, never a traceback).
+QUIET_LIBRARIES = ("orbax", "etils", "tensorflow_datasets", "grain")
+
+
+class _LibraryFilter(py_logging.Filter):
+  """Drops absl records logged from inside QUIET_LIBRARIES (below CRITICAL)."""
+
+  parts = tuple(f"/{name}/" for name in QUIET_LIBRARIES)
+
+  def filter(self, record: py_logging.LogRecord) -> bool:
+    return record.levelno >= py_logging.CRITICAL or not any(
+        p in record.pathname for p in self.parts)
+
+
 def quiet_logs(argv: Sequence[str] | None = None) -> None:
   """Silences library logs unless --verbosity is given; call before TF/TFDS/orbax import."""
   if verbose(argv):
@@ -40,6 +56,9 @@ def quiet_logs(argv: Sequence[str] | None = None) -> None:
   py_logging.getLogger().setLevel(py_logging.ERROR)
   for name in ("absl", "jax", "orbax", "tensorflow", "tensorflow_datasets", "grain"):
     py_logging.getLogger(name).setLevel(py_logging.ERROR)
+  absl_logger = py_logging.getLogger("absl")
+  if not any(isinstance(f, _LibraryFilter) for f in absl_logger.filters):
+    absl_logger.addFilter(_LibraryFilter())
 
 
 def after_flags(tfds: bool = True) -> None:

@@ -75,25 +75,10 @@ def absl_log(message: str) -> None:
   level = (logging.ERROR if message.startswith("error: ") else
            logging.WARNING if message.startswith("warning: ") else logging.INFO)
   logging.log(level, "%s", message)
-# Libraries whose INFO messages (orbax: several per checkpoint read) would bury the progress.
-QUIET_LIBRARIES = ("orbax", "etils", "tensorflow_datasets", "grain")
 
 
 class SelectionError(RuntimeError):
   """The selection cannot go on: a candidate failed under `strict`, or none could be scored."""
-
-
-def quiet_library_logs(libraries: Sequence[str] = QUIET_LIBRARIES) -> None:
-  """Keeps only warnings and errors from `libraries` on absl's log handler."""
-  import logging as std_logging  # noqa: PLC0415
-
-  parts = tuple(f"/{name}/" for name in libraries)
-
-  def keep(record: std_logging.LogRecord) -> bool:
-    return record.levelno >= std_logging.WARNING or not any(
-        p in record.pathname for p in parts)
-
-  logging.get_absl_handler().addFilter(keep)
 
 
 # ------------------------------------------------------------------------------------------
