@@ -29,8 +29,8 @@ import numpy as np
 from jaxpretrain import safe_io
 from jaxpretrain.safe_io import short
 from ports import hf_common
-from ports.base import Converted, Exported, expected_shapes
-from ports.rules import PortError, Rule, convert, export
+from ports.base import Converted, Exported
+from ports.rules import PortError, Rule
 
 MODEL = "bert"  # registry name (jaxpretrain/models/bert.py)
 MODEL_TYPES = ("bert", "roberta", "xlm-roberta")
@@ -180,13 +180,7 @@ def model_kwargs(hf_config: Mapping[str, Any], head: str | None, pooler: bool) -
 def to_jaxpretrain(weights: Mapping[str, np.ndarray], *, hf_config: Mapping[str, Any] | None = None,
                    arch: str | None = None) -> Converted:
   """A Hugging Face BERT/RoBERTa state dict and its config.json -> Converted."""
-  if not hf_config:
-    raise PortError("a Hugging Face BERT checkpoint needs its config.json")
-  model_type = hf_config.get("model_type")
-  if model_type not in MODEL_TYPES:
-    raise PortError(f"config.json: model_type {model_type!r} is not BERT-like; known: "
-                    f"{list(MODEL_TYPES)}")
-  where = hf_common.describe(weights)
+  model_type = hf_common.checked_model_type(hf_config, "BERT", MODEL_TYPES, "BERT-like")
   name = architecture(hf_config, weights, arch)
   if _model_type_of(name) != model_type:
     raise PortError(f"config.json: architecture '{name}' does not fit model_type '{model_type}'")
@@ -194,22 +188,16 @@ def to_jaxpretrain(weights: Mapping[str, np.ndarray], *, hf_config: Mapping[str,
   prefixed = hf_common.detect_prefix(weights, prefix, "embeddings.word_embeddings.weight")
   p = prefix if prefixed else ""
   kw = model_kwargs(hf_config, ARCHITECTURES[name], pooler=p + "pooler.dense.weight" in weights)
-  table, skip = rules(model_type, prefixed), ignored(model_type, prefixed)
-  expected = hf_common.source_shapes(table, expected_shapes(MODEL, kw))
-  hf_common.check_against_config(weights, expected, skip, where)
-  _check_tied(weights, model_type, prefixed, where)
   offset = kw["pad_token_id"] + 1 if model_type in ROBERTA_TYPES else 0
-  head = ARCHITECTURES[name]
-  return Converted(
-      model=MODEL, model_kwargs=kw, flat_variables=convert(table, weights, skip),
-      source={"format": "huggingface", "model_type": model_type,
-              "architectures": list(hf_config.get("architectures") or [name]),
-              "hf_config": dict(hf_config), "prefixed": prefixed},
+  return hf_common.converted(
+      MODEL, kw, rules(model_type, prefixed), weights, hf_config, name=name,
+      model_type=model_type, prefixed=prefixed, ignored=ignored(model_type, prefixed),
+      check=lambda where: _check_tied(weights, model_type, prefixed, where),
       preprocessing={"kind": "text", "tokenizer": "tokenizer.json",
                      "max_len": kw["max_position_embeddings"] - offset,
                      "pad_token_id": kw["pad_token_id"], "pooling": None, "normalize": False},
       class_names=hf_common.class_names(hf_config, kw["num_labels"])
-      if head == "classification" else None)
+      if ARCHITECTURES[name] == "classification" else None)
 
 
 def _model_type_of(architecture_name: str) -> str:
@@ -232,13 +220,9 @@ def hf_config_for(model_kwargs: Mapping[str, Any], source: Mapping[str, Any],
                     f"{model_kwargs.get('classifier', 'pooler')!r} has no Hugging Face "
                     f"architecture; {EXPORT_ARCHITECTURE[(model_type, head)]} has classifier "
                     f"{want!r} (convert the base checkpoint again and fine-tune from it)")
-  cfg = dict(source.get("hf_config") or {})
-  cfg.update({f: model_kwargs[f] for f in CONFIG_FIELDS})
-  cfg["model_type"] = model_type
-  cfg["architectures"] = [EXPORT_ARCHITECTURE[(model_type, head)]]
-  if head == "classification":
-    hf_common.set_num_labels(cfg, model_kwargs["num_labels"], class_names)
-  return cfg
+  return hf_common.export_config(
+      model_kwargs, source, CONFIG_FIELDS, model_type=model_type,
+      architecture=EXPORT_ARCHITECTURE[(model_type, head)], class_names=class_names)
 
 
 def from_jaxpretrain(config: Mapping[str, Any], flat_variables: Mapping[str, np.ndarray]
@@ -246,14 +230,10 @@ def from_jaxpretrain(config: Mapping[str, Any], flat_variables: Mapping[str, np.
   """A converted checkpoint's config.json and variables -> Hugging Face names and config."""
   from jaxpretrain.models import bert  # noqa: PLC0415
 
-  kw = hf_common.module_fields(bert.build(config["model"], **config["model_kwargs"]))
-  source = config.get("source") or {}
-  model_type = source.get("model_type", "bert")
-  # Head models need the base prefix for transformers to find the backbone.
-  prefixed = bool(source.get("prefixed")) or kw["head"] is not None
-  state = export(rules(model_type, prefixed), flat_variables)
-  return Exported(state_dict=state,
-                  hf_config=hf_config_for(kw, source, config.get("class_names")))
+  return hf_common.exported(
+      config, flat_variables, bert.build,
+      lambda kw, source, prefixed: rules(source.get("model_type", "bert"), prefixed),
+      hf_config_for)
 
 
 

@@ -19,8 +19,8 @@ from typing import Any
 import numpy as np
 
 from ports import hf_common
-from ports.base import Converted, Exported, expected_shapes
-from ports.rules import CONV, LINEAR, PortError, Rule, convert, export
+from ports.base import Converted, Exported
+from ports.rules import CONV, LINEAR, PortError, Rule
 
 MODEL = "clip"  # registry name (jaxpretrain/models/clip.py)
 ARCHITECTURES = {"CLIPModel": None, "CLIPForImageClassification": "classification"}
@@ -84,15 +84,6 @@ IGNORED = [r"(text|vision)_model\.embeddings\.position_ids"]
 _dense, _norm = hf_common.dense, hf_common.norm
 
 
-def architecture(hf_config: Mapping[str, Any], weights: Mapping[str, Any],
-                 arch: str | None) -> str:
-  """`arch`, else config.json's first architecture, else guessed from the head tensors."""
-  return hf_common.architecture_name(
-      hf_config, arch, ARCHITECTURES,
-      lambda: ("CLIPForImageClassification" if "classifier.weight" in weights
-                          else "CLIPModel"))
-
-
 def _square(cfg_name: str, field: str, value: Any) -> int:
   if isinstance(value, (list, tuple)):
     if len(set(value)) != 1:
@@ -135,21 +126,12 @@ def model_kwargs(hf_config: Mapping[str, Any], head: str | None) -> dict[str, An
 def to_jaxpretrain(weights: Mapping[str, np.ndarray], *, hf_config: Mapping[str, Any] | None = None,
                    arch: str | None = None) -> Converted:
   """A Hugging Face CLIP state dict and its config.json -> Converted."""
-  if not hf_config:
-    raise PortError("a Hugging Face CLIP checkpoint needs its config.json")
-  if hf_config.get("model_type") != "clip":
-    raise PortError(f"config.json: model_type {hf_config.get('model_type')!r} is not 'clip'")
-  where = hf_common.describe(weights)
-  name = architecture(hf_config, weights, arch)
+  model_type = hf_common.checked_model_type(hf_config, "CLIP", ("clip",))
+  name = hf_common.architecture_name(hf_config, arch, weights, ARCHITECTURES)
   kw = model_kwargs(hf_config, ARCHITECTURES[name])
-  table = rules()
-  hf_common.check_against_config(
-      weights, hf_common.source_shapes(table, expected_shapes(MODEL, kw)), IGNORED, where)
-  return Converted(
-      model=MODEL, model_kwargs=kw, flat_variables=convert(table, weights, IGNORED),
-      source={"format": "huggingface", "model_type": "clip",
-              "architectures": list(hf_config.get("architectures") or [name]),
-              "hf_config": dict(hf_config), "prefixed": False},
+  return hf_common.converted(
+      MODEL, kw, rules(), weights, hf_config, name=name, model_type=model_type, prefixed=False,
+      ignored=IGNORED,
       preprocessing={**DEFAULT_PREPROCESSING, "tokenizer": "tokenizer.json",
                      "max_len": kw["text_max_position_embeddings"],
                      "pad_token_id": kw["text_pad_token_id"]})
@@ -165,19 +147,15 @@ def folder_preprocessing(folder: str | os.PathLike) -> dict[str, Any]:
 def hf_config_for(model_kwargs: Mapping[str, Any], source: Mapping[str, Any],
                   class_names: list[str] | None = None) -> dict[str, Any]:
   """config.json for a `clip` model: the source's config updated with the model's fields."""
-  head = model_kwargs.get("head")
-  cfg = dict(source.get("hf_config") or {})
+  cfg = hf_common.export_config(
+      model_kwargs, source, TOP_FIELDS, model_type="clip",
+      architecture=EXPORT_ARCHITECTURE[model_kwargs.get("head")], class_names=class_names)
   for cfg_name, prefix, fields in (("text_config", "text_", TEXT_FIELDS),
                                    ("vision_config", "vision_", VISION_FIELDS)):
     sub = dict(cfg.get(cfg_name) or {})
     sub.update({f: model_kwargs[prefix + f] for f in fields})
     sub["initializer_range"] = model_kwargs["initializer_range"]
     cfg[cfg_name] = sub
-  cfg.update({f: model_kwargs[f] for f in TOP_FIELDS})
-  cfg["model_type"] = "clip"
-  cfg["architectures"] = [EXPORT_ARCHITECTURE[head]]
-  if head == "classification":
-    hf_common.set_num_labels(cfg, model_kwargs["num_labels"], class_names)
   return cfg
 
 
@@ -186,7 +164,5 @@ def from_jaxpretrain(config: Mapping[str, Any], flat_variables: Mapping[str, np.
   """A converted checkpoint's config.json and variables -> Hugging Face names and config."""
   from jaxpretrain.models import clip  # noqa: PLC0415
 
-  kw = hf_common.module_fields(clip.build(config["model"], **config["model_kwargs"]))
-  return Exported(state_dict=export(rules(), flat_variables),
-                  hf_config=hf_config_for(kw, config.get("source") or {},
-                                                 config.get("class_names")))
+  return hf_common.exported(config, flat_variables, clip.build,
+                            lambda kw, source, prefixed: rules(), hf_config_for)

@@ -10,14 +10,15 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import numpy as np
 
 from jaxpretrain import safe_io
 from jaxpretrain.safe_io import short
-from ports.rules import LINEAR, PortError, Rule, _key, _template_regex
+from ports.base import Converted, Exported, expected_shapes
+from ports.rules import LINEAR, PortError, Rule, _key, _template_regex, convert, export
 
 # config.json lists at most this many architectures (real ones list one).
 MAX_ARCHITECTURES = 16
@@ -204,14 +205,91 @@ def norm(src: str, dst: str) -> list[Rule]:
   return [Rule(f"{src}.weight", f"{dst}/scale"), Rule(f"{src}.bias", f"{dst}/bias")]
 
 
-def architecture_name(hf_config: Mapping[str, Any], arch: str | None, known: Iterable[str],
-                      guess) -> str:
-  """`arch`, else config.json's first architecture, else `guess()` (from the head tensors);
-  a name not in `known` is an error naming the known ones."""
+def architecture_name(hf_config: Mapping[str, Any], arch: str | None,
+                      weights: Mapping[str, Any], known: Mapping[str, str | None]) -> str:
+  """`arch`, else config.json's first architecture, else guessed from the head tensors (the
+  `known` architecture (name -> head) with a classifier when the weights hold one, else the one
+  without a head); a name not in `known` is an error naming the known ones."""
   name = arch or (hf_config.get("architectures") or [None])[0]
   if name is None:
-    return guess()
+    head = "classification" if "classifier.weight" in weights else None
+    return next(n for n, h in known.items() if h == head)
   if name not in known:
     raise PortError(f"config.json: architecture '{short(name)}' is not supported; known: "
                     f"{sorted(known)}")
   return name
+
+
+def checked_model_type(hf_config: Mapping[str, Any] | None, family: str,
+                       model_types: tuple[str, ...], kind: str | None = None) -> str:
+  """config.json's model_type; an error unless there is a config.json and its type is one of
+  `model_types` (`family` names the port, `kind` what the types are when there are several)."""
+  if not hf_config:
+    raise PortError(f"a Hugging Face {family} checkpoint needs its config.json")
+  model_type = hf_config.get("model_type")
+  if model_type in model_types:
+    return model_type
+  if len(model_types) == 1:
+    raise PortError(f"config.json: model_type {model_type!r} is not {model_types[0]!r}")
+  raise PortError(f"config.json: model_type {model_type!r} is not {kind or family}; known: "
+                  f"{list(model_types)}")
+
+
+def converted(model: str, kw: dict[str, Any], table: list[Rule], weights: Mapping[str, Any],
+              hf_config: Mapping[str, Any], *, name: str, model_type: str, prefixed: bool,
+              preprocessing: dict[str, Any], ignored: Iterable[str] = (),
+              class_names: list[str] | None = None,
+              check: Callable[[str], None] | None = None) -> Converted:
+  """The weights through `table`, once they fit the architecture config.json describes.
+
+  Args:
+    model, kw: the registry name and constructor arguments config.json gives.
+    table, ignored: the family's rule table and the source keys it deliberately drops.
+    name, model_type, prefixed: the architecture, model_type and base-prefix layout read,
+      recorded as the checkpoint's source so that export writes them back.
+    check: the family's own check of the weights (given where they came from), run after the
+      shapes are checked and before anything is converted.
+  """
+  where = describe(weights)
+  check_against_config(weights, source_shapes(table, expected_shapes(model, kw)), ignored, where)
+  if check is not None:
+    check(where)
+  return Converted(
+      model=model, model_kwargs=kw, flat_variables=convert(table, weights, ignored),
+      source={"format": "huggingface", "model_type": model_type,
+              "architectures": list(hf_config.get("architectures") or [name]),
+              "hf_config": dict(hf_config), "prefixed": prefixed},
+      preprocessing=preprocessing, class_names=class_names)
+
+
+def export_config(model_kwargs: Mapping[str, Any], source: Mapping[str, Any],
+                  fields: Iterable[str], *, model_type: str, architecture: str,
+                  class_names: list[str] | None) -> dict[str, Any]:
+  """config.json on export: the source's, updated with the model's `fields`, model_type,
+  architectures and (for a classifier) id2label/label2id."""
+  cfg = dict(source.get("hf_config") or {})
+  cfg.update({f: model_kwargs[f] for f in fields})
+  cfg["model_type"] = model_type
+  cfg["architectures"] = [architecture]
+  if model_kwargs.get("head") == "classification":
+    set_num_labels(cfg, model_kwargs["num_labels"], class_names)
+  return cfg
+
+
+def exported(config: Mapping[str, Any], flat_variables: Mapping[str, np.ndarray], build,
+             rules_for: Callable[[dict[str, Any], Mapping[str, Any], bool], list[Rule]],
+             config_for) -> Exported:
+  """A converted checkpoint (its config.json and variables) -> Hugging Face names and config.
+
+  Args:
+    build: the family's `build(name, **kwargs)`; the built module's fields (defaults filled in)
+      are what the table and config.json are made from.
+    rules_for: (fields, source, prefixed) -> the rule table; `prefixed` when the source had the
+      base prefix or the model has a head (transformers then needs it to find the backbone).
+    config_for: the family's `hf_config_for(fields, source, class_names)`.
+  """
+  kw = module_fields(build(config["model"], **config["model_kwargs"]))
+  source = config.get("source") or {}
+  prefixed = bool(source.get("prefixed")) or kw["head"] is not None
+  return Exported(state_dict=export(rules_for(kw, source, prefixed), flat_variables),
+                  hf_config=config_for(kw, source, config.get("class_names")))

@@ -22,8 +22,8 @@ from typing import Any
 import numpy as np
 
 from ports import hf_common
-from ports.base import Converted, Exported, expected_shapes
-from ports.rules import CONV, PortError, Rule, convert, export
+from ports.base import Converted, Exported
+from ports.rules import CONV, PortError, Rule
 
 MODEL = "dinov2"  # registry name (jaxpretrain/models/dinov2.py)
 MODEL_TYPES = ("dinov2", "dinov2_with_registers")
@@ -122,26 +122,14 @@ def model_kwargs(hf_config: Mapping[str, Any], head: str | None) -> dict[str, An
 def to_jaxpretrain(weights: Mapping[str, np.ndarray], *, hf_config: Mapping[str, Any] | None = None,
                    arch: str | None = None) -> Converted:
   """A Hugging Face DINOv2 state dict and its config.json -> Converted."""
-  if not hf_config:
-    raise PortError("a Hugging Face DINOv2 checkpoint needs its config.json")
-  model_type = hf_config.get("model_type")
-  if model_type not in MODEL_TYPES:
-    raise PortError(f"config.json: model_type {model_type!r} is not DINOv2; known: "
-                    f"{list(MODEL_TYPES)}")
-  where = hf_common.describe(weights)
+  model_type = hf_common.checked_model_type(hf_config, "DINOv2", MODEL_TYPES)
   name = architecture(hf_config, weights, arch)
-  head = ARCHITECTURES[name][1]
   prefixed = hf_common.detect_prefix(weights, PREFIX[model_type], "embeddings.cls_token")
-  kw = model_kwargs(hf_config, head)
-  table = rules(PREFIX[model_type] if prefixed else "")
-  hf_common.check_against_config(
-      weights, hf_common.source_shapes(table, expected_shapes(MODEL, kw)), (), where)
+  kw = model_kwargs(hf_config, ARCHITECTURES[name][1])
   size = kw["image_size"]
-  return Converted(
-      model=MODEL, model_kwargs=kw, flat_variables=convert(table, weights),
-      source={"format": "huggingface", "model_type": model_type,
-              "architectures": list(hf_config.get("architectures") or [name]),
-              "hf_config": dict(hf_config), "prefixed": prefixed},
+  return hf_common.converted(
+      MODEL, kw, rules(PREFIX[model_type] if prefixed else ""), weights, hf_config, name=name,
+      model_type=model_type, prefixed=prefixed,
       preprocessing={**DEFAULT_PREPROCESSING,
                      "trained_image_size": [size, size] if isinstance(size, int) else list(size)})
 
@@ -165,21 +153,28 @@ def hf_config_for(model_kwargs: Mapping[str, Any], source: Mapping[str, Any],
   """config.json for a `dinov2` model: the source's config updated with the model's fields."""
   registers = model_kwargs["num_register_tokens"] > 0
   model_type = "dinov2_with_registers" if registers else "dinov2"
-  head = model_kwargs.get("head")
-  cfg = dict(source.get("hf_config") or {})
-  cfg.update({f: model_kwargs[f] for f in CONFIG_FIELDS})
+  cfg = hf_common.export_config(
+      model_kwargs, source, CONFIG_FIELDS, model_type=model_type,
+      architecture=EXPORT_ARCHITECTURE[(model_type, model_kwargs.get("head"))],
+      class_names=class_names)
   if isinstance(cfg["image_size"], tuple):
     cfg["image_size"] = list(cfg["image_size"])
-  cfg["model_type"] = model_type
   cfg["use_swiglu_ffn"] = False
   if registers:
     cfg["num_register_tokens"] = model_kwargs["num_register_tokens"]
   else:
     cfg["use_mask_token"] = model_kwargs["use_mask_token"]
-  cfg["architectures"] = [EXPORT_ARCHITECTURE[(model_type, head)]]
-  if head == "classification":
-    hf_common.set_num_labels(cfg, model_kwargs["num_labels"], class_names)
   return cfg
+
+
+def _export_rules(kw: Mapping[str, Any], source: Mapping[str, Any], prefixed: bool) -> list[Rule]:
+  """The rule table export writes with; an error for a model no Hugging Face DINOv2 matches."""
+  if kw["interpolate_antialias"] != (kw["num_register_tokens"] > 0):
+    raise PortError("no Hugging Face DINOv2 resizes positions this way: "
+                    f"interpolate_antialias={kw['interpolate_antialias']} with "
+                    f"num_register_tokens={kw['num_register_tokens']}")
+  model_type = "dinov2_with_registers" if kw["num_register_tokens"] else "dinov2"
+  return rules(PREFIX[model_type] if prefixed else "")
 
 
 def from_jaxpretrain(config: Mapping[str, Any], flat_variables: Mapping[str, np.ndarray]
@@ -187,15 +182,4 @@ def from_jaxpretrain(config: Mapping[str, Any], flat_variables: Mapping[str, np.
   """A converted checkpoint's config.json and variables -> Hugging Face names and config."""
   from jaxpretrain.models import dinov2  # noqa: PLC0415
 
-  kw = hf_common.module_fields(dinov2.build(config["model"], **config["model_kwargs"]))
-  if kw["interpolate_antialias"] != (kw["num_register_tokens"] > 0):
-    raise PortError("no Hugging Face DINOv2 resizes positions this way: "
-                    f"interpolate_antialias={kw['interpolate_antialias']} with "
-                    f"num_register_tokens={kw['num_register_tokens']}")
-  source = config.get("source") or {}
-  model_type = "dinov2_with_registers" if kw["num_register_tokens"] else "dinov2"
-  # Head models need the base prefix for transformers to find the backbone.
-  prefixed = bool(source.get("prefixed")) or kw["head"] is not None
-  state = export(rules(PREFIX[model_type] if prefixed else ""), flat_variables)
-  return Exported(state_dict=state, hf_config=hf_config_for(kw, source,
-                                                                 config.get("class_names")))
+  return hf_common.exported(config, flat_variables, dinov2.build, _export_rules, hf_config_for)

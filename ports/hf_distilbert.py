@@ -16,8 +16,8 @@ from typing import Any
 import numpy as np
 
 from ports import hf_common
-from ports.base import Converted, Exported, expected_shapes
-from ports.rules import PortError, Rule, convert, export
+from ports.base import Converted, Exported
+from ports.rules import PortError, Rule
 
 MODEL = "distilbert"  # registry name (jaxpretrain/models/distilbert.py)
 ARCHITECTURES = {"DistilBertModel": None, "DistilBertForSequenceClassification": "classification"}
@@ -57,15 +57,6 @@ def ignored(prefixed: bool) -> list[str]:
 _dense, _norm = hf_common.dense, hf_common.norm
 
 
-def architecture(hf_config: Mapping[str, Any], weights: Mapping[str, Any],
-                 arch: str | None) -> str:
-  """`arch`, else config.json's first architecture, else guessed from the head tensors."""
-  return hf_common.architecture_name(
-      hf_config, arch, ARCHITECTURES,
-      lambda: ("DistilBertForSequenceClassification"
-                          if "classifier.weight" in weights else "DistilBertModel"))
-
-
 def model_kwargs(hf_config: Mapping[str, Any], head: str | None) -> dict[str, Any]:
   """config.json -> `DistilBert` constructor arguments (every field spelled out)."""
   from jaxpretrain.models import distilbert  # noqa: PLC0415
@@ -84,23 +75,13 @@ def model_kwargs(hf_config: Mapping[str, Any], head: str | None) -> dict[str, An
 def to_jaxpretrain(weights: Mapping[str, np.ndarray], *, hf_config: Mapping[str, Any] | None = None,
                    arch: str | None = None) -> Converted:
   """A Hugging Face DistilBERT state dict and its config.json -> Converted."""
-  if not hf_config:
-    raise PortError("a Hugging Face DistilBERT checkpoint needs its config.json")
-  if hf_config.get("model_type") != "distilbert":
-    raise PortError(f"config.json: model_type {hf_config.get('model_type')!r} is not "
-                    "'distilbert'")
-  where = hf_common.describe(weights)
-  name = architecture(hf_config, weights, arch)
+  model_type = hf_common.checked_model_type(hf_config, "DistilBERT", ("distilbert",))
+  name = hf_common.architecture_name(hf_config, arch, weights, ARCHITECTURES)
   prefixed = hf_common.detect_prefix(weights, "distilbert.", "embeddings.word_embeddings.weight")
   kw = model_kwargs(hf_config, ARCHITECTURES[name])
-  table, skip = rules(prefixed), ignored(prefixed)
-  hf_common.check_against_config(
-      weights, hf_common.source_shapes(table, expected_shapes(MODEL, kw)), skip, where)
-  return Converted(
-      model=MODEL, model_kwargs=kw, flat_variables=convert(table, weights, skip),
-      source={"format": "huggingface", "model_type": "distilbert",
-              "architectures": list(hf_config.get("architectures") or [name]),
-              "hf_config": dict(hf_config), "prefixed": prefixed},
+  return hf_common.converted(
+      MODEL, kw, rules(prefixed), weights, hf_config, name=name, model_type=model_type,
+      prefixed=prefixed, ignored=ignored(prefixed),
       preprocessing={"tokenizer": "tokenizer.json", "max_len": kw["max_position_embeddings"],
                      "pad_token_id": kw["pad_token_id"]})
 
@@ -108,14 +89,9 @@ def to_jaxpretrain(weights: Mapping[str, np.ndarray], *, hf_config: Mapping[str,
 def hf_config_for(model_kwargs: Mapping[str, Any], source: Mapping[str, Any],
                   class_names: list[str] | None = None) -> dict[str, Any]:
   """config.json for a `distilbert` model: the source's config updated with the model's fields."""
-  head = model_kwargs.get("head")
-  cfg = dict(source.get("hf_config") or {})
-  cfg.update({f: model_kwargs[f] for f in CONFIG_FIELDS})
-  cfg["model_type"] = "distilbert"
-  cfg["architectures"] = [EXPORT_ARCHITECTURE[head]]
-  if head == "classification":
-    hf_common.set_num_labels(cfg, model_kwargs["num_labels"], class_names)
-  return cfg
+  return hf_common.export_config(
+      model_kwargs, source, CONFIG_FIELDS, model_type="distilbert",
+      architecture=EXPORT_ARCHITECTURE[model_kwargs.get("head")], class_names=class_names)
 
 
 def from_jaxpretrain(config: Mapping[str, Any], flat_variables: Mapping[str, np.ndarray]
@@ -123,8 +99,5 @@ def from_jaxpretrain(config: Mapping[str, Any], flat_variables: Mapping[str, np.
   """A converted checkpoint's config.json and variables -> Hugging Face names and config."""
   from jaxpretrain.models import distilbert  # noqa: PLC0415
 
-  kw = hf_common.module_fields(distilbert.build(config["model"], **config["model_kwargs"]))
-  source = config.get("source") or {}
-  prefixed = bool(source.get("prefixed")) or kw["head"] is not None
-  return Exported(state_dict=export(rules(prefixed), flat_variables),
-                  hf_config=hf_config_for(kw, source, config.get("class_names")))
+  return hf_common.exported(config, flat_variables, distilbert.build,
+                            lambda kw, source, prefixed: rules(prefixed), hf_config_for)

@@ -23,8 +23,8 @@ import numpy as np
 from jaxpretrain import safe_io
 from jaxpretrain.safe_io import short
 from ports import hf_common
-from ports.base import Converted, Exported, expected_shapes
-from ports.rules import CONV, PortError, Rule, convert, export
+from ports.base import Converted, Exported
+from ports.rules import CONV, PortError, Rule
 
 MODEL = "vit"  # registry name (jaxpretrain/models/vit.py)
 ARCHITECTURES = {"ViTModel": None, "ViTForImageClassification": "classification"}
@@ -66,15 +66,6 @@ def rules(prefixed: bool) -> list[Rule]:
 _dense, _norm = hf_common.dense, hf_common.norm
 
 
-def architecture(hf_config: Mapping[str, Any], weights: Mapping[str, Any],
-                 arch: str | None) -> str:
-  """`arch`, else config.json's first architecture, else guessed from the head tensors."""
-  return hf_common.architecture_name(
-      hf_config, arch, ARCHITECTURES,
-      lambda: ("ViTForImageClassification" if "classifier.weight" in weights
-                          else "ViTModel"))
-
-
 def model_kwargs(hf_config: Mapping[str, Any], head: str | None, pooler: bool) -> dict[str, Any]:
   """config.json -> `ViT` constructor arguments (every field spelled out)."""
   from jaxpretrain.models import transformer, vit  # noqa: PLC0415
@@ -93,25 +84,14 @@ def model_kwargs(hf_config: Mapping[str, Any], head: str | None, pooler: bool) -
 def to_jaxpretrain(weights: Mapping[str, np.ndarray], *, hf_config: Mapping[str, Any] | None = None,
                    arch: str | None = None) -> Converted:
   """A Hugging Face ViT state dict and its config.json -> Converted."""
-  if not hf_config:
-    raise PortError("a Hugging Face ViT checkpoint needs its config.json")
-  if hf_config.get("model_type") != "vit":
-    raise PortError(f"config.json: model_type {hf_config.get('model_type')!r} is not 'vit'")
-  where = hf_common.describe(weights)
-  name = architecture(hf_config, weights, arch)
+  model_type = hf_common.checked_model_type(hf_config, "ViT", ("vit",))
+  name = hf_common.architecture_name(hf_config, arch, weights, ARCHITECTURES)
   prefixed = hf_common.detect_prefix(weights, "vit.", "embeddings.cls_token")
   p = "vit." if prefixed else ""
   kw = model_kwargs(hf_config, ARCHITECTURES[name], pooler=p + "pooler.dense.weight" in weights)
-  table = rules(prefixed)
-  hf_common.check_against_config(
-      weights, hf_common.source_shapes(table, expected_shapes(MODEL, kw)), (), where)
-  size = kw["image_size"]
-  return Converted(
-      model=MODEL, model_kwargs=kw, flat_variables=convert(table, weights),
-      source={"format": "huggingface", "model_type": "vit",
-              "architectures": list(hf_config.get("architectures") or [name]),
-              "hf_config": dict(hf_config), "prefixed": prefixed},
-      preprocessing=preprocessing(size, kw["num_channels"]),
+  return hf_common.converted(
+      MODEL, kw, rules(prefixed), weights, hf_config, name=name, model_type=model_type,
+      prefixed=prefixed, preprocessing=preprocessing(kw["image_size"], kw["num_channels"]),
       class_names=hf_common.class_names(hf_config, kw["num_labels"]) if kw["head"] else None)
 
 
@@ -199,15 +179,11 @@ def _flag(cfg: Mapping[str, Any], key: str, default: bool) -> bool:
 def hf_config_for(model_kwargs: Mapping[str, Any], source: Mapping[str, Any],
                   class_names: list[str] | None = None) -> dict[str, Any]:
   """config.json for a `vit` model: the source's config updated with the model's fields."""
-  head = model_kwargs.get("head")
-  cfg = dict(source.get("hf_config") or {})
-  cfg.update({f: model_kwargs[f] for f in CONFIG_FIELDS})
+  cfg = hf_common.export_config(
+      model_kwargs, source, CONFIG_FIELDS, model_type="vit",
+      architecture=EXPORT_ARCHITECTURE[model_kwargs.get("head")], class_names=class_names)
   if cfg["pooler_output_size"] is None:
     cfg["pooler_output_size"] = model_kwargs["hidden_size"]
-  cfg["model_type"] = "vit"
-  cfg["architectures"] = [EXPORT_ARCHITECTURE[head]]
-  if head == "classification":
-    hf_common.set_num_labels(cfg, model_kwargs["num_labels"], class_names)
   return cfg
 
 
@@ -216,10 +192,5 @@ def from_jaxpretrain(config: Mapping[str, Any], flat_variables: Mapping[str, np.
   """A converted checkpoint's config.json and variables -> Hugging Face names and config."""
   from jaxpretrain.models import vit  # noqa: PLC0415
 
-  kw = hf_common.module_fields(vit.build(config["model"], **config["model_kwargs"]))
-  source = config.get("source") or {}
-  # ViTForImageClassification needs `vit.` for transformers to find the backbone.
-  prefixed = bool(source.get("prefixed")) or kw["head"] is not None
-  state = export(rules(prefixed), flat_variables)
-  return Exported(state_dict=state,
-                  hf_config=hf_config_for(kw, source, config.get("class_names")))
+  return hf_common.exported(config, flat_variables, vit.build,
+                            lambda kw, source, prefixed: rules(prefixed), hf_config_for)

@@ -1,5 +1,13 @@
 """Torch reference models shared by the parity and training tests (torch imported lazily)."""
 
+import numpy as np
+
+
+def rel_err(a, b):
+  """max|a - b| / max|b|: scale-free, so one tolerance serves every tensor."""
+  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+  return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-30))
+
 
 def random_torchvision_resnet(arch: str, num_classes: int = 10, seed: int = 0):
   """A torchvision ResNet, random init, with BatchNorm running statistics and affine
@@ -19,3 +27,49 @@ def random_torchvision_resnet(arch: str, num_classes: int = 10, seed: int = 0):
         m.running_mean.copy_(torch.randn(c, generator=gen) * 0.1)
         m.running_var.copy_(torch.rand(c, generator=gen) + 0.5)
   return model
+
+
+def perturb_parameters(model, scale: float = 0.05, seed: int = 1):
+  """Adds seeded noise to every parameter of a torch model, in place, and returns it:
+  LayerNorm 1/0 and zero-initialized biases would hide swapped names."""
+  import torch  # noqa: PLC0415
+
+  gen = torch.Generator().manual_seed(seed)
+  with torch.no_grad():
+    for p in model.parameters():
+      p.add_(scale * torch.randn(p.shape, generator=gen))
+  return model
+
+
+def random_hf_model(cls_name: str, cfg_name: str, cfg: dict):
+  """transformers.`cls_name`(`cfg_name`(**cfg)), seeded random init, parameters perturbed."""
+  import torch  # noqa: PLC0415
+  import transformers  # noqa: PLC0415
+
+  torch.manual_seed(0)
+  config = getattr(transformers, cfg_name)(**cfg)
+  return perturb_parameters(getattr(transformers, cls_name)(config).eval())
+
+
+def hf_ported(tmp_path_factory, cases: dict, save=None):
+  """A function case -> (reference, HF folder, checkpoint folder, model, variables), each
+  case built once: `random_hf_model(*cases[case][:3])` saved by `save(model, folder, case)`
+  (default: save_pretrained), converted with ports.convert, loaded with load_pretrained."""
+  import jaxpretrain  # noqa: PLC0415
+  from ports import convert  # noqa: PLC0415
+
+  cache = {}
+
+  def get(case):
+    if case not in cache:
+      ref = random_hf_model(*cases[case][:3])
+      root = tmp_path_factory.mktemp(case)
+      if save is None:
+        ref.save_pretrained(root / "hf")
+      else:
+        save(ref, root / "hf", case)
+      convert.convert(root / "hf", root / "ckpt")
+      cache[case] = (ref, root / "hf", root / "ckpt", *jaxpretrain.load_pretrained(root / "ckpt"))
+    return cache[case]
+
+  return get

@@ -101,14 +101,7 @@ def kendall_tau(x: Any, y: Any) -> float:
   Returns:
     tau in [-1, 1]; NaN when either ranking is constant (or n < 2).
   """
-  from scipy import stats  # noqa: PLC0415 -- only when ranking
-
-  x, y = _check_xy(x, y)
-  if x.size < 2:
-    return math.nan
-  with warnings.catch_warnings(), np.errstate(invalid="ignore", divide="ignore"):
-    warnings.simplefilter("ignore")  # constant input: scipy warns and returns NaN
-    return float(stats.kendalltau(x, y).statistic)
+  return _scipy_tau("kendalltau", x, y)
 
 
 def weighted_tau(x: Any, y: Any, weigher: Callable[[np.ndarray], np.ndarray] | None = None
@@ -126,14 +119,19 @@ def weighted_tau(x: Any, y: Any, weigher: Callable[[np.ndarray], np.ndarray] | N
   Returns:
     tau in [-1, 1]; NaN when either ranking is constant (or n < 2).
   """
-  from scipy import stats  # noqa: PLC0415
+  return _scipy_tau("weightedtau", x, y, weigher=weigher)
+
+
+def _scipy_tau(name: str, x: Any, y: Any, **kwargs: Any) -> float:
+  """`scipy.stats.<name>(x, y, **kwargs).statistic` of checked scores; NaN when n < 2."""
+  from scipy import stats  # noqa: PLC0415 -- only when ranking
 
   x, y = _check_xy(x, y)
   if x.size < 2:
     return math.nan
   with warnings.catch_warnings(), np.errstate(invalid="ignore", divide="ignore"):
-    warnings.simplefilter("ignore")
-    return float(stats.weightedtau(x, y, weigher=weigher).statistic)
+    warnings.simplefilter("ignore")  # constant input: scipy warns and returns NaN
+    return float(getattr(stats, name)(x, y, **kwargs).statistic)
 
 
 def bootstrap_seed_means(accuracies: Sequence[Sequence[float]], resamples: int, seed: int = 0

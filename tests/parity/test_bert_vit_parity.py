@@ -17,6 +17,8 @@ import pytest
 
 import jaxpretrain
 from ports import convert, export, hf_bert, readers
+from tests import torch_refs
+from tests.torch_refs import rel_err
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -54,24 +56,8 @@ CASES = {
 }
 
 
-def rel_err(a, b):
-  """max|a - b| / max|b|: scale-free, so one tolerance serves every tensor."""
-  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-  return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-30))
-
-
-def _reference(case):
-  cls_name, cfg_name, cfg, _ = CASES[case]
-  torch.manual_seed(0)
-  model = getattr(transformers, cls_name)(getattr(transformers, cfg_name)(**cfg)).eval()
-  gen = torch.Generator().manual_seed(1)
-  with torch.no_grad():
-    for p in model.parameters():  # LayerNorm 1/0 and zero biases would hide swapped names
-      p.add_(0.05 * torch.randn(p.shape, generator=gen))
-  return model
-
-
-def _save(model, folder, how):
+def _save(model, folder, case):
+  how = CASES[case][3]
   if how == "safetensors":
     model.save_pretrained(folder)
   elif how == "sharded":
@@ -85,18 +71,7 @@ def _save(model, folder, how):
 @pytest.fixture(scope="module")
 def ported(tmp_path_factory):
   """case -> (reference torch model, HF folder, checkpoint folder, model, variables), cached."""
-  cache = {}
-
-  def get(case):
-    if case not in cache:
-      ref = _reference(case)
-      root = tmp_path_factory.mktemp(case)
-      _save(ref, root / "hf", CASES[case][3])
-      convert.convert(root / "hf", root / "ckpt")
-      cache[case] = (ref, root / "hf", root / "ckpt", *jaxpretrain.load_pretrained(root / "ckpt"))
-    return cache[case]
-
-  return get
+  return torch_refs.hf_ported(tmp_path_factory, CASES, save=_save)
 
 
 def _text_inputs(cfg, batch=3, seq=12):

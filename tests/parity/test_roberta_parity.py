@@ -12,11 +12,12 @@ import pathlib
 import numpy as np
 import pytest
 
-import jaxpretrain
 from jaxpretrain import pretrained
 from jaxpretrain.job import task as task_lib
 from jaxpretrain.job.config import JobConfig
-from ports import convert, export, readers
+from ports import export, readers
+from tests import torch_refs
+from tests.torch_refs import rel_err
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -43,33 +44,10 @@ CASES = {
 }
 
 
-def rel_err(a, b):
-  """max|a - b| / max|b|: scale-free, so one tolerance serves every tensor."""
-  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-  return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-30))
-
-
 @pytest.fixture(scope="module")
 def ported(tmp_path_factory):
   """case -> (reference, HF folder, checkpoint folder, model, variables), cached."""
-  cache = {}
-
-  def get(case):
-    if case not in cache:
-      cls_name, cfg_name, cfg = CASES[case]
-      torch.manual_seed(0)
-      ref = getattr(transformers, cls_name)(getattr(transformers, cfg_name)(**cfg)).eval()
-      gen = torch.Generator().manual_seed(1)
-      with torch.no_grad():
-        for p in ref.parameters():
-          p.add_(0.05 * torch.randn(p.shape, generator=gen))
-      root = tmp_path_factory.mktemp(case)
-      ref.save_pretrained(root / "hf")
-      convert.convert(root / "hf", root / "ckpt")
-      cache[case] = (ref, root / "hf", root / "ckpt", *jaxpretrain.load_pretrained(root / "ckpt"))
-    return cache[case]
-
-  return get
+  return torch_refs.hf_ported(tmp_path_factory, CASES)
 
 
 def _inputs(cfg, batch=3, seq=12):

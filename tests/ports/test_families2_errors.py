@@ -9,12 +9,11 @@ import json
 import subprocess
 import sys
 
-import jax
 import pytest
 
-from jaxpretrain import models, params
-from ports import convert, hf_clip, hf_common, hf_dinov2, hf_distilbert, readers
+from ports import convert, hf_clip, hf_dinov2, hf_distilbert, readers
 from ports.rules import PortError
+from tests.ports.test_hf_errors import tiny_export
 
 TINY = {
     "distilbert": (hf_distilbert, dict(vocab_size=40, dim=16, n_layers=1, n_heads=2,
@@ -32,11 +31,7 @@ TINY = {
 
 def write_folder(folder, family):
   port, kw = TINY[family]
-  model = models.build_model(family, **kw)
-  variables = jax.jit(lambda: models.init_variables(family, model, jax.random.key(0)))()
-  config = {"model": family, "model_kwargs": hf_common.module_fields(model),
-            "source": {"format": "huggingface", "model_type": family}}
-  exported = port.from_jaxpretrain(config, params.flatten({"params": variables["params"]}))
+  exported = tiny_export(port, family, **kw)
   folder.mkdir(parents=True)
   (folder / "config.json").write_text(json.dumps(exported.hf_config))
   readers.save_safetensors(exported.state_dict, folder / "model.safetensors")

@@ -22,14 +22,19 @@ VIT = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermedi
            image_size=16, patch_size=4)
 
 
-def write_folder(folder, family="bert", shards=1, **kwargs):
-  """A Hugging Face folder (config.json + safetensors, `shards` files) of a tiny random model."""
-  port, base = (hf_bert, BERT) if family == "bert" else (hf_vit, VIT)
-  model = models.build_model(family, **base, **kwargs)
+def tiny_export(port, family, **kwargs):
+  """A tiny random jaxpretrain `family` model, exported with the port's `from_jaxpretrain`."""
+  model = models.build_model(family, **kwargs)
   variables = jax.jit(lambda: models.init_variables(family, model, jax.random.key(0)))()
   config = {"model": family, "model_kwargs": hf_common.module_fields(model),
             "source": {"format": "huggingface", "model_type": family}}
-  exported = port.from_jaxpretrain(config, params.flatten({"params": variables["params"]}))
+  return port.from_jaxpretrain(config, params.flatten({"params": variables["params"]}))
+
+
+def write_folder(folder, family="bert", shards=1, **kwargs):
+  """A Hugging Face folder (config.json + safetensors, `shards` files) of a tiny random model."""
+  port, base = (hf_bert, BERT) if family == "bert" else (hf_vit, VIT)
+  exported = tiny_export(port, family, **base, **kwargs)
   folder.mkdir(parents=True)
   (folder / "config.json").write_text(json.dumps(exported.hf_config))
   keys = sorted(exported.state_dict)

@@ -21,7 +21,7 @@ from jaxpretrain import models
 from jaxpretrain import params as params_lib
 from jaxpretrain.train import losses, optim, step
 from jaxpretrain.train.state import create_train_state
-from tests.torch_refs import random_torchvision_resnet
+from tests.torch_refs import perturb_parameters, random_torchvision_resnet
 
 torch = pytest.importorskip("torch")
 torchvision = pytest.importorskip("torchvision")
@@ -145,10 +145,7 @@ def test_adamw_step_matches_torch_on_bert_classifier(highest_precision):
   torch.manual_seed(0)
   config = transformers.BertConfig(**BERT)
   ref = transformers.BertForSequenceClassification(config)
-  gen = torch.Generator().manual_seed(1)
-  with torch.no_grad():
-    for p in ref.parameters():  # LayerNorm 1/0 and zero biases would hide swapped names
-      p.add_(0.05 * torch.randn(p.shape, generator=gen))
+  perturb_parameters(ref)
   to_flat = lambda m: hf_bert.to_jaxpretrain(
       {k: v.detach().numpy().copy() for k, v in m.state_dict().items()},
       hf_config=config.to_dict(), arch="BertForSequenceClassification").flat_variables
