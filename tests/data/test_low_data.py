@@ -68,7 +68,8 @@ def test_job_refuses_more_per_class_than_a_class_has(tmp_path):
   from jaxpretrain.job.config import ConfigError
 
   spec, _ = _npz(tmp_path)
-  with pytest.raises(ConfigError, match=r"^--train_per_class=9: class 0 has [1-8] training examples, fewer than the 9 "):
+  with pytest.raises(ConfigError, match=(r"^--train_per_class=9: class 0 has [1-8] training "
+                                         "examples, fewer than the 9 ")):
     task.load_data(task.DataOptions(dataset=spec, image_size=8, validation_fraction=0.2,
                                     train_per_class=9))
 
