@@ -21,26 +21,6 @@ jax.config.update(
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 
-def _unrolled_threefry_on_cpu():
-  """Threefry lowered unrolled on the CPU too, as on every other platform: the same uint32
-  arithmetic, so the same bits, but XLA's CPU compiler optimizes JAX's rolled CPU form (a
-  while loop per random draw) slowly. A jitted init of a 7-block EfficientNet compiled in
-  19 s, 4 s unrolled; every jit with random initializers or dropout pays this (jaxlib 0.10).
-  Only this test process: the CLI subprocesses compile as the library does.
-  """
-  try:
-    from jax._src.interpreters import mlir  # noqa: PLC0415
-    from jax._src.random import threefry2x32  # noqa: PLC0415
-
-    rule, prim = threefry2x32._threefry2x32_lowering_rule, threefry2x32.threefry2x32_p
-  except (ImportError, AttributeError):  # another jax: keep its lowering
-    return
-  mlir.register_lowering(prim, rule, platform="cpu")
-
-
-_unrolled_threefry_on_cpu()
-
-
 @pytest.fixture
 def highest_precision():
   """Parity checks run float32 matmuls at full precision."""
