@@ -11,6 +11,7 @@ import pytest
 
 from jaxpretrain.job import WorkdirError, finetune
 from jaxpretrain.job import workdir as workdir_lib
+from tests.reliability.conftest import cli_env
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 
@@ -70,10 +71,9 @@ def test_sigterm_writes_a_checkpoint(digits_dir, tmp_path):
           "--dataset=digits_local", f"--data_dir={digits_dir}", "--image_size=16",
           "--batch_size=16", "--steps=100000", "--log_every=1", "--checkpoint_every=0",
           f"--workdir={wd}", "--progress=log"]
-  env = {**os.environ, "JAX_COMPILATION_CACHE_DIR": str(REPO / ".jax_cache"),
-         "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0.5"}  # as tests/conftest.py
+  # One CPU device (not the test process's 8 fake ones) and the shared compilation cache.
   proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                          text=True, env=env)
+                          text=True, env=cli_env())
   try:
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None:

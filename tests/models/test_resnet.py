@@ -10,6 +10,11 @@ import pytest
 from jaxpretrain import models, params
 from jaxpretrain.models import resnet
 
+# Model inits draw from XLA's RngBitGenerator: no test here depends on which random values
+# init draws, and a threefry key compiles a CPU loop per parameter shape when first used
+# (~15 s for resnet_tiny's on two shared cores).
+INIT_KEY = jax.random.key(0, impl="rbg")
+
 # Parameter counts (params collection only; torch buffers excluded) as torchvision's model docs
 # list them (`num_params` in each Weights enum). resnet18 by hand, weights + BN (gamma, beta):
 #   conv1 3*64*49 = 9,408, bn1 128                                          =      9,536
@@ -102,7 +107,7 @@ def test_output_and_intermediate_shapes(name, channels):
 def test_features_only_has_no_head():
   model = resnet.build("resnet_tiny", num_classes=None)
   x = jnp.ones((2, 32, 32, 3))
-  (out, aux), variables = model.init_with_output(jax.random.key(0), x)
+  (out, aux), variables = model.init_with_output(INIT_KEY, x)
   assert "fc" not in variables["params"]
   assert "logits" not in aux
   assert out.shape == (2, 64)
@@ -112,7 +117,7 @@ def test_features_only_has_no_head():
 def test_registry_builds_from_config_json_values():
   model = models.build_model("resnet_tiny", stage_sizes=[1, 1, 1, 1], dtype="bfloat16")
   x = jnp.ones((2, 32, 32, 3))
-  (out, _), variables = model.init_with_output(jax.random.key(0), x)
+  (out, _), variables = model.init_with_output(INIT_KEY, x)
   assert out.dtype == jnp.bfloat16
   assert all(v.dtype == jnp.float32 for v in jax.tree.leaves(variables))
 
@@ -124,7 +129,7 @@ def test_unknown_variant_lists_known():
 
 def test_zero_init_residual_zeroes_last_bn_only():
   variables = models.init_variables(
-      "resnet_tiny", resnet.build("resnet_tiny", zero_init_residual=True), jax.random.key(0))
+      "resnet_tiny", resnet.build("resnet_tiny", zero_init_residual=True), INIT_KEY)
   block = variables["params"]["layer2_0"]
   np.testing.assert_array_equal(block["bn2"]["scale"], 0)
   np.testing.assert_array_equal(block["bn1"]["scale"], 1)
@@ -148,7 +153,7 @@ def test_train_mode_updates_running_stats_like_torch():
 def test_init_leaves_running_stats_alone():
   x = jnp.ones((2, 32, 32, 3))
   model = resnet.build("resnet_tiny")
-  variables = model.init(jax.random.key(0), x, train=True)
+  variables = model.init(INIT_KEY, x, train=True)
   np.testing.assert_array_equal(variables["batch_stats"]["bn1"]["mean"], 0)
   np.testing.assert_array_equal(variables["batch_stats"]["bn1"]["var"], 1)
 
@@ -158,7 +163,7 @@ def test_axis_name_syncs_batch_stats_across_devices():
   model = resnet.build("resnet_tiny", num_classes=3)
   synced = resnet.build("resnet_tiny", num_classes=3, axis_name="batch")
   x = jax.random.normal(jax.random.key(1), (4, 32, 32, 3))
-  variables = model.init(jax.random.key(0), x)
+  variables = model.init(INIT_KEY, x)
   (out, _), upd = model.apply(variables, x, train=True, mutable=["batch_stats"])
 
   def step(v, x):

@@ -4,7 +4,6 @@ CLI end to end."""
 import csv
 import json
 import math
-import os
 import re
 import subprocess
 import sys
@@ -341,7 +340,11 @@ def digits_dir(tmp_path_factory):
 
 
 def _cli(args, cwd):
-  env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}
+  # One CPU device and the shared persistent compilation cache, as the reliability CLI runs:
+  # the second run of a test compiles nothing anew.
+  from tests.reliability.conftest import cli_env  # noqa: PLC0415
+
+  env = {**cli_env(), "XLA_FLAGS": ""}
   return subprocess.run([sys.executable, "-m", "jaxpretrain.select", *args], cwd=cwd, env=env,
                         capture_output=True, text=True, timeout=300)
 
