@@ -179,6 +179,16 @@ def main(argv) -> int:
   except rank.SelectionError as e:
     print(f"error: {e}", file=sys.stderr)
     return 1
+  except KeyboardInterrupt:  # Ctrl-C outside a fine-tuning run (extraction, scoring)
+    print("stopped by Ctrl-C; rerun the same command: features, costs and fine-tuning results "
+          "already made are reused from --workdir", file=sys.stderr)
+    return 130
+  except RuntimeError as e:
+    if not rank.is_stopped(e):
+      raise
+    print(f"stopped: {e}; rerun the same select command: what is finished is reused from "
+          "--workdir", file=sys.stderr)
+    return e.status
   except ValueError as e:  # the dataset or the candidate list, checked before anything runs
     print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
     return 2

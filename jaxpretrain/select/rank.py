@@ -37,6 +37,7 @@ import hashlib
 import json
 import math
 import pathlib
+import sys
 import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -770,6 +771,12 @@ def _json_ready(x: Any) -> Any:
   return x
 
 
+def is_stopped(e: BaseException) -> bool:
+  """Whether `e` is the job's Stopped (a signal, with a checkpoint written), not a failure."""
+  loop = sys.modules.get("jaxpretrain.job.loop")  # imported once a fine-tuning run started
+  return loop is not None and isinstance(e, loop.Stopped)
+
+
 def _one_line(e: BaseException) -> str:
   return " ".join(f"{type(e).__name__}: {e}".split())
 
@@ -899,6 +906,8 @@ def select_models(candidates: Sequence[str], *, dataset: str, workdir: str | pat
         result.set_finetune([_cached_finetune(cand, finetune_fn, finetune_settings or {},
                                               workdir, s, log=log) for s in runs])
     except Exception as e:  # noqa: BLE001 -- any failure of one candidate is reported as such
+      if is_stopped(e):  # SIGTERM/Ctrl-C in a fine-tuning run stops the selection, not a candidate
+        raise
       message = f"candidate '{name}' ({spec}) failed to {stage}: {_one_line(e)}"
       if strict:
         raise SelectionError(message) from e

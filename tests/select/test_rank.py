@@ -491,3 +491,20 @@ def test_low_data_scores_the_examples_finetune_trains_on(digits_dir, tmp_path):
   with pytest.raises(ValueError, match="split must be 'train', got 'test'"):
     rank.select_models(["a=random:resnet_tiny"], dataset="digits_local", data_dir=digits_dir,
                        workdir=tmp_path, train_per_class=5, split="test")
+
+
+def test_a_stopped_fine_tuning_run_stops_the_selection(digits_dir, tmp_path):
+  """SIGTERM/Ctrl-C inside a candidate's fine-tuning run (the job's Stopped) ends the selection
+  (the CLI exits 143/130 with a rerun hint); it is not that candidate's failure."""
+  from jaxpretrain.job.loop import Stopped
+
+  def stopped(cand, seed):
+    raise Stopped(3, "SIGTERM", tmp_path / "ft")
+
+  with pytest.raises(Stopped, match="SIGTERM at step 3") as info:
+    rank.select_models(["a=random:resnet_tiny", "b=random:resnet_tiny"], dataset="digits_local",
+                       data_dir=digits_dir, workdir=tmp_path / "w", max_examples=40,
+                       scores=["knn"], image_size=16, batch_size=32, measure_cost=False,
+                       finetune_fn=stopped, finetune_settings={"steps": 1},
+                       log=lambda m: None)
+  assert info.value.status == 143 and rank.is_stopped(info.value)
