@@ -27,8 +27,9 @@ run: setup
 	$(BIN)/python -m jaxpretrain.finetune --flagfile=$(FLAGFILE)
 
 # Two pytest workers (pytest-xdist; at most 4 on larger machines): most tests are bound by
-# XLA's single-threaded compilation or wait on subprocesses, so the suite takes ~0.6x the
-# serial time on 2 cores (1,055 s against 1,719 s measured side by side under the same load).
+# XLA's single-threaded compilation or wait on subprocesses. Fresh clones on 2 loaded cores
+# (2026-12-01; other jobs ran, the load was not equal): 1,055 s with two workers, 1,719 s
+# serial.
 # Single files: `.venv/bin/python -m pytest FILE` (serial).
 TEST_WORKERS ?= -n auto --maxprocesses=4
 
