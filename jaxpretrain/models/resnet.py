@@ -217,6 +217,7 @@ class Conv(nn.Module):
   kernel_size: int = 3
   stride: int = 1
   groups: int = 1
+  use_bias: bool = False  # a `bias` [features] as nn.Conv's (zeros at init): VGG's convs
   dtype: Dtype | None = None
   param_dtype: Dtype = jnp.float32
   cpu_forms: bool = True  # im2col for small maps on a CPU (`ops`); False: the convolution
@@ -227,14 +228,18 @@ class Conv(nn.Module):
     k, s, p = self.kernel_size, self.stride, self.kernel_size // 2
     kernel = self.param("kernel", conv_init, (k, k, x.shape[-1] // self.groups, self.features),
                         self.param_dtype)
-    x, kernel = nn.dtypes.promote_dtype(x, kernel, dtype=self.dtype)
+    bias = (self.param("bias", nn.initializers.zeros_init(), (self.features,),
+                       self.param_dtype) if self.use_bias else None)
+    x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
     # A small output counts too: the input gradient of such a conv is a conv on that output.
     out = [(d + 2 * p - k) // s + 1 for d in x.shape[1:3]]
     conv = functools.partial(_conv, stride=s, pad=p, groups=self.groups)
     if self.groups == 1 and min(*x.shape[1:3], *out) < k:
-      return ops.cpu_or_default(functools.partial(_conv_as_matmul, stride=s, pad=p), conv,
-                                x, kernel, enabled=self.cpu_forms)
-    return conv(x, kernel)
+      y = ops.cpu_or_default(functools.partial(_conv_as_matmul, stride=s, pad=p), conv,
+                             x, kernel, enabled=self.cpu_forms)
+    else:
+      y = conv(x, kernel)
+    return y if bias is None else y + bias
 
 
 def _conv(x: jax.Array, kernel: jax.Array, stride: int = 1, pad: int = 0,

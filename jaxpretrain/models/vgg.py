@@ -122,6 +122,7 @@ class VGG(nn.Module):
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
   axis_name: str | None = None
+  cpu_forms: bool = True  # resnet.Conv's im2col for maps smaller than 3x3 on a CPU (`ops`)
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool = False):
@@ -143,8 +144,9 @@ class VGG(nn.Module):
     aux, stage = {}, 0
     for kind, i, c in layers[:self.cut]:
       if kind == "conv":
-        x = nn.Conv(c, (3, 3), padding=((1, 1), (1, 1)), kernel_init=conv_init,
-                    dtype=self.dtype, param_dtype=self.param_dtype, name=f"features_{i}")(x)
+        # nn.Conv's parameters and values; on a CPU, small maps as one matmul (resnet.Conv).
+        x = resnet.Conv(c, 3, use_bias=True, dtype=self.dtype, param_dtype=self.param_dtype,
+                        cpu_forms=self.cpu_forms, name=f"features_{i}")(x)
       elif kind == "bn":
         x = resnet.BatchNorm(epsilon=self.bn_epsilon, dtype=self.dtype,
                              param_dtype=self.param_dtype, axis_name=self.axis_name,
