@@ -3,6 +3,7 @@
     python -m ports.convert resnet50.pth out/resnet50 --arch resnet50 [--resize_size 232]
     python -m ports.convert path/to/hf_model_folder out/minilm
     python -m ports.convert model.onnx out/dinov2 --family dinov2   # ports/onnx_in.py
+    python -m ports.convert model.onnx out/l3 --family bert --tokenizer path/to/hf_folder
 
 A Hugging Face folder (config.json + model.safetensors, a sharded index, or pytorch_model.bin)
 names its architecture in config.json; a torchvision file needs --arch. Safetensors never
@@ -34,6 +35,9 @@ from ports.rules import PortError
 TRAVELLING_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt",
                     "special_tokens_map.json", "preprocessor_config.json", "merges.txt",
                     "vocab.json")
+# Of those, the tokenizer's: what --tokenizer takes from its folder.
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt",
+                   "special_tokens_map.json", "merges.txt", "vocab.json")
 # Exit status of the CLIs on a refused input (absl's usage errors use it too).
 EXIT_BAD_INPUT = 2
 
@@ -145,10 +149,35 @@ def _eval_sizes(record: dict, resize_size: int | None, crop_size: int | None) ->
     raise PortError(f"--resize_size={resize_size}, --crop_size={crop_size}: {e}") from None
 
 
+def tokenizer_files(folder: str | os.PathLike, model: str) -> dict[str, bytes]:
+  """--tokenizer: the tokenizer files of `folder` (tokenizer.json required), validated.
+
+  For text models (`model`: a registry variant) whose SRC carries no tokenizer (an ONNX
+  file) or the wrong one.
+  """
+  from jaxpretrain.models import registry  # noqa: PLC0415
+
+  folder = pathlib.Path(folder)
+  modality = registry.family_of(model).modality
+  if modality != "text":
+    raise PortError(f"--tokenizer={folder}: {model} is not a text model (an {modality} model)")
+  if not folder.is_dir():
+    raise PortError(f"--tokenizer={folder}: not a folder (give the folder holding "
+                    "tokenizer.json)")
+  if readers.side_file(folder, "tokenizer.json") is None:
+    raise PortError(f"--tokenizer={folder}: no tokenizer.json in it")
+  return {n: read_travelling_file(folder, n) for n in TOKENIZER_FILES
+          if readers.side_file(folder, n) is not None}
+
+
 def convert(src: str | os.PathLike, dst: str | os.PathLike, *, arch: str | None = None,
             overwrite: bool = False, family: str | None = None, resize_size: int | None = None,
-            crop_size: int | None = None) -> pathlib.Path:
-  """Converts SRC into a checkpoint folder DST; returns DST."""
+            crop_size: int | None = None, tokenizer: str | os.PathLike | None = None
+            ) -> pathlib.Path:
+  """Converts SRC into a checkpoint folder DST; returns DST.
+
+  tokenizer: a folder whose tokenizer files replace SRC's (`tokenizer_files`).
+  """
   from jaxpretrain import params, pretrained  # noqa: PLC0415
 
   dst = pathlib.Path(dst)
@@ -156,6 +185,11 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, *, arch: str | None 
     raise FileExistsError(f"{dst} already exists; pass --overwrite to replace it")
   converted, files = read_source(src, arch, family, resize_size=resize_size,
                                  crop_size=crop_size)
+  if tokenizer is not None:
+    files = {n: b for n, b in files.items() if n not in TOKENIZER_FILES}
+    files.update(tokenizer_files(tokenizer, converted.model))
+    converted.preprocessing["tokenizer"] = "tokenizer.json"
+    converted.source["tokenizer"] = str(pathlib.Path(tokenizer).absolute())
   return pretrained.save_pretrained(
       dst, converted.model, converted.model_kwargs, params.unflatten(converted.flat_variables),
       source=converted.source, preprocessing=converted.preprocessing, files=files,
@@ -170,16 +204,22 @@ _RESIZE_SIZE = flags.DEFINE_integer(
 _CROP_SIZE = flags.DEFINE_integer("crop_size", None, "torchvision file: eval center crop "
                                   "(default 224).", lower_bound=1)
 _FAMILY = flags.DEFINE_string("family", None, "Family of an .onnx SRC (bert, distilbert, dinov2).")
+_TOKENIZER = flags.DEFINE_string(
+    "tokenizer", None, "Text models: a folder whose tokenizer files (tokenizer.json, vocab...) "
+    "go into DST, for an .onnx SRC (it carries none) or to replace SRC's.")
 
 
 def main(argv):
+  from jaxpretrain import console  # noqa: PLC0415
+
+  console.after_flags(tfds=False)  # orbax's and JAX's INFO lines stay quiet (--verbosity: shown)
   if len(argv) != 3:
     raise app.UsageError("usage: python -m ports.convert SRC DST [--arch NAME] [--overwrite]",
                          exitcode=EXIT_BAD_INPUT)
   try:
     dst = convert(argv[1], argv[2], arch=_ARCH.value, overwrite=_OVERWRITE.value,
                   family=_FAMILY.value, resize_size=_RESIZE_SIZE.value,
-                  crop_size=_CROP_SIZE.value)
+                  crop_size=_CROP_SIZE.value, tokenizer=_TOKENIZER.value)
   except (PortError, safe_io.UntrustedInputError, FileExistsError, FileNotFoundError) as e:
     print(f"error: {e}", file=sys.stderr)
     return EXIT_BAD_INPUT

@@ -115,6 +115,9 @@ def export(ckpt: str, out: str, *, overwrite: bool = False) -> pathlib.Path:
 
 
 def main(argv):
+  from jaxpretrain import console  # noqa: PLC0415
+
+  console.after_flags(tfds=False)  # orbax's and JAX's INFO lines stay quiet (--verbosity: shown)
   if len(argv) != 3:
     raise app.UsageError("usage: python -m ports.export CHECKPOINT OUT [--overwrite]",
                          exitcode=EXIT_BAD_INPUT)

@@ -186,6 +186,49 @@ def test_tiny_distilbert_cli_matches_onnxruntime(tiny_onnx, tmp_path, highest_pr
   assert rel_err(np.asarray(out)[real], ref[real]) <= RTOL
 
 
+def _tokenizer_folder(path):
+  """A folder holding a small word-level tokenizer.json and a vocab.txt."""
+  from tokenizers import Tokenizer, models, pre_tokenizers  # noqa: PLC0415
+
+  vocab = {w: i for i, w in enumerate(["[PAD]", "[UNK]", "hello", "world", "tweet"])}
+  tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+  tok.pre_tokenizer = pre_tokenizers.Whitespace()
+  path.mkdir()
+  tok.save(str(path / "tokenizer.json"))
+  (path / "vocab.txt").write_text("\n".join(vocab) + "\n")
+  return path
+
+
+def test_tokenizer_flag_puts_a_tokenizer_into_an_onnx_checkpoint(tiny_onnx, tmp_path):
+  folder = _tokenizer_folder(tmp_path / "tok")
+  dst = tmp_path / "ckpt"
+  proc = subprocess.run([sys.executable, "-m", "ports.convert", str(tiny_onnx), str(dst),
+                         "--family", "distilbert", "--tokenizer", str(folder)],
+                        capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr
+  assert proc.stderr == "", proc.stderr  # orbax's and JAX's INFO lines stay quiet
+  for name in ("tokenizer.json", "vocab.txt"):
+    assert (dst / name).read_bytes() == (folder / name).read_bytes()
+  config = jaxpretrain.pretrained.read_config(dst)
+  assert config["preprocessing"]["tokenizer"] == "tokenizer.json"
+  assert sorted(config["files"]) == ["tokenizer.json", "vocab.txt"]
+
+
+def test_tokenizer_flag_refusals_name_the_folder(tiny_onnx, tmp_path):
+  from ports.rules import PortError  # noqa: PLC0415
+
+  empty = tmp_path / "empty"
+  empty.mkdir()
+  for folder, needle in ((empty, "no tokenizer.json in it"),
+                         (tmp_path / "missing", "not a folder")):
+    with pytest.raises(PortError, match=needle) as info:
+      convert.convert(tiny_onnx, tmp_path / "out", family="distilbert", tokenizer=folder)
+    assert str(folder) in str(info.value)
+    assert not (tmp_path / "out").exists()
+  with pytest.raises(PortError, match="not a text model"):
+    convert.tokenizer_files(_tokenizer_folder(tmp_path / "tok"), "resnet18")
+
+
 def _fails(src, dst, family, *needles):
   with pytest.raises(onnx_in.OnnxError) as info:
     convert.convert(src, dst, family=family)
