@@ -63,7 +63,13 @@ NO_HEAD = "no source classification head"
 # features. float64 eigh recovers the maximum to ~1e-10 relative; 1e-6 leaves room for
 # nearly spanning float32 features.
 H_SCORE_SATURATION_RTOL = 1e-6
-SATURABLE = ("h_score",)  # the shrinkage H-score (issue 15) does not saturate
+# SFDA, a mean true-class posterior, is at most 1 and reaches it when its discriminant
+# separates the examples it was fitted on (random 512-dim features of 100 examples: 1.0):
+# at 1 to 4 decimals the differences between candidates are softmax round-off.
+SFDA_SATURATION_ATOL = 1e-4
+# Scores with a ceiling that says nothing about the features; the shrinkage H-score (issue
+# 15) does not saturate.
+SATURABLE = ("h_score", "sfda")
 
 # candidate, seed -> test accuracy after fine-tuning.
 FinetuneFn = Callable[[features_lib.Candidate, int], float]
@@ -280,21 +286,25 @@ def saturated_scores(feats: features_lib.Features, values: Mapping[str, float | 
 
   The plain H-score is saturated when the feature dim is at least the number of examples
   (any labelling is then linearly separable after whitening) or its value is within
-  `H_SCORE_SATURATION_RTOL` of its maximum, classes - 1.
+  `H_SCORE_SATURATION_RTOL` of its maximum, classes - 1. SFDA is saturated within
+  `SFDA_SATURATION_ATOL` of its maximum, 1 (its regularized discriminant may still fall
+  short of 1 when d >= n, so only its value tells).
   """
   out = {}
   n, d = feats.features.shape
   classes = int(np.unique(feats.labels).size)
-  for name in SATURABLE:
-    v = values.get(name)
-    if v is None:
-      continue
+  v = values.get("h_score")
+  if v is not None:
     top = classes - 1
     if d >= n:
-      out[name] = (f"saturated: feature dim {d} >= {n} examples, so any labelling is "
-                   f"separable (value {v:.4f}, maximum classes - 1 = {top})")
+      out["h_score"] = (f"saturated: feature dim {d} >= {n} examples, so any labelling is "
+                        f"separable (value {v:.4f}, maximum classes - 1 = {top})")
     elif v >= top * (1 - H_SCORE_SATURATION_RTOL):
-      out[name] = f"saturated: {v:.4f} is its maximum, classes - 1 = {top}"
+      out["h_score"] = f"saturated: {v:.4f} is its maximum, classes - 1 = {top}"
+  v = values.get("sfda")
+  if v is not None and v >= 1 - SFDA_SATURATION_ATOL:
+    out["sfda"] = (f"saturated: {v:.4f} is its maximum, 1 (its discriminant separates the "
+                   f"{n} examples it was fitted on)")
   return out
 
 

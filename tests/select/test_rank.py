@@ -241,16 +241,20 @@ def test_saturated_h_score_is_detected():
 
   def check(f):
     feats = features.Features(features=f, labels=y, indices=np.arange(20))
-    values, _, _ = rank.compute_scores(feats, ["h_score", "shrinkage_h_score"])
+    values, _, _ = rank.compute_scores(feats, ["h_score", "shrinkage_h_score", "sfda"])
     return values, rank.saturated_scores(feats, values)
 
   values, sat = check(rng.normal(size=(20, 30)))  # d >= n: any labelling is separable
-  assert values["h_score"] == pytest.approx(2.0) and list(sat) == ["h_score"]
+  assert values["h_score"] == pytest.approx(2.0) and list(sat) == ["h_score", "sfda"]
   assert sat["h_score"].startswith("saturated: feature dim 30 >= 20 examples")
+  assert values["sfda"] >= 1 - rank.SFDA_SATURATION_ATOL
+  assert sat["sfda"] == ("saturated: 1.0000 is its maximum, 1 (its discriminant separates the "
+                         "20 examples it was fitted on)")
   values, sat = check(rng.normal(size=(20, 19)))  # d = n - 1: at its maximum, by value
-  assert sat == {"h_score": "saturated: 2.0000 is its maximum, classes - 1 = 2"}
+  assert sat["h_score"] == "saturated: 2.0000 is its maximum, classes - 1 = 2"
   values, sat = check(rng.normal(size=(20, 4)) + y[:, None])  # informative, not saturated
   assert sat == {} and 0 < values["h_score"] < 2 and values["shrinkage_h_score"] > 0
+  assert 1 / 3 < values["sfda"] < 1 - rank.SFDA_SATURATION_ATOL
 
 
 def _saturated_results():
