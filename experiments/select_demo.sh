@@ -10,6 +10,7 @@
 #         --finetune_seeds=3 --max_params=30e6
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source experiments/copy_reports.sh
 PY=${PY:-.venv/bin/python}
 ZOO=${ZOO-r18_fm300 r18_fm60 r34_fm200 r50_fm200 minilm_mlm}
 TARGETS=${TARGETS-mnist digits tweets}
@@ -18,10 +19,5 @@ for zoo in $ZOO; do
 done
 for target in $TARGETS; do
   $PY -m jaxpretrain.select --flagfile="experiments/select_$target.flags" "$@"
-  mkdir -p "experiments/results/select_$target"
-  for report in ranking.md ranking.csv scores.png pareto.png results.json; do
-    if [[ -f "workdirs/select_$target/$report" ]]; then
-      cp "workdirs/select_$target/$report" "experiments/results/select_$target/"
-    fi
-  done
+  copy_reports "select_$target"
 done

@@ -8,6 +8,7 @@
 #   extra select flags: SELECT_ARGS="--finetune_seeds=5" bash experiments/select_real.sh digits
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source experiments/copy_reports.sh
 PY=${PYTHON:-.venv/bin/python}
 mkdir -p workdirs/converted
 files=$($PY - <<'PYEOF'
@@ -76,10 +77,5 @@ fi
 for target in "${targets[@]}"; do
   /usr/bin/time -f "select_real_$target: %e s wall" \
     $PY -m jaxpretrain.select --flagfile="experiments/select_real_$target.flags" ${SELECT_ARGS:-}
-  mkdir -p "experiments/results/select_real_$target"
-  for report in ranking.md ranking.csv scores.png pareto.png results.json; do
-    if [[ -f "workdirs/select_real_$target/$report" ]]; then
-      cp "workdirs/select_real_$target/$report" "experiments/results/select_real_$target/"
-    fi
-  done
+  copy_reports "select_real_$target"
 done
