@@ -13,6 +13,13 @@ overlaps, ending at the file's end: a header length nudged into the header's pad
 every tensor, and only this catches it). The official `safetensors` parser then reads the same
 header as a second opinion, so no file it rejects is ever read. Tensors are memory-mapped, so
 conversion streams from disk.
+
+Torch pickles are loaded with weights_only=True, after their pickles are scanned without
+running them (pickletools): the storages they declare (element count x element size) must fit
+the file, since torch allocates each declared storage before reading its bytes. Legacy
+(non-zip) files: the sum must fit in the bytes after the pickles; zip archives: every member's
+sizes must be possible (safe_io.check_zip) and each storage's data/<key> record must be stored
+and hold exactly its declared bytes.
 """
 
 from __future__ import annotations
