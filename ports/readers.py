@@ -351,9 +351,29 @@ class _Opaque:
 
 
 _OPAQUE = _Opaque()
-_MARK = object()
-_MEMO_GETS = ("GET", "BINGET", "LONG_BINGET")
-_MEMO_PUTS = ("PUT", "BINPUT", "LONG_BINPUT")
+_CONSTANTS = {"NONE": None, "NEWTRUE": True, "NEWFALSE": False, "EMPTY_TUPLE": ()}
+_KINDS = {"MARK": "mark", "PUT": "put", "BINPUT": "put", "LONG_BINPUT": "put",
+          "MEMOIZE": "memoize", "GET": "get", "BINGET": "get", "LONG_BINGET": "get",
+          "GLOBAL": "global", "INST": "global", "STACK_GLOBAL": "stack_global",
+          "TUPLE": "tuple", "TUPLE1": "tuple", "TUPLE2": "tuple", "TUPLE3": "tuple",
+          "BINPERSID": "persid", "DUP": "dup", **dict.fromkeys(_CONSTANTS, "constant")}
+
+
+def _op_table() -> dict:
+  """{opcode name: (kind, pops to a mark, items taken (under the mark if it does), pushes)}."""
+  table = {}
+  for op in pickletools.opcodes:
+    before, mark = op.stack_before, pickletools.markobject
+    kind = _KINDS.get(op.name)
+    if kind is None:
+      literal = not before and len(op.stack_after) == 1 and op.arg is not None
+      kind = "literal" if literal and op.name != "PERSID" else "other"
+    taken = before.index(mark) if mark in before else len(before)
+    table[op.name] = (kind, mark in before, taken, len(op.stack_after))
+  return table
+
+
+_OPS = _op_table()
 
 
 class _PickleScan:
@@ -361,7 +381,9 @@ class _PickleScan:
 
   The stack is followed just enough to know the literals (strings, ints, None, tuples of them,
   imported names) each persistent id is built from, so a torch storage id
-  ('storage', torch.FloatStorage, key, location, numel, ...) is known without unpickling it.
+  ('storage', torch.FloatStorage, key, location, numel, ...) is known without unpickling it;
+  anything computed is opaque. Linear in the pickle's length (marks are kept apart, as
+  pickle's own metastack).
 
   names: the imported names (GLOBAL, STACK_GLOBAL, INST). storages: {key: (class name, numel)},
   the first declaration of each key (torch allocates for that one). pickles: how many ended
@@ -375,55 +397,56 @@ class _PickleScan:
     stream = io.BytesIO(data)
     try:
       while self.pickles < count and stream.tell() < len(data):
-        stack, memo = [], {}
+        stack, marks, memo = [], [], {}
         for op, arg, _pos in pickletools.genops(stream):
-          self._step(op, arg, stack, memo)
+          self._step(op.name, arg, stack, marks, memo)
         self.pickles += 1
         self.end = stream.tell()
     except Exception:  # noqa: BLE001 -- pickletools raises ValueError (and others) on junk
       self.failed, self.end = True, stream.tell()
 
-  def _step(self, op, arg, stack: list, memo: dict) -> None:
-    name = op.name
-    if name == "MARK":
-      stack.append(_MARK)
+  def _step(self, name: str, arg, stack: list, marks: list, memo: dict) -> None:
+    kind, to_mark, taken, pushed = _OPS[name]
+    if kind == "mark":
+      marks.append(len(stack))
       return
-    if name in _MEMO_PUTS or name == "MEMOIZE":
-      memo[arg if name != "MEMOIZE" else len(memo)] = stack[-1] if stack else _OPAQUE
+    if kind in ("put", "memoize"):
+      memo[arg if kind == "put" else len(memo)] = stack[-1] if stack else _OPAQUE
       return
-    before = op.stack_before
-    if pickletools.markobject in before:
-      at = max((i for i, v in enumerate(stack) if v is _MARK), default=-1)
-      items = stack[at + 1:]
-      del stack[max(at, 0):]
-      for _ in range(before.index(pickletools.markobject)):  # what lies under the mark
-        if stack:
-          stack.pop()
+    if to_mark:
+      at = min(marks.pop() if marks else 0, len(stack))
+      items = stack[at:]
+      del stack[max(at - taken, 0):]  # the slice, the mark, and what it sits on
+    elif taken:
+      items = [_OPAQUE] * (taken - len(stack)) + stack[-taken:]
+      del stack[-taken:]
     else:
-      items = [stack.pop() if stack else _OPAQUE for _ in before][::-1]
+      items = []
     value = _OPAQUE
-    if name in ("GLOBAL", "INST"):
+    if kind == "literal":
+      value = arg  # an int, float, str or bytes
+    elif kind == "get":
+      value = memo.get(arg, _OPAQUE)
+    elif kind == "constant":
+      value = _CONSTANTS[name]
+    elif kind == "tuple":
+      value = tuple(items)
+    elif kind == "global":
       value = str(arg).replace(" ", ".")
       self.names.append(value)
-    elif name == "STACK_GLOBAL":
+    elif kind == "stack_global":
       known = all(isinstance(v, str) for v in items)
       value = ".".join(items) if known else _OPAQUE
       self.names.append(value if known else "?")
-    elif name in _MEMO_GETS:
-      value = memo.get(arg, _OPAQUE)
-    elif name in ("TUPLE", "TUPLE1", "TUPLE2", "TUPLE3", "EMPTY_TUPLE"):
-      value = tuple(items)
-    elif name in ("NONE", "NEWTRUE", "NEWFALSE"):
-      value = {"NONE": None, "NEWTRUE": True, "NEWFALSE": False}[name]
-    elif name == "BINPERSID":
+    elif kind == "persid":
       self._persistent_id(items[0])
-    elif not before and len(op.stack_after) == 1 and op.arg is not None and name != "PERSID":
-      value = arg  # a literal: int, float, str, bytes
-    if name == "DUP":
+    elif kind == "dup":
       stack.extend(items * 2)
       return
-    if op.stack_after:
-      stack.extend([value] + [_OPAQUE] * (len(op.stack_after) - 1))
+    if pushed:
+      stack.append(value)
+      if pushed > 1:
+        stack.extend([_OPAQUE] * (pushed - 1))
 
   def _persistent_id(self, pid) -> None:
     if not (isinstance(pid, tuple) and len(pid) >= 5 and pid[0] in ("storage", b"storage")):

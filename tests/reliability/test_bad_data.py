@@ -326,6 +326,17 @@ def test_corrupt_image_mid_dataset_is_one_error_line(cli, tmp_path):
   assert out.stderr.count("\n") == 1 and "Traceback" not in out.stderr
 
 
+def test_npz_bomb_is_one_error_line_exit_2(cli, tmp_path):
+  """The training CLI on an npz whose header declares 128 GB: status 2, one line, nothing run."""
+  dataset, expected = npz_header_declaring_128_gb(tmp_path)
+  cli.dataset = dataset
+  out = cli.run(tmp_path / "run")
+  assert out.returncode == 2, out.stderr[-3000:]
+  assert out.stderr.startswith("error: ") and out.stderr.count("\n") == 1, out.stderr[-3000:]
+  assert re.search(expected, out.stderr), out.stderr
+  assert not (tmp_path / "run" / "checkpoints").exists()
+
+
 def test_images_of_mixed_sizes_train(tiny_config, tmp_path):
   root = _folder(tmp_path / "imgs", per_class=10, sizes=((8, 8), (13, 6), (5, 21), (32, 32)))
   result = finetune(tiny_config(dataset=f"folder:{root}", steps=4, checkpoint_every=0))
