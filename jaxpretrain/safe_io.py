@@ -26,6 +26,7 @@ import os
 import pathlib
 import re
 import stat
+import zipfile
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -57,6 +58,9 @@ MAX_JSON_INT_DIGITS = 20
 MAX_REPR_CHARS = 80
 # Characters of a file name taken from a checkpoint (Linux NAME_MAX).
 MAX_NAME_CHARS = 255
+# Deflate shrinks data at most ~1032:1 (one 258-byte match per 2 bits; 100 MB of zeros: 1029:1),
+# so a deflated zip member declaring more is a corrupt or hostile archive.
+MAX_DEFLATE_RATIO = 1032
 
 ErrorType = Callable[[str], Exception]
 
@@ -219,6 +223,26 @@ def read_text(path: str | os.PathLike, max_bytes: int,
   """A UTF-8 text side file (vocab.txt, merges.txt), regular and at most `max_bytes`."""
   where = where or str(path)
   return decode_utf8(read_bytes(path, max_bytes, error, where), where, error)
+
+
+def check_zip(z: zipfile.ZipFile, archive_bytes: int, where: str,
+              error: ErrorType = UntrustedInputError) -> None:
+  """Every member's declared sizes are possible, before anything is decompressed: its
+  compressed bytes lie inside the archive, a stored member is as large as it says, and a
+  deflated one expands at most MAX_DEFLATE_RATIO times (a zip bomb's lie is refused)."""
+  for info in z.infolist():
+    name, size, packed = short(info.filename), info.file_size, info.compress_size
+    if info.header_offset + packed > archive_bytes:
+      raise error(f"{where}: member {name} declares {packed:,} bytes at offset "
+                  f"{info.header_offset:,}, past the end of the {archive_bytes:,}-byte archive "
+                  "(truncated or corrupt)")
+    if info.compress_type == zipfile.ZIP_STORED and size != packed:
+      raise error(f"{where}: member {name} is stored uncompressed in {packed:,} bytes but "
+                  f"declares {size:,}; a corrupt or hostile archive")
+    if info.compress_type == zipfile.ZIP_DEFLATED and size > MAX_DEFLATE_RATIO * packed:
+      raise error(f"{where}: member {name} declares {size:,} bytes from {packed:,} compressed, "
+                  f"more than deflate's {MAX_DEFLATE_RATIO}:1 allows; a zip bomb or a corrupt "
+                  "archive")
 
 
 _STRING = re.compile(rb'"[^"]*"')  # a string literal once escapes are gone

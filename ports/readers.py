@@ -13,6 +13,13 @@ overlaps, ending at the file's end: a header length nudged into the header's pad
 every tensor, and only this catches it). The official `safetensors` parser then reads the same
 header as a second opinion, so no file it rejects is ever read. Tensors are memory-mapped, so
 conversion streams from disk.
+
+Torch pickles are loaded with weights_only=True, after their pickles are scanned without
+running them (pickletools): the storages they declare (element count x element size) must fit
+the file, since torch allocates each declared storage before reading its bytes. Legacy
+(non-zip) files: the sum must fit in the bytes after the pickles; zip archives: every member's
+sizes must be possible (safe_io.check_zip) and each storage's data/<key> record must be stored
+and hold exactly its declared bytes.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ import os
 import pathlib
 import pickletools
 import struct
+import zipfile
 from collections.abc import Iterator, Mapping
 
 import ml_dtypes
@@ -49,8 +57,24 @@ SAFETENSORS_DTYPES = {
 # Dtypes the format defines (safetensors 0.8, tensor.rs `Dtype`) that no port converts.
 OTHER_SAFETENSORS_DTYPES = ("F4", "F6_E2M3", "F6_E3M2", "F8_E5M2", "F8_E4M3", "F8_E8M0",
                             "F8_E4M3FNUZ", "F8_E5M2FNUZ", "C64")
-# Bytes of a pickle scanned for the names it imports, to explain a refusal.
+# Bytes of a pickle scanned (the names it imports, the storages it declares) before torch reads
+# it: a torch zip's data.pkl, or a legacy file's leading pickles. Real ones hold ~100 bytes per
+# tensor (ResNet-50: 30 KB), so a longer pickle is refused rather than read unchecked.
 MAX_PICKLE_SCAN_BYTES = 16 << 20
+# Bytes per element of the storage classes a torch pickle names (torch.FloatStorage, ...): a
+# declared storage costs torch its element count times this. A class not listed counts one
+# byte per element, a lower bound (the weights-only unpickler refuses it anyway).
+STORAGE_ITEMSIZE = {
+    "DoubleStorage": 8, "FloatStorage": 4, "HalfStorage": 2, "BFloat16Storage": 2,
+    "LongStorage": 8, "IntStorage": 4, "ShortStorage": 2, "CharStorage": 1, "ByteStorage": 1,
+    "BoolStorage": 1, "ComplexDoubleStorage": 16, "ComplexFloatStorage": 8, "QInt8Storage": 1,
+    "QUInt8Storage": 1, "QInt32Storage": 4, "QUInt4x2Storage": 1, "QUInt2x4Storage": 1,
+    "UntypedStorage": 1,
+}
+# Pickles in a legacy (non-zip) torch file: magic number, protocol, sys info, the data (which
+# declares the storages) and the list of storage keys; the raw storages follow, each an 8-byte
+# element count and its bytes.
+LEGACY_PICKLES = 5
 
 
 class CheckpointError(PortError):
@@ -215,8 +239,6 @@ def load_pickle(path: str | os.PathLike, *, real_path: str | os.PathLike | None 
   real = os.path.realpath(real_path if real_path is not None else path)
   with safe_io.open_regular(real, CheckpointError, where=str(path)) as f:
     magic = f.read(4)
-  import zipfile  # noqa: PLC0415
-
   is_zip = zipfile.is_zipfile(real)
   if not is_zip and not (len(magic) >= 2 and magic[0] == 0x80 and 2 <= magic[1] <= 5):
     raise CheckpointError(f"{path}: not a torch checkpoint (neither a zip archive nor a pickle; "
@@ -227,6 +249,7 @@ def load_pickle(path: str | os.PathLike, *, real_path: str | os.PathLike | None 
     raise CheckpointError(
         f"{path}: pickled checkpoints need torch (pip install 'jaxpretrain[torch]'), or "
         "convert them to .safetensors first") from None
+  _check_storages(path, real, is_zip)
   try:
     # mmap streams tensors from disk, but only the zip format (torch >= 1.6) supports it.
     obj = torch.load(real, map_location="cpu", weights_only=True, mmap=is_zip)
@@ -289,12 +312,10 @@ def _pickle_imports(real, is_zip: bool) -> list[str] | None:
   None when the bytes are not a pickle stream. Reads at most MAX_PICKLE_SCAN_BYTES: a torch
   zip's data.pkl, or the leading pickles of the legacy format (magic, version, info, data).
   """
-  import zipfile  # noqa: PLC0415
-
   try:
     if is_zip:
       with zipfile.ZipFile(real) as z:
-        member = next((i for i in z.infolist() if i.filename.endswith("data.pkl")), None)
+        member = _data_pkl(z)
         if member is None:
           return None
         with z.open(member) as m:
@@ -304,22 +325,215 @@ def _pickle_imports(real, is_zip: bool) -> list[str] | None:
         data = f.read(min(MAX_PICKLE_SCAN_BYTES, os.fstat(f.fileno()).st_size))
   except Exception:  # noqa: BLE001 -- a corrupt archive is reported by the caller
     return None
-  stream, names, strings = io.BytesIO(data), [], []
+  scan = _PickleScan(data, 1 if is_zip else LEGACY_PICKLES)
+  if scan.failed and not scan.names:
+    return None
+  return scan.names
+
+
+def _data_pkl(z: zipfile.ZipFile) -> zipfile.ZipInfo | None:
+  """The archive's data.pkl as torch finds it: under the first record's folder."""
+  infos = z.infolist()
+  if not infos:
+    return None
+  folder = infos[0].filename.split("/")[0]
   try:
-    for _ in range(4):  # legacy torch files: magic number, protocol, sys info, then the data
-      if stream.tell() >= len(data):
-        break
-      for op, arg, _pos in pickletools.genops(stream):
-        if op.name in ("GLOBAL", "INST"):
-          names.append(str(arg).replace(" ", "."))
-        elif op.name == "STACK_GLOBAL":
-          names.append(".".join(strings[-2:]))
-        elif isinstance(arg, str):
-          strings = [*strings[-1:], arg]
-  except Exception:  # noqa: BLE001 -- pickletools raises ValueError (and others) on junk
-    if not names:
-      return None
-  return names
+    return z.getinfo(f"{folder}/data.pkl")
+  except KeyError:
+    return next((i for i in infos if i.filename.endswith("data.pkl")), None)
+
+
+class _Opaque:
+  """A value the scan does not compute (the result of a call, a list, a dict)."""
+
+  def __repr__(self):
+    return "<a computed value>"
+
+
+_OPAQUE = _Opaque()
+_CONSTANTS = {"NONE": None, "NEWTRUE": True, "NEWFALSE": False, "EMPTY_TUPLE": ()}
+_KINDS = {"MARK": "mark", "PUT": "put", "BINPUT": "put", "LONG_BINPUT": "put",
+          "MEMOIZE": "memoize", "GET": "get", "BINGET": "get", "LONG_BINGET": "get",
+          "GLOBAL": "global", "INST": "global", "STACK_GLOBAL": "stack_global",
+          "TUPLE": "tuple", "TUPLE1": "tuple", "TUPLE2": "tuple", "TUPLE3": "tuple",
+          "BINPERSID": "persid", "DUP": "dup", **dict.fromkeys(_CONSTANTS, "constant")}
+
+
+def _op_table() -> dict:
+  """{opcode name: (kind, pops to a mark, items taken (under the mark if it does), pushes)}."""
+  table = {}
+  for op in pickletools.opcodes:
+    before, mark = op.stack_before, pickletools.markobject
+    kind = _KINDS.get(op.name)
+    if kind is None:
+      literal = not before and len(op.stack_after) == 1 and op.arg is not None
+      kind = "literal" if literal and op.name != "PERSID" else "other"
+    taken = before.index(mark) if mark in before else len(before)
+    table[op.name] = (kind, mark in before, taken, len(op.stack_after))
+  return table
+
+
+_OPS = _op_table()
+
+
+class _PickleScan:
+  """What a stream of pickles declares, read with pickletools.genops (nothing runs).
+
+  The stack is followed just enough to know the literals (strings, ints, None, tuples of them,
+  imported names) each persistent id is built from, so a torch storage id
+  ('storage', torch.FloatStorage, key, location, numel, ...) is known without unpickling it;
+  anything computed is opaque. Linear in the pickle's length (marks are kept apart, as
+  pickle's own metastack).
+
+  names: the imported names (GLOBAL, STACK_GLOBAL, INST). storages: {key: (class name, numel)},
+  the first declaration of each key (torch allocates for that one). pickles: how many ended
+  (STOP); end: the offset where the scan stopped; failed: the bytes stopped being a pickle.
+  """
+
+  def __init__(self, data: bytes, count: int):
+    self.names: list[str] = []
+    self.storages: dict = {}
+    self.pickles, self.end, self.failed = 0, 0, False
+    stream = io.BytesIO(data)
+    try:
+      while self.pickles < count and stream.tell() < len(data):
+        stack, marks, memo = [], [], {}
+        for op, arg, _pos in pickletools.genops(stream):
+          self._step(op.name, arg, stack, marks, memo)
+        self.pickles += 1
+        self.end = stream.tell()
+    except Exception:  # noqa: BLE001 -- pickletools raises ValueError (and others) on junk
+      self.failed, self.end = True, stream.tell()
+
+  def _step(self, name: str, arg, stack: list, marks: list, memo: dict) -> None:
+    kind, to_mark, taken, pushed = _OPS[name]
+    if kind == "mark":
+      marks.append(len(stack))
+      return
+    if kind in ("put", "memoize"):
+      memo[arg if kind == "put" else len(memo)] = stack[-1] if stack else _OPAQUE
+      return
+    if to_mark:
+      at = min(marks.pop() if marks else 0, len(stack))
+      items = stack[at:]
+      del stack[max(at - taken, 0):]  # the slice, the mark, and what it sits on
+    elif taken:
+      items = [_OPAQUE] * (taken - len(stack)) + stack[-taken:]
+      del stack[-taken:]
+    else:
+      items = []
+    value = _OPAQUE
+    if kind == "literal":
+      value = arg  # an int, float, str or bytes
+    elif kind == "get":
+      value = memo.get(arg, _OPAQUE)
+    elif kind == "constant":
+      value = _CONSTANTS[name]
+    elif kind == "tuple":
+      value = tuple(items)
+    elif kind == "global":
+      value = str(arg).replace(" ", ".")
+      self.names.append(value)
+    elif kind == "stack_global":
+      known = all(isinstance(v, str) for v in items)
+      value = ".".join(items) if known else _OPAQUE
+      self.names.append(value if known else "?")
+    elif kind == "persid":
+      self._persistent_id(items[0])
+    elif kind == "dup":
+      stack.extend(items * 2)
+      return
+    if pushed:
+      stack.append(value)
+      if pushed > 1:
+        stack.extend([_OPAQUE] * (pushed - 1))
+
+  def _persistent_id(self, pid) -> None:
+    if not (isinstance(pid, tuple) and len(pid) >= 5 and pid[0] in ("storage", b"storage")):
+      return
+    _, storage_class, key, _location, numel = pid[:5]
+    if not isinstance(key, (str, bytes, int)):  # torch keys by value; unknown ones count apart
+      key = (_OPAQUE, len(self.storages))
+    self.storages.setdefault(key, (storage_class, numel))
+
+
+def _check_storages(path, real: str, is_zip: bool) -> None:
+  """Refuses a torch file whose pickle declares more storage bytes than the file holds, before
+  torch allocates them (it allocates each declared storage, then reads it from the file).
+
+  Legacy files: the storages' bytes (element count x element size, summed) must fit in the
+  bytes after the leading pickles. Zip archives: every member's sizes must be possible (stored
+  ones as large as declared, compressed ones within deflate's ratio), and each storage's
+  data/<key> record must hold exactly its declared bytes (torch's non-mmap reader demands it;
+  with mmap a larger claim would read the bytes after the record as weights), stored as torch
+  writes it (mmap cannot read a compressed record; non-mmap would inflate a bomb).
+  """
+  with safe_io.open_regular(real, CheckpointError, where=str(path)) as f:
+    size = os.fstat(f.fileno()).st_size
+    if is_zip:
+      try:
+        z = zipfile.ZipFile(f)
+      except (zipfile.BadZipFile, OSError, ValueError, EOFError):
+        return  # torch.load reports the corrupt archive
+      with z:
+        safe_io.check_zip(z, size, str(path), CheckpointError)
+        member = _data_pkl(z)
+        if member is None:
+          return
+        if member.file_size > MAX_PICKLE_SCAN_BYTES:
+          raise CheckpointError(
+              f"{path}: {member.filename} declares {member.file_size:,} bytes, more than "
+              f"MAX_PICKLE_SCAN_BYTES={MAX_PICKLE_SCAN_BYTES:,} (more tensors than any real "
+              "checkpoint); refused unread")
+        try:
+          scan = _PickleScan(z.read(member), 1)
+        except (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError):
+          return  # torch.load reports the unreadable record
+        records = member.filename.removesuffix("data.pkl") + "data/"
+        for key, (cls, numel, nbytes) in _declared(path, scan).items():
+          record = f"{records}{key}"
+          info = z.NameToInfo.get(record)
+          if info is None or info.file_size != nbytes:
+            holds = "is missing" if info is None else f"holds {info.file_size:,} bytes"
+            raise CheckpointError(
+                f"{path}: storage {short(key)} declares {numel:,} {cls} elements ({nbytes:,} "
+                f"bytes), but its record {short(record)} {holds}; a corrupt or hostile file, "
+                "refused before loading")
+          if info.compress_type != zipfile.ZIP_STORED:
+            raise CheckpointError(
+                f"{path}: record {short(record)} is compressed ({info.file_size:,} bytes from "
+                f"{info.compress_size:,}); torch writes records stored, and a compressed one "
+                "cannot be memory-mapped")
+      return
+    data = f.read(min(MAX_PICKLE_SCAN_BYTES, size))
+  scan = _PickleScan(data, LEGACY_PICKLES)
+  declared = _declared(path, scan)
+  if scan.pickles < LEGACY_PICKLES and scan.end >= len(data) < size:  # cut by the cap
+    raise CheckpointError(
+        f"{path}: its pickles run past the first MAX_PICKLE_SCAN_BYTES={MAX_PICKLE_SCAN_BYTES:,} "
+        "bytes (more tensors than any real checkpoint), so the storages they declare cannot be "
+        "checked; refused unread")
+  total = sum(nbytes for _, _, nbytes in declared.values())
+  held = size - scan.end
+  if total > held:
+    key, (cls, numel, nbytes) = max(declared.items(), key=lambda kv: kv[1][2])
+    raise CheckpointError(
+        f"{path}: storage {short(key)} declares {numel:,} {cls} elements ({nbytes:,} bytes; "
+        f"{total:,} for all {len(declared)} storages), but the file holds {held:,} bytes after "
+        "its pickles; a corrupt or hostile file, refused before allocating them")
+
+
+def _declared(path, scan: _PickleScan) -> dict:
+  """{key: (storage class, numel, bytes)} of a scan's storages; a count that is not a plain
+  non-negative integer is refused."""
+  out = {}
+  for key, (cls, numel) in scan.storages.items():
+    if type(numel) is not int or numel < 0:
+      raise CheckpointError(f"{path}: storage {short(key)} declares {short(numel)} elements, "
+                            "not a count")
+    cls = cls.rsplit(".", 1)[-1] if isinstance(cls, str) else "storage"
+    out[key] = (cls, numel, numel * STORAGE_ITEMSIZE.get(cls, 1))
+  return out
 
 
 def load_state_dict(path: str | os.PathLike, *, real_path: str | os.PathLike | None = None

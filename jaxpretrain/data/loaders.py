@@ -38,6 +38,12 @@ numerically, names as strings), become classes 0, 1, ...; a label of 10**9 is on
 than `MAX_CLASSES` classes are refused. Images: 16-bit images are scaled to 8 bits by their
 bit depth, float images from [0, 1] (or [0, 255]) to 0..255; zero-sized images and channel
 counts other than 1, 3 or 4 are refused, naming the file (npz: at load time, never mid-run).
+
+Sizes a file declares are checked before anything is allocated for them (`check_npz`,
+`check_npy`): an npz member's zip sizes must be possible (a deflated one within 1032:1, a zip
+bomb's lie), its .npy header's shape x dtype must be exactly the member's bytes, and all
+members together at most `MAX_NPZ_BYTES`; a .npy image's header must match the file's size
+and pass `check_image_shape` before its data is read.
 """
 
 import contextlib
@@ -45,6 +51,8 @@ import dataclasses
 import difflib
 import hashlib
 import importlib.util
+import math
+import os
 import pathlib
 import re
 import zipfile
@@ -52,6 +60,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from jaxpretrain import safe_io
 from jaxpretrain.data import builders, sources
 
 PIL_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
@@ -69,6 +78,11 @@ MAX_CLASSES = 10_000
 # a longer digit string is a class name, so no label can overflow or be a 4,300-digit int.
 _INT_LABEL = re.compile(r"-?[0-9]{1,18}")
 IMAGE_CHANNELS = (1, 3, 4)  # gray, RGB, RGBA (alpha dropped)
+# An npz is read whole into memory (and the chosen split copied once more), so its members may
+# declare at most this many bytes in all: CIFAR-10 is 0.18 GB, ImageNet at 32x32 3.9 GB; larger
+# data belongs in a folder: or TFDS dataset, read as it trains. A bigger claim (a zip bomb: a few
+# KB of deflated zeros declaring GBs) is refused before anything is decompressed.
+MAX_NPZ_BYTES = 8 << 30
 _SHOWN = 10  # error messages list at most this many names
 
 
@@ -190,12 +204,14 @@ def read_image(path: pathlib.Path, channels: int) -> np.ndarray:
   """Decodes one image file to uint8 [h, w, channels] (1 = grayscale, 3 = RGB)."""
   try:
     if path.suffix.lower() == ".npy":
-      image = np.load(path, allow_pickle=False)
+      image = _read_npy_image(path)
     else:
       import PIL.Image  # Lazy: optional dependency.
 
       with PIL.Image.open(path) as im:
         image = _pil_array(im, channels)
+  except DataError:
+    raise
   except Exception as e:  # PIL raises OSError, UnidentifiedImageError, SyntaxError, ...
     raise DataError(f"cannot decode image {path}: {type(e).__name__}: {e}") from None
   if image.ndim not in (2, 3):
@@ -204,6 +220,73 @@ def read_image(path: pathlib.Path, channels: int) -> np.ndarray:
   image = to_uint8(image[..., None] if image.ndim == 2 else image, str(path))
   check_image_shape(image.shape, str(path))
   return to_channels(image, channels, str(path))
+
+
+def _read_npy_image(path: pathlib.Path) -> np.ndarray:
+  """A .npy image, its header checked before the data is read: [h, w] or [h, w, c] within
+  `check_image_shape`, and shape x itemsize exactly the bytes after the header."""
+  with open(path, "rb") as f:
+    shape, dtype = check_npy(f, os.fstat(f.fileno()).st_size, str(path))
+    if len(shape) not in (2, 3):
+      raise DataError(f"{path}: {dtype} array of shape {shape}; expected [h, w] or [h, w, c]")
+    check_image_shape(shape if len(shape) == 3 else (*shape, 1), str(path))
+    f.seek(0)
+    return np.load(f, allow_pickle=False)
+
+
+def check_npy(fp, size: int, where: str, limit: int | None = None, limit_name: str = ""
+              ) -> tuple[tuple[int, ...], np.dtype]:
+  """(shape, dtype) of the .npy stream `fp` of `size` bytes, from its header alone (numpy
+  reads at most 10,000 bytes of it): shape x itemsize must be exactly the bytes after the
+  header, and at most `limit` (named `limit_name`), else a DataError naming `where` and the
+  declared size; nothing is allocated for the data. Object arrays pass (np.load refuses them
+  without allow_pickle)."""
+  fmt = np.lib.format
+  try:
+    version = fmt.read_magic(fp)
+    read = {(1, 0): fmt.read_array_header_1_0, (2, 0): fmt.read_array_header_2_0}.get(version)
+    if read is None:
+      raise ValueError(f"format version {version} is not read (1.0 and 2.0 are)")
+    shape, _, dtype = read(fp)
+    header = fp.tell()
+  except Exception as e:  # noqa: BLE001 -- numpy and zipfile raise several kinds on junk
+    raise DataError(f"{where}: not a readable .npy array ({type(e).__name__}: "
+                    f"{safe_io.short(str(e), 160)})") from None
+  if dtype.hasobject:
+    return shape, dtype
+  if any(d < 0 for d in shape):
+    raise DataError(f"{where}: declares shape {safe_io.short(shape)}, with a negative size")
+  nbytes = math.prod(shape) * dtype.itemsize
+  declared = f"a {dtype} array of shape {safe_io.short(shape)} ({nbytes:,} bytes)"
+  if limit is not None and nbytes > limit:
+    raise DataError(f"{where}: declares {declared}, more than {limit_name}={limit:,}; "
+                    "refused unread")
+  if header + nbytes != size:
+    raise DataError(f"{where}: declares {declared}, but holds {size - header:,} bytes of data; "
+                    "a truncated or corrupt file")
+  return shape, dtype
+
+
+def check_npz(path: pathlib.Path) -> None:
+  """Refuses an npz whose members declare sizes they cannot have or more than MAX_NPZ_BYTES in
+  all, before np.load allocates or decompresses anything: every member's zip sizes must be
+  possible (`safe_io.check_zip`: a deflated one within 1032:1), and every .npy member's
+  header (shape x dtype) must be exactly its declared size (`check_npy`). Each refusal is one
+  DataError naming the file, the member and the declared size; an archive zipfile cannot
+  open raises zipfile.BadZipFile (the caller names it)."""
+  with open(path, "rb") as f, zipfile.ZipFile(f) as z:
+    safe_io.check_zip(z, os.fstat(f.fileno()).st_size, str(path), DataError)
+    total = 0
+    for info in z.infolist():
+      where = f"{path}: member {safe_io.short(info.filename)}"
+      total += info.file_size
+      if total > MAX_NPZ_BYTES:
+        raise DataError(f"{where}: declares {info.file_size:,} bytes ({total:,} in all so far), "
+                        f"more than MAX_NPZ_BYTES={MAX_NPZ_BYTES:,}; refused unread (large data "
+                        "belongs in a folder: or TFDS dataset)")
+      if info.filename.endswith(".npy"):
+        with z.open(info) as member:
+          check_npy(member, info.file_size, where, MAX_NPZ_BYTES, "MAX_NPZ_BYTES")
 
 
 def _pil_array(im, channels: int) -> np.ndarray:
@@ -617,9 +700,12 @@ def load_npz(path: pathlib.Path, split: str, *, image_key: str | None = None,
   if not path.is_file():
     raise ValueError(f"{path}: no such npz file")
   try:
+    check_npz(path)  # declared sizes, before np.load allocates them
     with np.load(path, allow_pickle=False) as f:
       arrays = dict(f)
-  except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
+  except DataError:
+    raise
+  except (ValueError, OSError, EOFError, zipfile.BadZipFile, MemoryError) as e:
     # ValueError: an object array (e.g. images of mixed sizes), which would need pickle.
     raise DataError(f"{path}: not a readable npz file ({type(e).__name__}: {e}); expected "
                     "numeric arrays, e.g. uint8 images [n, h, w(, c)] and int labels [n]"

@@ -31,6 +31,7 @@ import json
 import pathlib
 import re
 import time
+import zipfile
 from collections.abc import Mapping
 from typing import Any
 
@@ -381,6 +382,10 @@ def load_features(path: str | pathlib.Path, meta: Mapping[str, Any]) -> Features
   path = pathlib.Path(path)
   if not path.is_file():
     return None
+  try:
+    data.loaders.check_npz(path)  # its declared sizes, before np.load allocates them
+  except (ValueError, OSError, zipfile.BadZipFile):  # DataError is a ValueError
+    return None  # a cache that cannot be trusted is made again
   with np.load(path, allow_pickle=False) as f:
     if json.loads(str(f["meta"])) != json.loads(json.dumps(dict(meta), sort_keys=True)):
       return None

@@ -6,7 +6,10 @@ the loaders' own unit tests are in tests/data. Images of mixed sizes are not an 
 are resized, and a run on them trains.
 """
 
+import io
 import re
+import struct
+import zipfile
 
 import numpy as np
 import PIL.Image
@@ -222,6 +225,68 @@ def corrupt_first_image(tmp):
   return f"folder:{root}", rf"cannot decode image {root / 'c0' / '0.png'}: "
 
 
+# Hostile npz files: real np.save / np.savez output with a size edited, refused from the
+# declared sizes before np.load allocates or decompresses anything.
+
+def _npy(array, shape=None) -> bytes:
+  """np.save's bytes of `array`, its header declaring `shape` instead (the data unchanged)."""
+  buf = io.BytesIO()
+  np.save(buf, array)
+  raw = buf.getvalue()
+  if shape is None:
+    return raw
+  old, new = repr(array.shape).encode(), repr(tuple(shape)).encode()
+  at, end = raw.index(old), raw.index(b"\n")  # the header is padded with spaces to its "\n"
+  padding = raw[at + len(old):end] + b" " * max(0, len(old) - len(new))
+  return raw[:at] + new + padding[:len(padding) - max(0, len(new) - len(old))] + raw[end:]
+
+
+def _npz_declaring(path, shape):
+  """An npz (stored, as np.savez writes it) of 20 seeded [8, 8, 1] images, its header saying
+  `shape`."""
+  images, labels = make_images(20)
+  with zipfile.ZipFile(path, "w") as z:
+    z.writestr("image.npy", _npy(images, shape))
+    z.writestr("label.npy", _npy(labels))
+  return path
+
+
+def _set_central_size(path, member: str, size: int):
+  """Writes `size` as `member`'s uncompressed size in the zip's central directory (the one
+  readers trust), leaving its bytes alone."""
+  data = bytearray(path.read_bytes())
+  at = -1
+  while True:
+    at = data.index(b"PK\x01\x02", at + 1)
+    n = struct.unpack_from("<H", data, at + 28)[0]
+    if data[at + 46:at + 46 + n] == member.encode():
+      struct.pack_into("<I", data, at + 24, size)
+      path.write_bytes(bytes(data))
+      return path
+
+
+def npz_header_declaring_128_gb(tmp):  # np.load allocated the declared array first
+  path = _npz_declaring(tmp / "d.npz", (2_000_000_000, 8, 8, 1))
+  return f"npz:{path}", (
+      rf"{path}: member 'image.npy': declares a uint8 array of shape \(2000000000, 8, 8, 1\) "
+      r"\(128,000,000,000 bytes\), more than MAX_NPZ_BYTES=8,589,934,592; refused unread")
+
+
+def npz_header_declaring_more_than_it_holds(tmp):
+  path = _npz_declaring(tmp / "d.npz", (21, 8, 8, 1))
+  return f"npz:{path}", (rf"{path}: member 'image.npy': declares a uint8 array of shape "
+                         r"\(21, 8, 8, 1\) \(1,344 bytes\), but holds 1,280 bytes of data")
+
+
+def npz_deflated_member_claiming_4_gb(tmp):  # a few hundred bytes declaring 4 GiB
+  images, labels = make_images(20)
+  path = tmp / "d.npz"
+  np.savez_compressed(path, image=images, label=labels)
+  _set_central_size(path, "label.npy", 2**32 - 2)
+  return f"npz:{path}", (rf"{path}: member 'label.npy' declares 4,294,967,294 bytes from \d+ "
+                         "compressed, more than deflate's 1032:1 allows; a zip bomb")
+
+
 CASES = [label_beyond_class_names, negative_csv_label, ragged_npz_images, truncated_npz,
          float_npz_images, npz_length_mismatch, npz_without_labels, empty_npz,
          empty_test_split, header_only_csv, non_utf8_csv, csv_without_the_columns,
@@ -229,7 +294,9 @@ CASES = [label_beyond_class_names, negative_csv_label, ragged_npz_images, trunca
          folder_without_classes, missing_folder, corrupt_first_image, unquoted_comma,
          empty_label, field_past_the_csv_limit, too_many_classes, single_class_csv,
          single_class_npz, zero_height_npz_images, two_channel_npz_images,
-         five_channel_npz_images, zero_width_first_image, float_tiff_out_of_range]
+         five_channel_npz_images, zero_width_first_image, float_tiff_out_of_range,
+         npz_header_declaring_128_gb, npz_header_declaring_more_than_it_holds,
+         npz_deflated_member_claiming_4_gb]
 
 
 @pytest.mark.parametrize("make", CASES, ids=lambda f: f.__name__)
@@ -257,6 +324,17 @@ def test_corrupt_image_mid_dataset_is_one_error_line(cli, tmp_path):
   assert out.returncode == 1, out.stderr[-3000:]
   assert out.stderr.startswith(f"error: cannot decode image {bad}: "), out.stderr[-3000:]
   assert out.stderr.count("\n") == 1 and "Traceback" not in out.stderr
+
+
+def test_npz_bomb_is_one_error_line_exit_2(cli, tmp_path):
+  """The training CLI on an npz whose header declares 128 GB: status 2, one line, nothing run."""
+  dataset, expected = npz_header_declaring_128_gb(tmp_path)
+  cli.dataset = dataset
+  out = cli.run(tmp_path / "run")
+  assert out.returncode == 2, out.stderr[-3000:]
+  assert out.stderr.startswith("error: ") and out.stderr.count("\n") == 1, out.stderr[-3000:]
+  assert re.search(expected, out.stderr), out.stderr
+  assert not (tmp_path / "run" / "checkpoints").exists()
 
 
 def test_images_of_mixed_sizes_train(tiny_config, tmp_path):
@@ -323,6 +401,65 @@ def test_high_bit_depth_images_are_scaled_and_a_bom_is_stripped(tmp_path):
   path = _csv(tmp_path / "bom.csv", b"\xef\xbb\xbftext,label\n" + _rows(4).encode())
   src, meta = load_dataset(f"csv:{path}", split="all")
   assert meta.class_names == ("neg", "pos") and src[0]["text"] == "text number 0"
+
+
+BOMB_PEAK_BYTES = 1 << 20  # refusing a 6 MB bomb reads headers only (a loaded one: 6 MB)
+
+
+def test_npz_bomb_refused_before_decompressing(tmp_path, monkeypatch):
+  """A real deflate bomb (6 MB of zeros in ~6 KB) past MAX_NPZ_BYTES (lowered to 1 MiB here;
+  8 GiB in use) is refused from its declared sizes, and a real .npz within it still loads."""
+  import tracemalloc
+
+  from jaxpretrain.data import load_dataset, loaders
+
+  path = tmp_path / "bomb.npz"
+  np.savez_compressed(path, image=np.zeros((2000, 32, 32, 3), np.uint8),
+                      label=np.arange(2000) % 2)
+  assert path.stat().st_size < 10_000
+  monkeypatch.setattr(loaders, "MAX_NPZ_BYTES", 1 << 20)
+  tracemalloc.start()
+  try:
+    with pytest.raises(loaders.DataError) as e:
+      load_dataset(f"npz:{path}", split="all")
+    peak = tracemalloc.get_traced_memory()[1]
+  finally:
+    tracemalloc.stop()
+  assert str(e.value) == (
+      f"{path}: member 'image.npy': declares 6,144,128 bytes (6,144,128 in all so far), more "
+      "than MAX_NPZ_BYTES=1,048,576; refused unread (large data belongs in a folder: or TFDS "
+      "dataset)")
+  assert peak < BOMB_PEAK_BYTES, peak
+  real = tmp_path / "real.npz"
+  np.savez_compressed(real, image=make_images(20)[0], label=np.arange(20) % 2)
+  assert load_dataset(f"npz:{real}", split="all")[1].num_examples == 20
+  small = _npz(tmp_path / "ok.npz", image=make_images(20)[0], label=np.arange(20) % 2)
+  assert load_dataset(f"npz:{small}", split="all")[1].num_examples == 20
+  path = _set_central_size(tmp_path / "ok.npz", "label.npy", 999)  # stored: sizes must agree
+  with pytest.raises(loaders.DataError, match=rf"^{path}: member 'label.npy' is stored "
+                     r"uncompressed in \d+ bytes but declares 999; a corrupt or hostile archive$"):
+    load_dataset(f"npz:{path}", split="all")
+
+
+@pytest.mark.parametrize("shape,expected", [
+    ((80_000, 80_000, 3), r"declares a uint8 array of shape \(80000, 80000, 3\) "
+                          r"\(19,200,000,000 bytes\), but holds 192 bytes of data; a truncated "
+                          "or corrupt file"),
+    ((8, 8, 3, 1, 1), r"uint8 array of shape \(8, 8, 3, 1, 1\); expected \[h, w\] or \[h, w, c\]"),
+    ((8, 12, 2), r"image with 2 channels \(shape \(8, 12, 2\)\); allowed: 1, 3, 4"),
+])
+def test_npy_image_header_checked_before_reading(tmp_path, shape, expected):
+  """A .npy image (192 real bytes) whose header declares `shape`: refused from the header."""
+  from jaxpretrain.data.loaders import DataError, read_image
+
+  path = tmp_path / "x.npy"
+  image = np.random.default_rng(0).integers(0, 256, (8, 8, 3), np.uint8)
+  path.write_bytes(_npy(image, shape))
+  with pytest.raises(DataError) as e:
+    read_image(path, 3)
+  assert re.fullmatch(rf"{re.escape(str(path))}: {expected}", str(e.value)), str(e.value)
+  path.write_bytes(_npy(image))
+  np.testing.assert_array_equal(read_image(path, 3), image)
 
 
 def test_a_test_file_with_fewer_classes_is_evaluated_by_class_name():

@@ -15,10 +15,12 @@ import io
 import json
 import os
 import pathlib
+import re
 import shutil
 import struct
 import subprocess
 import sys
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -483,6 +485,134 @@ def test_code_running_pickle_still_named_as_such(tmp_path):
   path.write_bytes(pickle.dumps({"w": Boom()}, protocol=2))
   with pytest.raises(CheckpointError, match=r"would run code.*posix\.system"):
     readers.load_state_dict(path)
+
+
+# A pickle declares each storage's element count, and torch allocates that many before reading
+# the bytes: a file of a few hundred bytes declaring 2**40 floats asks for 4 TiB (8 GiB passed
+# the allocator and failed only when the bytes were read). The files below are real torch.save
+# output with the count in the pickle changed; the raw storages stay the real ones.
+STORAGE_SCAN_PEAK_BYTES = 1 << 20  # the refusal reads a few hundred bytes of pickle
+
+
+def _save_declaring(torch, path, numel, legacy: bool, values=None):
+  """torch.save of {'conv1.weight': float32 [2, 3], 'fc.bias': int64 [3]} whose pickle declares
+  `numel` elements for the float32 storage (legacy format or zip)."""
+  values = torch.arange(6, dtype=torch.float32).reshape(2, 3) if values is None else values
+  real_size = torch.storage.TypedStorage._size
+
+  def size(storage):
+    return numel if numel is not None and storage.dtype == torch.float32 else real_size(storage)
+  with mock.patch.object(torch.storage.TypedStorage, "_size", size):
+    torch.save({"conv1.weight": values, "fc.bias": torch.ones(3, dtype=torch.int64)}, path,
+               _use_new_zipfile_serialization=not legacy)
+  return path
+
+
+def _refused_unloaded(path) -> str:
+  """The CheckpointError message load_state_dict gives, asserting torch.load never ran and
+  the refusal allocated under STORAGE_SCAN_PEAK_BYTES."""
+  import tracemalloc
+  tracemalloc.start()
+  try:
+    with mock.patch("torch.load", side_effect=AssertionError("torch.load ran")), \
+         pytest.raises(CheckpointError) as e:
+      readers.load_state_dict(path)
+    peak = tracemalloc.get_traced_memory()[1]
+  finally:
+    tracemalloc.stop()
+  assert peak < STORAGE_SCAN_PEAK_BYTES, peak
+  return str(e.value)
+
+
+# Legacy: 5 pickles, then per storage an 8-byte count and its bytes (8 + 24, 8 + 24).
+LEGACY_STORAGE_BYTES = 64
+
+
+@pytest.mark.parametrize("numel", [2**31, 2**40, 17])
+def test_legacy_pickle_declaring_storages_larger_than_the_file(tmp_path, numel):
+  torch = pytest.importorskip("torch")
+  path = _save_declaring(torch, tmp_path / "w.pth", numel, legacy=True)
+  message = _refused_unloaded(path)
+  assert re.fullmatch(
+      rf"{re.escape(str(path))}: storage '\d+' declares {numel:,} FloatStorage elements "
+      rf"\({4 * numel:,} bytes; {4 * numel + 24:,} for all 2 storages\), but the file holds "
+      rf"{LEGACY_STORAGE_BYTES} bytes after its pickles; a corrupt or hostile file, refused "
+      r"before allocating them", message), message
+  status, err = run_main_arch(path, tmp_path / "out")
+  assert status == 2 and err.count("\n") == 1 and f"{numel:,} FloatStorage" in err, err
+
+
+def test_legacy_pickle_that_is_honest_still_loads(tmp_path):
+  torch = pytest.importorskip("torch")
+  path = _save_declaring(torch, tmp_path / "w.pth", None, legacy=True)
+  out = readers.load_state_dict(path)
+  np.testing.assert_array_equal(out["conv1.weight"], np.arange(6, dtype=np.float32).reshape(2, 3))
+  assert out["fc.bias"].dtype == np.int64
+  path = _save_declaring(torch, tmp_path / "n.pth", -1, legacy=True)  # not a count
+  assert re.fullmatch(rf"{re.escape(str(path))}: storage '\d+' declares -1 elements, not a "
+                      "count", _refused_unloaded(path))
+
+
+def test_legacy_pickle_longer_than_the_scan_is_refused(tmp_path, monkeypatch):
+  torch = pytest.importorskip("torch")
+  path = _save_declaring(torch, tmp_path / "w.pth", None, legacy=True)
+  monkeypatch.setattr(readers, "MAX_PICKLE_SCAN_BYTES", 200)  # the data pickle ends past 200
+  assert _refused_unloaded(path) == (
+      f"{path}: its pickles run past the first MAX_PICKLE_SCAN_BYTES=200 bytes (more tensors "
+      "than any real checkpoint), so the storages they declare cannot be checked; refused "
+      "unread")
+
+
+@pytest.mark.parametrize("numel", [7, 2**40])
+def test_zip_pickle_declaring_a_storage_its_record_does_not_hold(tmp_path, numel):
+  """With mmap, torch read a 7-float claim on a 6-float record from the next record's bytes."""
+  torch = pytest.importorskip("torch")
+  path = _save_declaring(torch, tmp_path / "w.pth", numel, legacy=False)
+  assert _refused_unloaded(path) == (
+      f"{path}: storage '0' declares {numel:,} FloatStorage elements ({4 * numel:,} bytes), "
+      "but its record 'w/data/0' holds 24 bytes; a corrupt or hostile file, refused before "
+      "loading")
+
+
+def _rewrite_zip(src, dst, deflated: str):
+  """src's members copied to dst, those whose names end with `deflated` compressed."""
+  import zipfile
+  with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w") as zout:
+    for info in zin.infolist():
+      kind = zipfile.ZIP_DEFLATED if info.filename.endswith(deflated) else zipfile.ZIP_STORED
+      zout.writestr(info.filename, zin.read(info), compress_type=kind)
+  return dst
+
+
+def _set_central_size(path, member: str, size: int):
+  """Writes `size` as `member`'s uncompressed size in the central directory (what readers
+  trust), leaving its bytes alone."""
+  data = bytearray(path.read_bytes())
+  at = -1
+  while True:
+    at = data.index(b"PK\x01\x02", at + 1)
+    n = struct.unpack_from("<H", data, at + 28)[0]
+    if data[at + 46:at + 46 + n] == member.encode():
+      struct.pack_into("<I", data, at + 24, size)
+      path.write_bytes(bytes(data))
+      return
+
+
+def test_zip_record_compressed_or_lying_about_its_size(tmp_path):
+  torch = pytest.importorskip("torch")
+  src = _save_declaring(torch, tmp_path / "src.pth", None, legacy=False,
+                        values=torch.zeros(4096))  # 16 KiB of zeros: deflates to ~33 bytes
+  path = _rewrite_zip(src, tmp_path / "w.pth", "/data/0")
+  message = _refused_unloaded(path)
+  assert re.fullmatch(rf"{re.escape(str(path))}: record 'src/data/0' is compressed \(16,384 "
+                      r"bytes from \d\d\); torch writes records stored, and a compressed one "
+                      "cannot be memory-mapped", message), message
+  path = _rewrite_zip(src, tmp_path / "p.pth", "data.pkl")
+  _set_central_size(path, "src/data.pkl", 2**32 - 2)  # a ~150-byte member claiming 4 GiB
+  message = _refused_unloaded(path)
+  assert re.fullmatch(rf"{re.escape(str(path))}: member 'src/data.pkl' declares 4,294,967,294 "
+                      r"bytes from \d+ compressed, more than deflate's 1032:1 allows; a zip "
+                      "bomb or a corrupt archive", message), message
 
 
 def test_etc_passwd_as_a_shard(bert, tmp_path):
