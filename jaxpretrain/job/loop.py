@@ -29,7 +29,8 @@ Crash safety:
   - the workdir lock (workdir.py) refuses a second run in the same workdir;
   - SIGTERM: the current step finishes, a checkpoint is written and committed, then `Stopped`
     is raised (the mains exit with status 143); the rerun resumes from it;
-  - a non-finite loss or gradient norm (checked after every step):
+  - a non-finite loss or gradient norm (every step's metrics are checked, in order, before
+    anything is logged, evaluated or saved; `MAX_UNCHECKED_STEPS`):
       --on_nan=stop  raises NonFiniteError naming the step, the batch and the metric; the
                      poisoned state is not saved;
       --on_nan=skip  restores the latest checkpoint (state and data position), replays the
@@ -430,10 +431,18 @@ def _fingerprint(config: JobConfig) -> dict:
 EVAL_KEYS = ("loss", "accuracy", "macro_f1", "perplexity")  # of an evaluation, logged
 
 
+# Train steps dispatched before their metrics are read back: the host reads and places the
+# next batches while the device computes, and syncs once per log line, evaluation, checkpoint
+# or this many steps. A non-finite step is still found exactly (the first, in order), and no
+# state after it is logged or saved.
+MAX_UNCHECKED_STEPS = 16
+
+
 @dataclasses.dataclass
 class _Window:
   """Training metrics summed since the last log line, and this invocation's step timing
-  (steps/s excludes the first step, which compiles)."""
+  (steps/s excludes the first step, which compiles, and the logging, evaluations and
+  checkpoints between steps)."""
   sums: dict[str, float] = dataclasses.field(default_factory=dict)
   count: int = 0
   t_log: float = dataclasses.field(default_factory=time.perf_counter)
@@ -441,15 +450,19 @@ class _Window:
   train_time: float = 0.0
   train_steps: int = 0
   t_first: float | None = None  # the first step's seconds, compilation included
+  t_mark: float = 0.0  # when the steps being timed started (the last sync or action)
 
-  def timed_step(self, t0: float) -> None:
-    if self.t_first is None:
-      self.t_first = time.perf_counter() - t0
-      self.t_log = time.perf_counter()  # steps/s starts after it, also after a resume
-    else:
-      self.train_time += time.perf_counter() - t0
-      self.train_steps += 1
-      self.timed += 1
+  def first_step(self, t0: float) -> None:
+    self.t_first = time.perf_counter() - t0
+    self.t_log = self.t_mark = time.perf_counter()  # steps/s starts after it, also on resume
+
+  def timed_steps(self, n: int) -> None:
+    """`n` steps ran since `t_mark` (their metrics just read back)."""
+    now = time.perf_counter()
+    self.train_time += now - self.t_mark
+    self.train_steps += n
+    self.timed += n
+    self.t_mark = now
 
   def add(self, host: dict[str, float]) -> None:
     for k, v in host.items():
@@ -484,6 +497,8 @@ class _Run:
   wall_before: float = 0.0  # the wall time of the invocations before this one
   restored: dict = dataclasses.field(default_factory=dict)  # the data state last restored
   window: _Window = dataclasses.field(default_factory=_Window)
+  # Dispatched steps whose metrics are not read back yet: (step, data position, metrics).
+  unchecked: list = dataclasses.field(default_factory=list)
 
   def __post_init__(self):
     from jaxpretrain.data import pipeline  # noqa: PLC0415
@@ -583,6 +598,7 @@ class _Run:
     """SIGTERM/SIGINT: a checkpoint of this step, then Stopped (all processes at one step)."""
     requested = multihost.agreed_stop(self.stop.requested)
     if requested:
+      self.check_steps()  # never save a state after a non-finite step
       self.ckpt.wait()
       if self.step not in self.ckpt.all_steps():
         self.save(self.step)
@@ -591,7 +607,8 @@ class _Run:
       raise Stopped(self.step, requested, self.wd.path)
 
   def train_step(self) -> bool:
-    """One batch; False when it did not advance the run (a skipped batch, a rollback)."""
+    """Dispatches one batch's step, its metrics unchecked (`check_steps`); False when it did
+    not advance the run (a skipped batch, a rollback)."""
     position = self.train_it.get_state()["step"]
     batch = next(self.train_it)
     if position in self.skipped:
@@ -600,25 +617,45 @@ class _Run:
       batch = self.hooks.batch(position, batch)
     t0 = time.perf_counter()
     self.state, metrics = self.par.train_step(self.state, self.par.put_batch(batch))
-    host = {k: float(v) for k, v in self.par.get_metrics(metrics).items()}
-    self.window.timed_step(t0)
-    bad = [k for k in ("loss", "grad_norm") if not math.isfinite(host[k])]
-    if bad:
-      self._non_finite(host, bad, position)
-      return False
     self.step += 1
-    self.window.add(host)
+    self.unchecked.append((self.step, position, metrics))
+    # The compiling step is timed on its own; hooks.after_step is called as each is checked.
+    if self.window.t_first is None or self.hooks.after_step is not None:
+      first = self.window.t_first is None
+      finite = self.check_steps()
+      if first:
+        self.window.first_step(t0)
+      if not finite:  # rolled back: the run did not advance
+        return False
     self.progress.update(self.step)
-    if self.hooks.after_step is not None:
-      self.hooks.after_step(self.step)
     return True
 
-  def _non_finite(self, host: dict[str, float], bad: list[str], position: int) -> None:
+  def check_steps(self) -> bool:
+    """Reads back the unchecked steps' metrics (one sync), in order; False when one was
+    non-finite (--on_nan: stopped, or rolled back to the last checkpoint)."""
+    pending, self.unchecked = self.unchecked, []
+    if not pending:
+      return True
+    hosts = [{k: float(v) for k, v in self.par.get_metrics(m).items()} for _, _, m in pending]
+    if self.window.t_first is not None:
+      self.window.timed_steps(len(pending))
+    for (step, position, _), host in zip(pending, hosts, strict=True):
+      bad = [k for k in ("loss", "grad_norm") if not math.isfinite(host[k])]
+      if bad:
+        self._non_finite(host, bad, position, step)
+        return False
+      self.window.add(host)
+      if self.hooks.after_step is not None:
+        self.hooks.after_step(step)
+    return True
+
+  def _non_finite(self, host: dict[str, float], bad: list[str], position: int,
+                  step: int) -> None:
     """--on_nan=stop: NonFiniteError; skip: roll back to the last checkpoint, and skip the
     batch at `position` from then on."""
     config = self.config
     what = ", ".join(f"{k}={host[k]}" for k in bad)
-    where = f"non-finite {what} at step {self.step + 1} (training batch {position})"
+    where = f"non-finite {what} at step {step} (training batch {position})"
     if config.on_nan == "stop":
       self.progress.close()
       raise NonFiniteError(f"{where}; stopped (--on_nan=stop), the bad state was not saved. "
@@ -677,9 +714,12 @@ def _train(run: _Run) -> Result:
   while run.step < total:
     run.stop_if_asked()
     if run.train_step():
-      for due, action in periodic:
-        if due(run.step):
-          action()
+      due = [action for is_due, action in periodic if is_due(run.step)]
+      if due or len(run.unchecked) >= MAX_UNCHECKED_STEPS:
+        if run.check_steps():  # before anything is logged or saved
+          for action in due:
+            action()
+        run.window.t_mark = time.perf_counter()  # steps/s leaves the actions out
   run.progress.close()
   run.train_it.close()
   run.ckpt.wait()
