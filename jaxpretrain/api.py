@@ -5,6 +5,8 @@
     labels, scores = model.classify(["photo.jpg"], top_k=5)   # ImageNet names, softmax probs
     text = jaxpretrain.load("minilm")
     vectors = text.embed(["A man is playing a guitar."])     # = SentenceTransformer.encode
+    clip = jaxpretrain.load("out/clip")                      # a converted CLIPModel
+    labels, scores = clip.classify(["photo.jpg"], labels=["cat", "dog"])  # zero-shot
 
 `source` is anything `--init_checkpoint` takes: a converted checkpoint folder, a run's workdir
 (its `model/`) or that `model/` folder, a Hugging Face folder, a torchvision weights file (with
@@ -15,7 +17,8 @@ the source.
 
 Inputs are made as the checkpoint's preprocessing record says (`jaxpretrain.preprocess`):
 images (file paths, PIL images or uint8 arrays) are resized, cropped and normalized as torch
-did in training; texts go through the checkpoint's tokenizer.json. Every method is batched
+did in training; texts go through the checkpoint's tokenizer.json (a CLIPModel's label
+prompts through its text tower's tokenizer.json). Every method is batched
 and jit-compiled; batches are padded to a power of two (and text to a power-of-two length),
 so a few shapes are compiled, not one per call.
 """
@@ -46,6 +49,10 @@ MAX_CLASS_NAME_CHARS = 1000
 MIN_TEXT_LENGTH = 16  # shortest padded text length: fewer compiled shapes for short texts
 # A run's exported model, inside its workdir (jaxpretrain.job.loop).
 RUN_MODEL_DIR = "model"
+# Keys of a CLIPModel's preprocessing record that describe its text tower's prompts, not its
+# images (ports/hf_clip.py writes both into one record).
+PROMPT_KEYS = ("tokenizer", "max_len", "pad_token_id", "lowercase")
+MAX_LABELS = 100_000  # zero-shot labels per call: ImageNet-21k's 21,841 fit
 
 
 class LoadError(ValueError):
@@ -268,10 +275,13 @@ class Pretrained:
   variables: Any  # {"params": ..., "batch_stats": ...} on the default device
   modality: str  # "image" | "text"
   preprocessing: dict[str, Any]  # a normalized record (jaxpretrain.preprocess)
-  tokenizer: Any  # tokenizers.Tokenizer for text models, else None
+  tokenizer: Any  # tokenizers.Tokenizer for text models and CLIP's text tower, else None
   num_classes: int | None  # outputs of the classification head; None: no head
   class_names: list[str] | None  # index = class id (class_<i> when the checkpoint has none)
   batch_size: int = 32
+  # A CLIPModel's label prompts (zero_shot): the text record (tokenizer, max_len,
+  # pad_token_id); None for models without a text tower.
+  prompt_preprocessing: dict[str, Any] | None = None
   _compiled: dict = dataclasses.field(default_factory=dict, repr=False)
 
   @classmethod
@@ -290,13 +300,23 @@ class Pretrained:
     _, aux = jax.eval_shape(lambda v: model.apply(v, x, train=False, **inputs), variables)
     logits = aux.get("logits")
     num_classes = int(logits.shape[-1]) if logits is not None and logits.ndim == 2 else None
+    raw = config.get("preprocessing") or {}
+    prompt_record = tokenizer = None
     try:
+      if modality == "image" and isinstance(raw, Mapping):
+        if _has_text_tower(model):
+          prompt_record = preprocess.normalize_record(
+              {k: raw[k] for k in PROMPT_KEYS if k in raw}, modality="text")
+          prompt_record["max_len"] = min(prompt_record["max_len"],
+                                         model.text_max_position_embeddings)
+        raw = {k: v for k, v in raw.items() if k not in PROMPT_KEYS}
       record = preprocess.normalize_record(
-          config.get("preprocessing") or {}, modality=modality,
-          default_size=getattr(model, "image_size", None) or 224)
+          raw, modality=modality, default_size=getattr(model, "image_size", None) or 224)
     except ValueError as e:
       raise LoadError(f"{folder / pretrained.CONFIG}: preprocessing: {e}") from None
-    tokenizer = None
+    if prompt_record is not None and (folder / prompt_record["tokenizer"]).is_file():
+      tokenizer = preprocess.load_tokenizer(_inside(folder, prompt_record["tokenizer"]),
+                                            prompt_record["max_len"])
     if modality == "image":
       record["channels"] = int(getattr(model, "num_channels", record["channels"]))
       record = preprocess.normalize_record(record)
@@ -308,7 +328,7 @@ class Pretrained:
     return cls(path=folder, config=config, model=model, variables=jax.device_put(variables),
                modality=modality, preprocessing=record, tokenizer=tokenizer,
                num_classes=num_classes, class_names=_class_names(config, num_classes),
-               batch_size=batch_size)
+               batch_size=batch_size, prompt_preprocessing=prompt_record)
 
   # -- inputs
 
@@ -367,6 +387,166 @@ class Pretrained:
     return self._compiled[pooling]
 
   def _run(self, inputs: Any, pooling: str | None, key: str) -> np.ndarray:
+    fn = self._fn(pooling)
+    return self._batched(inputs, lambda batch: fn(self.variables, batch)[key])
+
+  def logits(self, inputs: Any) -> np.ndarray:
+    """float32 [n, num_classes] classification logits."""
+    self.require_head()
+    return self._run(inputs, None, "logits")
+
+  def probabilities(self, inputs: Any) -> np.ndarray:
+    """float32 [n, num_classes] softmax probabilities."""
+    z = self.logits(inputs).astype(np.float64)
+    p = np.exp(z - z.max(-1, keepdims=True))
+    return (p / p.sum(-1, keepdims=True)).astype(np.float32)
+
+  def classify(self, inputs: Any, top_k: int = 5, labels: Sequence[str] | None = None,
+               template: str | None = None) -> tuple[list[list[str]], np.ndarray]:
+    """Top-k class names and softmax probabilities.
+
+    Args:
+      inputs: images (paths, PIL images, uint8 arrays) or texts; one or a list.
+      top_k: how many classes per input (at most num_classes, or len(labels)).
+      labels: class names for zero-shot classification by a CLIPModel (`zero_shot`); None:
+        the model's classification head and its class names.
+      template: with labels, the prompt (default clip.PROMPT, "a photo of a {label}").
+    Returns:
+      (labels, scores): n lists of top_k names, best first, and float32 [n, top_k].
+    """
+    if labels is None:
+      probs, names = self.probabilities(inputs), self.class_names
+    else:
+      probs, names = self.zero_shot(inputs, labels, template), list(labels)
+    idx = top_indices(probs, top_k)
+    return [[names[i] for i in row] for row in idx], np.take_along_axis(probs, idx, axis=1)
+
+  # -- zero-shot (CLIPModel)
+
+  def check_zero_shot(self, labels: Sequence[str], template: str | None = None
+                      ) -> tuple[list[str], str]:
+    """Checks labels and template for `zero_shot` (LoadError naming the bad value).
+
+    Returns:
+      (labels as a list, the template).
+    """
+    from jaxpretrain.models import clip  # noqa: PLC0415
+
+    template = clip.PROMPT if template is None else template
+    if not _has_text_tower(self.model):
+      what = ("a CLIP converted without its text tower (CLIPForImageClassification)"
+              if isinstance(self.model, clip.CLIP) else f"'{self.config['model']}'")
+      raise LoadError(f"{self.path}: labels need a CLIP model with its text tower "
+                      f"(CLIPModel); this model is {what}")
+    if isinstance(labels, str) or not isinstance(labels, Sequence):
+      raise LoadError(f"labels={_short(labels)}: give a list of label strings, e.g. "
+                      "['cat', 'dog']")
+    labels = list(labels)
+    if not labels:
+      raise LoadError("labels=[]: give at least one label")
+    if len(labels) > MAX_LABELS:
+      raise LoadError(f"{len(labels)} labels; at most {MAX_LABELS}")
+    seen = set()
+    for label in labels:
+      if not isinstance(label, str):
+        raise LoadError(f"label {_short(label)} ({type(label).__name__}) is not a string")
+      if not label.strip() or len(label) > MAX_CLASS_NAME_CHARS:
+        raise LoadError(f"label {_short(label)}: labels are non-empty strings of at most "
+                        f"{MAX_CLASS_NAME_CHARS} characters")
+      if label in seen:
+        raise LoadError(f"label {label!r} appears twice; labels must be distinct")
+      seen.add(label)
+    if not isinstance(template, str) or "{label}" not in template:
+      raise LoadError(f"template={_short(template)} has no '{{label}}'; e.g. {clip.PROMPT!r}")
+    try:
+      template.format(label="x")
+    except (KeyError, IndexError, ValueError) as e:
+      raise LoadError(f"template={template!r}: only '{{label}}' may be in braces ({e!r}); "
+                      "write a literal brace as '{{' or '}}'") from None
+    if self.tokenizer is None:
+      raise LoadError(f"{self.path}: no {self.prompt_preprocessing['tokenizer']} for the "
+                      "label prompts; convert from a CLIP folder that has one, or add it with "
+                      "python -m ports.convert --tokenizer FOLDER")
+    return labels, template
+
+  def zero_shot(self, images: Any, labels: Sequence[str], template: str | None = None
+                ) -> np.ndarray:
+    """float32 [n, len(labels)] probabilities that each image shows each label, untrained.
+
+    A CLIPModel scores each image against the prompt `template.format(label=...)` of each
+    label: softmax of its logits_per_image (jaxpretrain.models.clip.zero_shot_classify).
+
+    Args:
+      images: images (paths, PIL images, uint8 arrays); one or a list.
+      labels: distinct class names, e.g. ["cat", "dog"].
+      template: the prompt, with "{label}" (default clip.PROMPT, "a photo of a {label}").
+    """
+    labels, template = self.check_zero_shot(labels, template)
+    weights = self._label_weights(tuple(labels), template)
+    fn = self._zero_shot_fn("image")
+    z = self._batched(images, lambda batch: fn(self.variables, batch["image"], weights))
+    z = z.astype(np.float64)
+    p = np.exp(z - z.max(-1, keepdims=True))
+    return (p / p.sum(-1, keepdims=True)).astype(np.float32)
+
+  def _zero_shot_fn(self, which: str):
+    """jit of the label prompts' weights ("text") or the images' logits ("image")."""
+    key = f"zero_shot_{which}"
+    if key not in self._compiled:
+      import jax  # noqa: PLC0415
+
+      from jaxpretrain import perf  # noqa: PLC0415
+      from jaxpretrain.models import clip  # noqa: PLC0415
+
+      fn = (functools.partial(clip.zero_shot_weights, self.model) if which == "text" else
+            functools.partial(clip.zero_shot_logits, self.model))
+      self._compiled[key] = jax.jit(fn, compiler_options=perf.compiler_options("inference"))
+    return self._compiled[key]
+
+  def _label_weights(self, labels: tuple[str, ...], template: str):
+    """[labels, projection_dim] unit text features of the prompts (the last set is kept)."""
+    cached = self._compiled.get("zero_shot_weights")
+    if cached is not None and cached[0] == (labels, template):
+      return cached[1]
+    from jaxpretrain.models import clip  # noqa: PLC0415
+
+    texts = clip.prompts(labels, template)
+    fn, step, out = self._zero_shot_fn("text"), self.batch_size, []
+    for start in range(0, len(texts), step):
+      chunk = texts[start:start + step]
+      batch = self.prompt_tokens(chunk)
+      size = min(step, 1 << (len(chunk) - 1).bit_length())
+      batch = {k: np.concatenate([v, np.repeat(v[-1:], size - len(chunk), 0)])
+               for k, v in batch.items()}  # padded with copies of the last prompt
+      out.append(np.asarray(fn(self.variables, batch["input_ids"],
+                               batch["attention_mask"]))[:len(chunk)])
+    weights = np.concatenate(out)
+    self._compiled["zero_shot_weights"] = ((labels, template), weights)
+    return weights
+
+  def prompt_tokens(self, texts: Sequence[str]) -> dict[str, np.ndarray]:
+    """A CLIPModel's prompts -> {"input_ids", "attention_mask": int32 [b, length]}, padded
+    to a power-of-two length (at most the text tower's positions); each row is checked to
+    hold the end-of-text token the text tower pools at."""
+    rec, model = self.prompt_preprocessing, self.model
+    pad = preprocess.pad_id(self.tokenizer, rec)
+    batch = preprocess.tokenize(self.tokenizer, texts, None, pad,
+                                lowercase=rec.get("lowercase", False))
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    n = ids.shape[1]
+    length = min(max(MIN_TEXT_LENGTH, 1 << (n - 1).bit_length()), max(n, rec["max_len"]))
+    ids = np.pad(ids, ((0, 0), (0, length - n)), constant_values=pad)
+    mask = np.pad(mask, ((0, 0), (0, length - n)))
+    where = self.path / rec["tokenizer"]
+    if ids.max() >= model.text_vocab_size or ids.min() < 0:
+      bad = int(ids.max() if ids.max() >= model.text_vocab_size else ids.min())
+      raise LoadError(f"{where}: token id {bad} (pad_token_id {pad}) is outside the text "
+                      f"tower's vocabulary of {model.text_vocab_size}")
+    _check_end_of_text(ids, mask, model.text_eos_token_id, texts, where)
+    return {"input_ids": ids, "attention_mask": mask}
+
+  def _batched(self, inputs: Any, fn: Callable[[dict[str, np.ndarray]], Any]) -> np.ndarray:
+    """fn(batch) of every batch of inputs, padded to a power of two, concatenated."""
     items = self._as_list(inputs)
     if not items:
       raise LoadError("no inputs")
@@ -380,33 +560,8 @@ class Pretrained:
       size = min(step, 1 << (len(chunk) - 1).bit_length())
       batch = {k: np.concatenate([v, np.repeat(v[-1:], size - len(chunk), 0)])
                for k, v in batch.items()}  # padded with copies of the last example
-      out.append(np.asarray(self._fn(pooling)(self.variables, batch)[key])[:len(chunk)])
+      out.append(np.asarray(fn(batch))[:len(chunk)])
     return np.concatenate(out)
-
-  def logits(self, inputs: Any) -> np.ndarray:
-    """float32 [n, num_classes] classification logits."""
-    self.require_head()
-    return self._run(inputs, None, "logits")
-
-  def probabilities(self, inputs: Any) -> np.ndarray:
-    """float32 [n, num_classes] softmax probabilities."""
-    z = self.logits(inputs).astype(np.float64)
-    p = np.exp(z - z.max(-1, keepdims=True))
-    return (p / p.sum(-1, keepdims=True)).astype(np.float32)
-
-  def classify(self, inputs: Any, top_k: int = 5) -> tuple[list[list[str]], np.ndarray]:
-    """Top-k class names and softmax probabilities.
-
-    Args:
-      inputs: images (paths, PIL images, uint8 arrays) or texts; one or a list.
-      top_k: how many classes per input (at most num_classes).
-    Returns:
-      (labels, scores): n lists of top_k names, best first, and float32 [n, top_k].
-    """
-    probs = self.probabilities(inputs)
-    idx = top_indices(probs, top_k)
-    labels = [[self.class_names[i] for i in row] for row in idx]
-    return labels, np.take_along_axis(probs, idx, axis=1)
 
   def features(self, inputs: Any, pooling: str = "pooled") -> np.ndarray:
     """float32 [n, d] features: `pooled` is what `select` uses (the model's pooled output:
@@ -432,10 +587,12 @@ class Pretrained:
   def require_head(self) -> None:
     """Fails with a clear message when the model has no classification head."""
     if self.num_classes is None:
+      zero_shot = ("; or classify zero-shot from label names: labels=['cat', 'dog'] "
+                   "(predict --labels=cat,dog)" if _has_text_tower(self.model) else "")
       raise LoadError(
           f"{self.path}: the model ('{self.config['model']}') has no classification head; use "
           "embed()/features() for its features, or fine-tune it first (python -m "
-          f"jaxpretrain.finetune --init_checkpoint={self.path} --dataset=...)")
+          f"jaxpretrain.finetune --init_checkpoint={self.path} --dataset=...){zero_shot}")
 
 
 def top_indices(probs: np.ndarray, k: int) -> np.ndarray:
@@ -444,6 +601,39 @@ def top_indices(probs: np.ndarray, k: int) -> np.ndarray:
     raise LoadError(f"top_k={k!r}; allowed: an integer >= 1")
   k = min(k, probs.shape[-1])
   return np.argsort(-probs, axis=-1, kind="stable")[:, :k]
+
+
+def _has_text_tower(model: Any) -> bool:
+  """A CLIPModel (head None): label prompts can classify its images zero-shot."""
+  from jaxpretrain.models import clip  # noqa: PLC0415
+
+  return isinstance(model, clip.CLIP) and model.head is None
+
+
+def _check_end_of_text(ids: np.ndarray, mask: np.ndarray, eos_token_id: int,
+                       texts: Sequence[str], where: pathlib.Path) -> None:
+  """Each prompt holds the end-of-text token where CLIP's text tower pools (clip.TextTower):
+  the largest id, its last token, for legacy eos_token_id 2; else the first eos_token_id."""
+  from jaxpretrain.models import clip  # noqa: PLC0415
+
+  lengths = mask.sum(-1)
+  if eos_token_id == clip.LEGACY_EOS_TOKEN_ID:
+    ok = np.argmax(ids, axis=-1) == lengths - 1
+    want = "end with the end-of-text token, the largest id"
+  else:
+    pos = np.argmax(ids == eos_token_id, axis=-1)
+    ok = (ids[np.arange(len(ids)), pos] == eos_token_id) & (pos < lengths)
+    want = f"hold the end-of-text token {eos_token_id}"
+  if not ok.all():
+    i = int(np.argmin(ok))
+    raise LoadError(f"{where}: the prompt {_short(texts[i])} tokenizes to "
+                    f"{_short(ids[i, :lengths[i]].tolist())}; CLIP's text tower pools at the "
+                    f"end-of-text token, so prompts must {want}")
+
+
+def _short(value: Any, limit: int = 80) -> str:
+  text = repr(value)
+  return text if len(text) <= limit else text[:limit - 1] + "…"
 
 
 def _is_pil(x: Any) -> bool:

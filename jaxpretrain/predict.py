@@ -3,6 +3,7 @@ r"""Top-k predictions of a classifier on images or texts.
   python -m jaxpretrain.predict --checkpoint=out/resnet18 photo.jpg more_photos/
   python -m jaxpretrain.predict --checkpoint=resnet18-f37072fd.pth --arch=resnet18 photo.jpg
   python -m jaxpretrain.predict --checkpoint=workdirs/minilm_tweets --json tweets.txt "great day"
+  python -m jaxpretrain.predict --checkpoint=out/clip --labels=cat,dog,fish photo.jpg
 
 --checkpoint takes what `jaxpretrain.load` takes (a checkpoint folder, a run's workdir, a
 Hugging Face folder, a torchvision file with --arch). Image models take image files and folders
@@ -11,11 +12,15 @@ per non-empty line; `-` reads standard input) and folders of them; any other arg
 text. Prints a table (or, with --json, one JSON object per input) of the top-k class names with
 softmax probabilities.
 
+A CLIPModel checkpoint (image and text towers, no head) classifies images zero-shot with
+--labels=cat,dog,fish: each image against the prompt --prompt (default CLIP's "a photo of a
+{label}") of each label; class_ids then index into --labels.
+
 An input that cannot be used (an image that does not decode, a non-image file in a folder, a
 text file that is not UTF-8, a missing path) is one line on stderr naming it; the others are
 still predicted and the exit status is 1. With --strict the first such input stops everything
-(exit 2, nothing printed on stdout). A bad checkpoint, or one without a classification head,
-is one line and exit 2.
+(exit 2, nothing printed on stdout). A bad checkpoint, one without a classification head
+(and no --labels), or bad --labels/--prompt, is one line and exit 2.
 
 Library logs (orbax, XLA) stay off the console unless --verbosity is given; --help lists these
 flags by purpose.
@@ -50,11 +55,18 @@ _BATCH_SIZE = flags.DEFINE_integer("batch_size", 32, "Inputs per compiled call."
                                    allow_override=True)  # the job defines one too
 _CACHE_DIR = flags.DEFINE_string("cache_dir", None, "Where converted sources are kept (default "
                                  "$JAXPRETRAIN_CACHE or ~/.cache/jaxpretrain/converted).")
+_LABELS = flags.DEFINE_string(
+    "labels", None, "Comma-separated class names, e.g. cat,dog,fish: a CLIPModel checkpoint "
+    "classifies images zero-shot against them (one prompt per label, see --prompt).")
+_PROMPT = flags.DEFINE_string(
+    "prompt", None, "With --labels: the prompt, with {label} (default CLIP's \"a photo of a "
+    "{label}\").")
 
 # --help: the flags above, by purpose.
 GROUPS = {
     "model": ["checkpoint", "arch", "cache_dir"],
     "output": ["top_k", "json", "strict"],
+    "zero-shot": ["labels", "prompt"],
     "speed": ["batch_size"],
 }
 
@@ -110,9 +122,23 @@ def _lines(name: str, raw: bytes, skip: Callable[[str, str], None]) -> list[Item
           if line.strip()]
 
 
-def predictions(model, items: Sequence[Item], top_k: int, skip: Callable[[str, str], None]
+def parse_labels(text: str) -> list[str]:
+  """--labels "cat, dog,fish" -> ["cat", "dog", "fish"] (ValueError: an empty or repeated one)."""
+  labels = [label.strip() for label in text.split(",")]
+  for i, label in enumerate(labels):
+    if not label:
+      raise ValueError(f"--labels={text!r}: label {i + 1} is empty; give comma-separated "
+                       "names, e.g. --labels=cat,dog")
+    if label in labels[:i]:
+      raise ValueError(f"--labels={text!r}: {label!r} appears twice; labels must be distinct")
+  return labels
+
+
+def predictions(model, items: Sequence[Item], top_k: int, skip: Callable[[str, str], None],
+                labels: Sequence[str] | None = None, template: str | None = None
                 ) -> Iterator[tuple[Item, list[str], list[float], list[int]]]:
-  """(item, labels, probabilities, class ids) per usable item, batch by batch."""
+  """(item, labels, probabilities, class ids) per usable item, batch by batch; with `labels`,
+  zero-shot (`Pretrained.zero_shot`) and class ids index into them."""
   from jaxpretrain import api, preprocess  # noqa: PLC0415
 
   for start in range(0, len(items), model.batch_size):
@@ -129,10 +155,12 @@ def predictions(model, items: Sequence[Item], top_k: int, skip: Callable[[str, s
       inputs.append(value)
     if not chunk:
       continue
-    probs = model.probabilities(inputs)
+    if labels is None:
+      probs, names = model.probabilities(inputs), model.class_names
+    else:
+      probs, names = model.zero_shot(inputs, labels, template), labels
     for item, row, ids in zip(chunk, probs, api.top_indices(probs, top_k), strict=True):
-      yield item, [model.class_names[i] for i in ids], [float(row[i]) for i in ids], \
-          [int(i) for i in ids]
+      yield item, [names[i] for i in ids], [float(row[i]) for i in ids], [int(i) for i in ids]
 
 
 def table_lines(item: Item, labels: list[str], scores: list[float], width: int) -> list[str]:
@@ -154,18 +182,32 @@ def json_line(item: Item, labels: list[str], scores: list[float], ids: list[int]
 
 def run(checkpoint: str, inputs: Sequence[str], *, arch: str | None = None, top_k: int = 5,
         as_json: bool = False, strict: bool = False, batch_size: int = 32,
-        cache_dir: str | None = None, out=None, err=None) -> int:
-  """The command: prints predictions to `out`, problems to `err`; returns the exit status."""
+        cache_dir: str | None = None, labels: str | Sequence[str] | None = None,
+        prompt: str | None = None, out=None, err=None) -> int:
+  """The command: prints predictions to `out`, problems to `err`; returns the exit status.
+
+  labels: zero-shot class names (a list, or --labels' comma-separated text); prompt: their
+  template (None: CLIP's "a photo of a {label}").
+  """
   from jaxpretrain import api  # noqa: PLC0415
 
   out, err = out or sys.stdout, err or sys.stderr
   if not inputs:
     print("error: no inputs; give image files or folders, text files, or texts", file=err)
     return 2
+  if prompt is not None and labels is None:
+    print(f"error: --prompt={prompt!r} is for zero-shot classification; give --labels too",
+          file=err)
+    return 2
   try:
+    if isinstance(labels, str):
+      labels = parse_labels(labels)
     model = api.load(checkpoint, arch=arch, cache_dir=cache_dir, batch_size=batch_size,
                      log=lambda msg: print(msg, file=err))
-    model.require_head()  # fail before reading any input
+    if labels is None:  # fail before reading any input
+      model.require_head()
+    else:
+      labels, prompt = model.check_zero_shot(labels, prompt)
   except (ValueError, OSError) as e:  # LoadError, PortError, unreadable files
     print(f"error: {e}", file=err)
     return 2
@@ -184,11 +226,11 @@ def run(checkpoint: str, inputs: Sequence[str], *, arch: str | None = None, top_
     emit = (lambda line: rows.append(line)) if strict else (lambda line: print(line, file=out))
     if not as_json and items:
       emit(f"{'input':<{width}}  rank  {'prob':>7}  label")
-    for item, labels, scores, ids in predictions(model, items, top_k, skip):
+    for item, names, scores, ids in predictions(model, items, top_k, skip, labels, prompt):
       if as_json:
-        emit(json_line(item, labels, scores, ids, model.modality))
+        emit(json_line(item, names, scores, ids, model.modality))
       else:
-        for line in table_lines(item, labels, scores, width):
+        for line in table_lines(item, names, scores, width):
           emit(line)
   except Unusable:
     return 2
@@ -204,7 +246,7 @@ def main(argv: list[str]) -> int:
     return 2
   return run(_CHECKPOINT.value, argv[1:], arch=_ARCH.value, top_k=_TOP_K.value,
              as_json=_JSON.value, strict=_STRICT.value, batch_size=_BATCH_SIZE.value,
-             cache_dir=_CACHE_DIR.value)
+             cache_dir=_CACHE_DIR.value, labels=_LABELS.value, prompt=_PROMPT.value)
 
 
 def run_cli() -> None:
