@@ -172,20 +172,6 @@ def _text(batch=3, seq=10):
   return ids.astype(np.int64), mask
 
 
-def test_tiny_distilbert_cli_matches_onnxruntime(tiny_onnx, tmp_path, highest_precision):
-  dst = tmp_path / "ckpt"
-  proc = subprocess.run([sys.executable, "-m", "ports.convert", str(tiny_onnx), str(dst),
-                         "--family", "distilbert"], capture_output=True, text=True, timeout=300)
-  assert proc.returncode == 0, proc.stderr
-  model, variables = jaxpretrain.load_pretrained(dst)
-  assert (model.n_layers, model.n_heads, model.hidden_dim, model.activation) == (2, 4, 37, "gelu")
-  ids, mask = _text()
-  (ref,) = run_onnx(tiny_onnx, {"input_ids": ids, "attention_mask": mask}, ["hidden"])
-  out, _ = model.apply(variables, ids.astype(np.int32), attention_mask=mask.astype(np.int32))
-  real = mask.astype(bool)
-  assert rel_err(np.asarray(out)[real], ref[real]) <= RTOL
-
-
 def _tokenizer_folder(path):
   """A folder holding a small word-level tokenizer.json and a vocab.txt."""
   from tokenizers import Tokenizer, models, pre_tokenizers  # noqa: PLC0415
@@ -199,7 +185,8 @@ def _tokenizer_folder(path):
   return path
 
 
-def test_tokenizer_flag_puts_a_tokenizer_into_an_onnx_checkpoint(tiny_onnx, tmp_path):
+def test_tiny_distilbert_cli_matches_onnxruntime(tiny_onnx, tmp_path, highest_precision):
+  """The CLI, with --tokenizer: an ONNX file carries none, so a folder's goes into DST."""
   folder = _tokenizer_folder(tmp_path / "tok")
   dst = tmp_path / "ckpt"
   proc = subprocess.run([sys.executable, "-m", "ports.convert", str(tiny_onnx), str(dst),
@@ -212,6 +199,13 @@ def test_tokenizer_flag_puts_a_tokenizer_into_an_onnx_checkpoint(tiny_onnx, tmp_
   config = jaxpretrain.pretrained.read_config(dst)
   assert config["preprocessing"]["tokenizer"] == "tokenizer.json"
   assert sorted(config["files"]) == ["tokenizer.json", "vocab.txt"]
+  model, variables = jaxpretrain.load_pretrained(dst)
+  assert (model.n_layers, model.n_heads, model.hidden_dim, model.activation) == (2, 4, 37, "gelu")
+  ids, mask = _text()
+  (ref,) = run_onnx(tiny_onnx, {"input_ids": ids, "attention_mask": mask}, ["hidden"])
+  out, _ = model.apply(variables, ids.astype(np.int32), attention_mask=mask.astype(np.int32))
+  real = mask.astype(bool)
+  assert rel_err(np.asarray(out)[real], ref[real]) <= RTOL
 
 
 def test_tokenizer_flag_refusals_name_the_folder(tiny_onnx, tmp_path):
