@@ -21,12 +21,12 @@ names, a CLIPModel (CLIP with its text tower and tokenizer.json) also gives its 
 logits over them, `select`'s zero_shot score: the prompts `clip.PROMPT` ("a photo of a
 {label}") go through the text tower once (`api.Pretrained.zero_shot_weights`), and each batch's
 projected, normalized image features from the same forward pass are scored against them
-(`clip.zero_shot_logits_of_features`); other candidates record why they have none. Images are preprocessed
-as the checkpoint's config.json records (`jaxpretrain.preprocess`: resize, crop, mean, std;
-gray repeated to RGB; `image_size` replaces resize and crop by a plain resize), text with
-the checkpoint's tokenizer.json. Extraction is one jit-compiled function over the data
-pipeline's eval iterator, whose `mask` drops the padding of the last batch, so every example
-counts once.
+(`clip.zero_shot_logits_of_features`); other candidates record why they have none. Images
+are preprocessed as the checkpoint's config.json records (`jaxpretrain.preprocess`: resize,
+crop, mean, std; gray repeated to RGB; `image_size` replaces resize and crop by a plain
+resize), text with the checkpoint's tokenizer.json. Extraction is one jit-compiled function
+over the data pipeline's eval iterator, whose `mask` drops the padding of the last batch, so
+every example counts once.
 """
 
 from __future__ import annotations

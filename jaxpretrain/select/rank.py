@@ -12,8 +12,8 @@ is "n/a" with its reason. The zero_shot score is a baseline without training: th
 a CLIPModel classifying the examples from the prompts "a photo of a {label}" of the dataset's
 class names (used as given: digit classes read "a photo of a 3"), scored against the image
 features of the same extraction pass; candidates without a CLIP text tower (or whose
-tokenizer.json is missing) show it as n/a with why. The recommendation is the best candidate within budget by one
-score (LogME by default).
+tokenizer.json is missing) show it as n/a with why. The recommendation is the best
+candidate within budget by one score (LogME by default).
 
 With a fine-tuning function, each candidate is also fine-tuned `finetune_seeds` times, and
 each score's ranking is compared with the ranking by mean fine-tuned accuracy through
@@ -265,10 +265,11 @@ def compute_scores(feats: features_lib.Features, names: Sequence[str], *, label:
   Returns:
     ({score: value or None}, {score: why it is None}, {score: seconds}). A score is None when
     the candidate lacks what it needs (a source head; for zero_shot, the zero-shot logits of
-    a CLIP text tower, `Features.zero_shot_unavailable` saying why there are none) or `ScoreUnavailable` says the inputs
-    cannot give it (too few examples, a class with one example, constant features...); a
-    non-finite result is turned into None too, so no NaN reaches a report. Each value (or
-    why it is n/a) goes to `log`; with `progress`, a progress line with an ETA per score.
+    a CLIP text tower, `Features.zero_shot_unavailable` saying why there are none) or
+    `ScoreUnavailable` says the inputs cannot give it (too few examples, a class with one
+    example, constant features...); a non-finite result is turned into None too, so no NaN
+    reaches a report. Each value (or why it is n/a) goes to `log`; with `progress`, a
+    progress line with an ETA per score.
   """
   from jaxpretrain import console  # noqa: PLC0415
 
@@ -508,9 +509,10 @@ def markdown_table(results: Sequence[CandidateResult], names: Sequence[str],
   In order: the recommendation; the cost table (every candidate, with its status); the
   scores that need only features, those that need a source classification head and zero-shot
   (a CLIP text tower: its own group, since it needs neither features nor a head and only
-  CLIPModels have it), one row per scored candidate, "value (rank)" per score and "n/a" where a score has no value; the
-  rank agreement with fine-tuning (`corr`); and what was skipped and why. Rows are ordered by
-  the mean fine-tuned accuracy when there is one, else by the recommendation's score.
+  CLIPModels have it), one row per scored candidate, "value (rank)" per score and "n/a"
+  where a score has no value; the rank agreement with fine-tuning (`corr`); and what was
+  skipped and why. Rows are ordered by the mean fine-tuned accuracy when there is one, else
+  by the recommendation's score.
   """
   scored = _scored(results)
   finetune = _has_finetune(scored)
