@@ -283,7 +283,8 @@ def compute_scores(feats: features_lib.Features, names: Sequence[str], *, label:
       continue
     if name in ZERO_SHOT_SCORES and feats.zero_shot_logits is None:
       unavailable[name] = feats.zero_shot_unavailable or NO_ZERO_SHOT
-      log(f"{label}: {name} is n/a: {unavailable[name]}")
+      if unavailable[name] != features_lib.NO_TEXT_TOWER:  # as NO_HEAD: said in the report
+        log(f"{label}: {name} is n/a: {unavailable[name]}")
       continue
     start = time.perf_counter()
     try:
