@@ -289,11 +289,22 @@ class Pretrained:
     """Loads a checkpoint folder (config.json + variables)."""
     import jax  # noqa: PLC0415
 
-    from jaxpretrain import models  # noqa: PLC0415
-
     folder = pathlib.Path(folder)
     config = pretrained.read_config(folder)
     model, variables = pretrained.load_pretrained(folder)
+    return cls.from_parts(folder, config, model, jax.device_put(variables),
+                          batch_size=batch_size)
+
+  @classmethod
+  def from_parts(cls, folder: str | os.PathLike, config: Mapping[str, Any], model: Any,
+                 variables: Any, *, batch_size: int = 32) -> Pretrained:
+    """A checkpoint already loaded (its config.json, module and variables, e.g. a `select`
+    candidate's), its variables used as given; the tokenizer is read from `folder`."""
+    import jax  # noqa: PLC0415
+
+    from jaxpretrain import models  # noqa: PLC0415
+
+    folder, config = pathlib.Path(folder), dict(config)
     inputs = models.dummy_inputs(config["model"], model)
     x = inputs.pop("x")
     modality = "text" if np.issubdtype(x.dtype, np.integer) else "image"
@@ -304,7 +315,7 @@ class Pretrained:
     prompt_record = tokenizer = None
     try:
       if modality == "image" and isinstance(raw, Mapping):
-        if _has_text_tower(model):
+        if has_text_tower(model):
           prompt_record = preprocess.normalize_record(
               {k: raw[k] for k in PROMPT_KEYS if k in raw}, modality="text")
           prompt_record["max_len"] = min(prompt_record["max_len"],
@@ -325,7 +336,7 @@ class Pretrained:
       record["max_len"] = min(record["max_len"], limit) if limit else record["max_len"]
       tokenizer = preprocess.load_tokenizer(_inside(folder, record["tokenizer"]),
                                             record["max_len"])
-    return cls(path=folder, config=config, model=model, variables=jax.device_put(variables),
+    return cls(path=folder, config=config, model=model, variables=variables,
                modality=modality, preprocessing=record, tokenizer=tokenizer,
                num_classes=num_classes, class_names=_class_names(config, num_classes),
                batch_size=batch_size, prompt_preprocessing=prompt_record)
@@ -433,7 +444,7 @@ class Pretrained:
     from jaxpretrain.models import clip  # noqa: PLC0415
 
     template = clip.PROMPT if template is None else template
-    if not _has_text_tower(self.model):
+    if not has_text_tower(self.model):
       what = ("a CLIP converted without its text tower (CLIPForImageClassification)"
               if isinstance(self.model, clip.CLIP) else f"'{self.config['model']}'")
       raise LoadError(f"{self.path}: labels need a CLIP model with its text tower "
@@ -481,13 +492,19 @@ class Pretrained:
       labels: distinct class names, e.g. ["cat", "dog"].
       template: the prompt, with "{label}" (default clip.PROMPT, "a photo of a {label}").
     """
-    labels, template = self.check_zero_shot(labels, template)
-    weights = self._label_weights(tuple(labels), template)
+    weights = self.zero_shot_weights(labels, template)
     fn = self._zero_shot_fn("image")
     z = self._batched(images, lambda batch: fn(self.variables, batch["image"], weights))
     z = z.astype(np.float64)
     p = np.exp(z - z.max(-1, keepdims=True))
     return (p / p.sum(-1, keepdims=True)).astype(np.float32)
+
+  def zero_shot_weights(self, labels: Sequence[str], template: str | None = None
+                        ) -> np.ndarray:
+    """float32 [len(labels), projection_dim] unit text features of the labels' prompts: the
+    zero-shot classifier (`zero_shot`; `select`'s zero_shot score). Checked as `zero_shot`."""
+    labels, template = self.check_zero_shot(labels, template)
+    return self._label_weights(tuple(labels), template)
 
   def _zero_shot_fn(self, which: str):
     """jit of the label prompts' weights ("text") or the images' logits ("image")."""
@@ -588,7 +605,7 @@ class Pretrained:
     """Fails with a clear message when the model has no classification head."""
     if self.num_classes is None:
       zero_shot = ("; or classify zero-shot from label names: labels=['cat', 'dog'] "
-                   "(predict --labels=cat,dog)" if _has_text_tower(self.model) else "")
+                   "(predict --labels=cat,dog)" if has_text_tower(self.model) else "")
       raise LoadError(
           f"{self.path}: the model ('{self.config['model']}') has no classification head; use "
           "embed()/features() for its features, or fine-tune it first (python -m "
@@ -603,7 +620,7 @@ def top_indices(probs: np.ndarray, k: int) -> np.ndarray:
   return np.argsort(-probs, axis=-1, kind="stable")[:, :k]
 
 
-def _has_text_tower(model: Any) -> bool:
+def has_text_tower(model: Any) -> bool:
   """A CLIPModel (head None): label prompts can classify its images zero-shot."""
   from jaxpretrain.models import clip  # noqa: PLC0415
 

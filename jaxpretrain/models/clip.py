@@ -345,9 +345,16 @@ def zero_shot_logits(model: CLIP, variables: Any, images: jax.Array,
   The logits are CLIPModel's logits_per_image against the label prompts: cosine similarity
   times exp(logit_scale).
   """
-  feats = normalize(model.apply(variables, images, method="get_image_features"))
+  feats = model.apply(variables, images, method="get_image_features")
+  return zero_shot_logits_of_features(variables, feats, weights)
+
+
+def zero_shot_logits_of_features(variables: Any, image_features: jax.Array,
+                                 weights: jax.Array) -> jax.Array:
+  """`zero_shot_logits` from projected image features [batch, projection_dim] (unnormalized:
+  `get_image_features`, or aux["image_features"] of the forward pass `select` already makes)."""
   scale = jnp.exp(variables["params"]["logit_scale"])
-  return (feats @ weights.T) * scale
+  return (normalize(image_features) @ weights.T) * scale
 
 
 def zero_shot_classify(model: CLIP, variables: Any, images: jax.Array, labels: Sequence[str],

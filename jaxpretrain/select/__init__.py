@@ -16,6 +16,7 @@ from jaxpretrain.select.scores import (
   sfda,
   shrinkage_h_score,
   transrate,
+  zero_shot_accuracy,
 )
 
 __all__ = [
@@ -34,6 +35,7 @@ __all__ = [
   "sfda",
   "shrinkage_h_score",
   "transrate",
+  "zero_shot_accuracy",
 ]
 
 # Model ranking: candidates, features and the selection report.

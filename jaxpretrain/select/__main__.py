@@ -6,7 +6,11 @@ r"""Ranks candidate models for a target dataset: python -m jaxpretrain.select --
 Writes ranking.md, ranking.csv, scores.png, pareto.png and results.json to --workdir (see
 `jaxpretrain.select.rank`): each candidate's cost (parameters, FLOPs, latency, throughput,
 peak memory on this device), its transferability scores, and the recommended candidate (the
-best --recommend_by score within the --max_* budgets). With --finetune_check (or
+best --recommend_by score within the --max_* budgets). A CLIPModel candidate (CLIP with its
+text tower and tokenizer.json) also gets the zero_shot score, a baseline without training: its
+accuracy classifying the examples from the prompts "a photo of a {label}" of the dataset's
+class names, used as given (digit classes read "a photo of a 3"); other candidates show it as
+n/a with why. With --finetune_check (or
 --finetune_seeds > 1), every candidate is also fine-tuned --finetune_seeds times for
 --finetune_steps on the train split (the project's fine-tuning job, a fresh head each), and
 each score's ranking is compared with the ranking by mean test accuracy (Kendall's tau and
@@ -38,7 +42,7 @@ console.quiet_logs()  # before TF/TFDS/orbax/JAX are imported
 from absl import flags  # noqa: E402
 
 from jaxpretrain.select import cost, features, rank  # noqa: E402
-from jaxpretrain.select.scores import SCORES  # noqa: E402
+from jaxpretrain.select.rank import SCORE_NAMES  # noqa: E402
 
 # Candidates and data.
 _CANDIDATES = flags.DEFINE_list(
@@ -63,7 +67,7 @@ _STRICT = flags.DEFINE_bool("strict", False, "Stop at the first candidate that f
 
 # Features and scores.
 _SCORES = flags.DEFINE_list("scores", [], f"Scores to compute (empty: all); known: "
-                            f"{sorted(SCORES)}.")
+                            f"{sorted(SCORE_NAMES)}.")
 _RECOMMEND_BY = flags.DEFINE_string("recommend_by", None, "Score the recommendation maximizes "
                                     "(default: logme if computed, else the first score).")
 _POOLING = flags.DEFINE_enum("pooling", "pooled", features.POOLINGS,

@@ -16,12 +16,17 @@ Features are what a linear head would see, as the model's family pools them
 (`registry.Family.pool`; by default the model's `aux["pooled"]`: ResNet's global average pool,
 BERT's pooler, ViT's pooler or final-LN [CLS] token; or the mean of the last hidden state over
 the attention mask). Candidates with a classification head also
-give the head's softmax, the source probabilities LEEP and NCE need. Images are preprocessed
-as the checkpoint's config.json records (`jaxpretrain.preprocess`: resize, crop, mean, std;
-gray repeated to RGB; `image_size` replaces resize and crop by a plain resize), text with
-the checkpoint's tokenizer.json. Extraction is one jit-compiled function over the data
-pipeline's eval iterator, whose `mask` drops the padding of the last batch, so every example
-counts once.
+give the head's softmax, the source probabilities LEEP and NCE need. Given the target's class
+names, a CLIPModel (CLIP with its text tower and tokenizer.json) also gives its zero-shot
+logits over them, `select`'s zero_shot score: the prompts `clip.PROMPT` ("a photo of a
+{label}") go through the text tower once (`api.Pretrained.zero_shot_weights`), and each batch's
+projected, normalized image features from the same forward pass are scored against them
+(`clip.zero_shot_logits_of_features`); other candidates record why they have none. Images
+are preprocessed as the checkpoint's config.json records (`jaxpretrain.preprocess`: resize,
+crop, mean, std; gray repeated to RGB; `image_size` replaces resize and crop by a plain
+resize), text with the checkpoint's tokenizer.json. Extraction is one jit-compiled function
+over the data pipeline's eval iterator, whose `mask` drops the padding of the last batch, so
+every example counts once.
 """
 
 from __future__ import annotations
@@ -46,6 +51,7 @@ from jaxpretrain.data import sources
 from jaxpretrain.data.loaders import Subset, source_labels  # noqa: F401 -- re-exported
 from jaxpretrain.models import registry
 from jaxpretrain.models.registry import POOLINGS, pool_features  # noqa: F401 -- re-exported
+from jaxpretrain.select.scores import ScoreUnavailable
 
 # Preprocessing of an image model whose checkpoint records none: the project's small-image
 # setting with torchvision's ImageNet statistics.
@@ -55,6 +61,9 @@ MINILM = "minilm"
 RANDOM_PREFIX = "random:"
 # Batches between progress messages during extraction.
 LOG_EVERY = 20
+# Why a candidate has no zero-shot logits (the same line for every such candidate, so that
+# the report lists them together).
+NO_TEXT_TOWER = "needs a CLIP text tower (a CLIPModel, not an image-only model)"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,6 +98,9 @@ class Features:
   labels: np.ndarray  # int64 [n]
   indices: np.ndarray  # int64 [n], rows of the dataset split
   source_probs: np.ndarray | None = None  # float32 [n, z] from a classification head
+  # float32 [n, classes]: CLIP's logits against the target's label prompts, when asked for.
+  zero_shot_logits: np.ndarray | None = None
+  zero_shot_unavailable: str | None = None  # why there are none, when they were asked for
 
 
 # ------------------------------------------------------------------------------------------
@@ -293,22 +305,56 @@ def stratified_subset(labels: np.ndarray, max_examples: int | None, seed: int = 
 
 
 def make_extract_fn(model: nn.Module, family: registry.Family, pooling: str):
-  """jit-compiled `(variables, batch) -> {"features" [b, d], "probs" [b, z] if a head}`."""
+  """jit-compiled `(variables, batch, zero_shot_weights=None) -> {"features" [b, d], "probs"
+  [b, z] if a head, "zero_shot_logits" [b, classes] with weights}`; the weights are
+  `zero_shot_weights`' [classes, projection_dim], scored against the forward pass's
+  aux["image_features"]."""
 
-  def extract(variables, batch):
+  def extract(variables, batch, zero_shot_weights=None):
     _, aux = family.forward(model, variables, batch)
     out = {"features": family.pool(aux, batch, pooling)}
     logits = aux.get("logits")
     if logits is not None and logits.ndim == 2:  # a classification head (not masked-LM)
       out["probs"] = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
+    if zero_shot_weights is not None:
+      from jaxpretrain.models import clip  # noqa: PLC0415 -- only CLIPModels have the weights
+
+      out["zero_shot_logits"] = clip.zero_shot_logits_of_features(
+          variables, aux["image_features"], zero_shot_weights).astype(jnp.float32)
     return out
 
   return jax.jit(extract, compiler_options=perf.compiler_options("inference"))
 
 
+def zero_shot_weights(candidate: Candidate, class_names, template: str | None = None, *,
+                      batch_size: int = 64) -> np.ndarray:
+  """float32 [classes, projection_dim]: a CLIPModel's zero-shot classifier for `class_names`.
+
+  The prompts `template.format(label=name)` (default `clip.PROMPT`, "a photo of a {label}";
+  names are used as given, so digits read "a photo of a 3") are tokenized with the
+  checkpoint's tokenizer.json, checked and embedded as `api.Pretrained.zero_shot_weights`
+  does for `predict --labels`.
+
+  Raises:
+    ScoreUnavailable: why the candidate cannot classify zero-shot (`NO_TEXT_TOWER`, no
+      tokenizer.json, a prompt without the end-of-text token, bad class names...).
+  """
+  from jaxpretrain import api  # noqa: PLC0415 -- api imports this module's users
+
+  if not api.has_text_tower(candidate.model):
+    raise ScoreUnavailable(NO_TEXT_TOWER)
+  try:
+    loaded = api.Pretrained.from_parts(candidate.path, candidate.config, candidate.model,
+                                       candidate.variables, batch_size=batch_size)
+    return np.asarray(loaded.zero_shot_weights(list(class_names), template), np.float32)
+  except api.LoadError as e:
+    raise ScoreUnavailable(" ".join(str(e).split())) from None
+
+
 def extract_features(candidate: Candidate, source, *, indices: np.ndarray | None = None,
                      pooling: str = "pooled", batch_size: int = 64,
                      image_size: int | None = None, max_len: int = 128,
+                     class_names=None, template: str | None = None,
                      log_every: int = LOG_EVERY, progress: str | None = None) -> Features:
   """Features of `candidate` on rows `indices` of `source` (all rows by default).
 
@@ -319,6 +365,9 @@ def extract_features(candidate: Candidate, source, *, indices: np.ndarray | None
     pooling: one of `POOLINGS`.
     batch_size: examples per compiled call; the last batch is padded and masked.
     image_size, max_len: see `preprocessor`.
+    class_names, template: the target's class names (index = label): also the zero-shot
+      logits of a CLIPModel against their prompts (`zero_shot_weights`), or why there are
+      none; None: neither.
     log_every: batches between progress messages (absl INFO).
     progress: when given, `console.progress` lines with an ETA on stderr, labelled so.
   Returns:
@@ -332,9 +381,15 @@ def extract_features(candidate: Candidate, source, *, indices: np.ndarray | None
                                                max_len=max_len),
                           global_batch_size=batch_size, process_index=0, process_count=1,
                           local_device_count=1, num_threads=2)
+  weights = zero_shot_note = None
+  if class_names is not None:
+    try:
+      weights = zero_shot_weights(candidate, class_names, template, batch_size=batch_size)
+    except ScoreUnavailable as e:
+      zero_shot_note = str(e)
   fn = make_extract_fn(candidate.model, candidate.family, pooling)
   variables = jax.device_put(candidate.variables)
-  feats, probs, labels = [], [], []
+  feats, probs, labels, zero_shot = [], [], [], []
   start = time.perf_counter()
   if progress:
     from jaxpretrain import console  # noqa: PLC0415
@@ -344,10 +399,12 @@ def extract_features(candidate: Candidate, source, *, indices: np.ndarray | None
   for i, batch in enumerate(batches):
     keep = batch.pop("mask") > 0
     labels.append(batch.pop("label")[keep])
-    out = jax.device_get(fn(variables, batch))
+    out = jax.device_get(fn(variables, batch, weights))
     feats.append(out["features"][keep])
     if "probs" in out:
       probs.append(out["probs"][keep])
+    if "zero_shot_logits" in out:
+      zero_shot.append(out["zero_shot_logits"][keep])
     if log_every and ((i + 1) % log_every == 0 or i + 1 == len(it)):
       logging.info("%s: features of %d/%d batches (%.1fs)", candidate.name, i + 1, len(it),
                    time.perf_counter() - start)
@@ -356,7 +413,9 @@ def extract_features(candidate: Candidate, source, *, indices: np.ndarray | None
     raise FloatingPointError(f"{candidate.name}: non-finite features "
                              f"({int((~np.isfinite(f)).sum())} values)")
   return Features(features=f, labels=np.concatenate(labels).astype(np.int64), indices=indices,
-                  source_probs=np.concatenate(probs).astype(np.float32) if probs else None)
+                  source_probs=np.concatenate(probs).astype(np.float32) if probs else None,
+                  zero_shot_logits=np.concatenate(zero_shot) if zero_shot else None,
+                  zero_shot_unavailable=zero_shot_note)
 
 
 # ------------------------------------------------------------------------------------------
@@ -372,6 +431,10 @@ def save_features(path: str | pathlib.Path, feats: Features, meta: Mapping[str, 
             "meta": np.asarray(json.dumps(dict(meta), sort_keys=True))}
   if feats.source_probs is not None:
     arrays["source_probs"] = feats.source_probs
+  if feats.zero_shot_logits is not None:
+    arrays["zero_shot_logits"] = feats.zero_shot_logits
+  if feats.zero_shot_unavailable is not None:
+    arrays["zero_shot_unavailable"] = np.asarray(feats.zero_shot_unavailable)
   tmp = path.with_name(f".{path.name}.partial.npz")
   np.savez(tmp, **arrays)
   tmp.replace(path)
@@ -389,5 +452,8 @@ def load_features(path: str | pathlib.Path, meta: Mapping[str, Any]) -> Features
   with np.load(path, allow_pickle=False) as f:
     if json.loads(str(f["meta"])) != json.loads(json.dumps(dict(meta), sort_keys=True)):
       return None
+    note = f.get("zero_shot_unavailable")
     return Features(features=f["features"], labels=f["labels"], indices=f["indices"],
-                    source_probs=f.get("source_probs"))
+                    source_probs=f.get("source_probs"),
+                    zero_shot_logits=f.get("zero_shot_logits"),
+                    zero_shot_unavailable=None if note is None else str(note))

@@ -8,8 +8,12 @@ latency, throughput, peak memory; see `cost`), and candidates over a budget
 (`max_latency_ms`, `max_params`, `max_gflops`) are dropped with the reason. The others'
 features are extracted once (and cached as .npz in the workdir), then every transferability
 score of `scores.SCORES` is computed on them; a score that cannot be computed on a candidate
-is "n/a" with its reason. The recommendation is the best candidate within budget by one
-score (LogME by default).
+is "n/a" with its reason. The zero_shot score is a baseline without training: the accuracy of
+a CLIPModel classifying the examples from the prompts "a photo of a {label}" of the dataset's
+class names (used as given: digit classes read "a photo of a 3"), scored against the image
+features of the same extraction pass; candidates without a CLIP text tower (or whose
+tokenizer.json is missing) show it as n/a with why. The recommendation is the best
+candidate within budget by one score (LogME by default).
 
 With a fine-tuning function, each candidate is also fine-tuned `finetune_seeds` times, and
 each score's ranking is compared with the ranking by mean fine-tuned accuracy through
@@ -23,7 +27,8 @@ left out; the others are still scored (unless `strict`).
 
 Workdir layout:
   candidates/            converted (minilm) and random-init checkpoint folders
-  features/NAME.npz      cached features, labels, rows and source-head probabilities
+  features/NAME.npz      cached features, labels, rows, source-head probabilities and
+                         zero-shot logits (keyed also by the class names and prompt)
   cost/NAME.json         cached cost measurements (delete to measure again)
   finetune/NAME-seedS.json  cached fine-tuned accuracies
   ranking.md, ranking.csv, scores.png, pareto.png, results.json
@@ -50,7 +55,13 @@ from jaxpretrain import data
 from jaxpretrain.data import sources
 from jaxpretrain.select import cost as cost_lib
 from jaxpretrain.select import features as features_lib
-from jaxpretrain.select.scores import HEAD_SCORES, SCORES, ScoreUnavailable
+from jaxpretrain.select.scores import (
+    HEAD_SCORES,
+    SCORES,
+    ZERO_SHOT_SCORES,
+    ScoreUnavailable,
+    zero_shot_accuracy,
+)
 
 FINETUNE = "finetune_accuracy"
 DEFAULT_RECOMMEND_BY = "logme"
@@ -58,6 +69,10 @@ DEFAULT_RECOMMEND_BY = "logme"
 DEFAULT_BOOTSTRAP = 1000
 CONFIDENCE = 0.95
 NO_HEAD = "no source classification head"
+# Every score a selection can compute: the feature and source-head scores, then zero-shot.
+SCORE_NAMES = (*SCORES, *ZERO_SHOT_SCORES)
+NO_ZERO_SHOT = ("no zero-shot logits: extract the features with the target's class names "
+                "(features.extract_features(class_names=...))")
 # The plain H-score is at most (classes present - 1) and reaches it, to round-off, once the
 # centred features span the examples (feature dim >= n - 1): it then says nothing about the
 # features. float64 eigh recovers the maximum to ~1e-10 relative; 1e-6 leaves room for
@@ -225,10 +240,10 @@ class CandidateResult:
 
 def check_scores(names: Sequence[str]) -> list[str]:
   """The requested score names, or a ValueError naming the unknown ones and the known."""
-  names = list(names) or list(SCORES)
-  unknown = [s for s in names if s not in SCORES]
+  names = list(names) or list(SCORE_NAMES)
+  unknown = [s for s in names if s not in SCORE_NAMES]
   if unknown:
-    raise ValueError(f"unknown score(s) {unknown}; known: {sorted(SCORES)}")
+    raise ValueError(f"unknown score(s) {unknown}; known: {sorted(SCORE_NAMES)}")
   return names
 
 
@@ -249,10 +264,12 @@ def compute_scores(feats: features_lib.Features, names: Sequence[str], *, label:
 
   Returns:
     ({score: value or None}, {score: why it is None}, {score: seconds}). A score is None when
-    the candidate lacks what it needs (a source head) or `ScoreUnavailable` says the inputs
-    cannot give it (too few examples, a class with one example, constant features...); a
-    non-finite result is turned into None too, so no NaN reaches a report. Each value (or
-    why it is n/a) goes to `log`; with `progress`, a progress line with an ETA per score.
+    the candidate lacks what it needs (a source head; for zero_shot, the zero-shot logits of
+    a CLIP text tower, `Features.zero_shot_unavailable` saying why there are none) or
+    `ScoreUnavailable` says the inputs cannot give it (too few examples, a class with one
+    example, constant features...); a non-finite result is turned into None too, so no NaN
+    reaches a report. Each value (or why it is n/a) goes to `log`; with `progress`, a
+    progress line with an ETA per score.
   """
   from jaxpretrain import console  # noqa: PLC0415
 
@@ -264,10 +281,18 @@ def compute_scores(feats: features_lib.Features, names: Sequence[str], *, label:
     if name in HEAD_SCORES and feats.source_probs is None:
       unavailable[name] = NO_HEAD
       continue
+    if name in ZERO_SHOT_SCORES and feats.zero_shot_logits is None:
+      unavailable[name] = feats.zero_shot_unavailable or NO_ZERO_SHOT
+      if unavailable[name] != features_lib.NO_TEXT_TOWER:  # as NO_HEAD: said in the report
+        log(f"{label}: {name} is n/a: {unavailable[name]}")
+      continue
     start = time.perf_counter()
     try:
-      v = float(SCORES[name](feats.features, feats.labels, source_probs=feats.source_probs,
-                             num_classes=num_classes))
+      if name in ZERO_SHOT_SCORES:
+        v = zero_shot_accuracy(feats.zero_shot_logits, feats.labels)
+      else:
+        v = float(SCORES[name](feats.features, feats.labels, source_probs=feats.source_probs,
+                               num_classes=num_classes))
       if not math.isfinite(v):
         raise ScoreUnavailable(f"{name}: the value is not finite ({v})")
     except ScoreUnavailable as e:
@@ -469,7 +494,7 @@ def _skipped(results: Sequence[CandidateResult], names: Sequence[str]) -> list[s
     for name, why in r.saturated.items():
       if name in names:
         lines.append(f"- {name} not ranked for {r.name}: {why}")
-  not_run = [s for s in SCORES if s not in names]
+  not_run = [s for s in SCORE_NAMES if s not in names]
   if not_run:
     lines.append(f"- not requested (--scores): {', '.join(not_run)}")
   return lines
@@ -483,10 +508,12 @@ def markdown_table(results: Sequence[CandidateResult], names: Sequence[str],
   """The ranking as markdown.
 
   In order: the recommendation; the cost table (every candidate, with its status); the
-  scores that need only features and those that need a source classification head, one row
-  per scored candidate, "value (rank)" per score and "n/a" where a score has no value; the
-  rank agreement with fine-tuning (`corr`); and what was skipped and why. Rows are ordered by
-  the mean fine-tuned accuracy when there is one, else by the recommendation's score.
+  scores that need only features, those that need a source classification head and zero-shot
+  (a CLIP text tower: its own group, since it needs neither features nor a head and only
+  CLIPModels have it), one row per scored candidate, "value (rank)" per score and "n/a"
+  where a score has no value; the rank agreement with fine-tuning (`corr`); and what was
+  skipped and why. Rows are ordered by the mean fine-tuned accuracy when there is one, else
+  by the recommendation's score.
   """
   scored = _scored(results)
   finetune = _has_finetune(scored)
@@ -504,13 +531,18 @@ def markdown_table(results: Sequence[CandidateResult], names: Sequence[str],
   cost_lines = _cost_table(results)
   if cost_lines:
     lines += cost_lines + [""]
-  groups = [("Scores that need only features", [n for n in names if n not in HEAD_SCORES]),
+  groups = [("Scores that need only features", [n for n in names if n in SCORES and
+                                                 n not in HEAD_SCORES]),
             ("Scores that need a source classification head", [n for n in names
-                                                               if n in HEAD_SCORES])]
+                                                               if n in HEAD_SCORES]),
+            ("Zero-shot: needs a text tower", [n for n in names if n in ZERO_SHOT_SCORES])]
   if scored:
+    zero_shot = (" zero_shot is the accuracy of CLIP's zero-shot classifier, the prompts "
+                 "\"a photo of a {label}\" of the class names, without training (0 to 1)."
+                 if any(n in ZERO_SHOT_SCORES for n in names) else "")
     lines += ["Higher is better for every score; each cell is \"value (rank)\", rank 1 the "
               "best. knn and linear_probe are cross-validated accuracies (0 to 1); a "
-              "saturated score is shown but not ranked (see below).", ""]
+              f"saturated score is shown but not ranked (see below).{zero_shot}", ""]
   for heading, cols in groups:
     if cols and scored:
       lines += [f"### {heading}", "", *_score_table(scored, cols, order, finetune), ""]
@@ -579,9 +611,11 @@ SCORE_AXES: dict[str, tuple[str, str]] = {
     "sfda": ("unit", "SFDA: mean true-class probability"),
     "knn": ("unit", "kNN accuracy (cross-validated)"),
     "linear_probe": ("unit", "linear probe accuracy (cross-validated)"),
+    "zero_shot": ("unit", "zero-shot accuracy (CLIP label prompts)"),
     FINETUNE: ("unit", "fine-tuned test accuracy (mean over seeds)"),
 }
 NEEDS_HEAD = "needs a source classification head"
+NEEDS_TEXT_TOWER = "needs a CLIP text tower"
 _TOP, _OTHER, _SATURATED = "tab:orange", "tab:blue", "0.7"
 
 
@@ -612,6 +646,8 @@ def _panel_note(results: Sequence[CandidateResult], col: str) -> str:
   whys = {r.unavailable.get(col) for r in results}
   if whys == {NO_HEAD}:
     return NEEDS_HEAD
+  if whys == {features_lib.NO_TEXT_TOWER}:
+    return NEEDS_TEXT_TOWER
   if all(col in r.saturated for r in results) and results:
     return "saturated for every candidate:\nnot ranked"
   return "n/a for every candidate"
@@ -667,7 +703,9 @@ def plot_scores(path: str | pathlib.Path, results: Sequence[CandidateResult],
             color=colors)
     for i, (r, v) in enumerate(zip(results, shown, strict=True)):
       if v is None:
-        note = " n/a: no source head" if r.unavailable.get(col) == NO_HEAD else " n/a"
+        why = r.unavailable.get(col)
+        note = (" n/a: no source head" if why == NO_HEAD else " n/a: no text tower"
+                if why == features_lib.NO_TEXT_TOWER else " n/a")
         ax.text(base, i, note, va="center", fontsize=7)
       else:
         sat = " saturated, not ranked" if col in r.saturated else ""
@@ -898,8 +936,10 @@ def select_models(candidates: Sequence[str], *, dataset: str, workdir: str | pat
           results.append(result)
           continue
       stage = "extract features"
-      feats, secs = _cached_features(cand, source, indices, settings, workdir,
-                                     batch_size=batch_size, log=log, progress=progress)
+      feats, secs = _cached_features(
+          cand, source, indices, settings, workdir, batch_size=batch_size, log=log,
+          progress=progress,
+          class_names=meta.class_names if any(n in ZERO_SHOT_SCORES for n in names) else None)
       result.feature_dim = int(feats.features.shape[1])
       result.num_examples = len(feats.labels)
       stage = "score"
@@ -968,21 +1008,39 @@ def _feature_meta(cand, settings) -> dict[str, Any]:
 
 
 def _cached_features(cand, source, indices, settings, workdir, *, batch_size, log=absl_log,
-                     progress=False):
-  """Features from workdir/features/NAME.npz when made the same way, else extracted."""
+                     progress=False, class_names=None):
+  """Features from workdir/features/NAME.npz when made the same way, else extracted.
+
+  With `class_names` (zero_shot requested), a CLIPModel's features also hold its zero-shot
+  logits over them (or why there are none), and the names and the prompt are part of its
+  cache key; other candidates' features (and caches) are the same either way, with
+  `features.NO_TEXT_TOWER` as why they have no zero-shot logits.
+  """
+  from jaxpretrain import api  # noqa: PLC0415
+  from jaxpretrain.models import clip  # noqa: PLC0415
+
   path = workdir / "features" / f"{cand.name}.npz"
   meta = _feature_meta(cand, settings)
+  text_tower = class_names is not None and api.has_text_tower(cand.model)
+  if text_tower:
+    meta["zero_shot"] = {"class_names": list(class_names), "template": clip.PROMPT}
   feats = features_lib.load_features(path, meta)
   if feats is not None and np.array_equal(feats.indices, indices):
     log(f"{cand.name}: features from {path}")
+    if class_names is not None and not text_tower:
+      feats = dataclasses.replace(feats, zero_shot_logits=None,
+                                  zero_shot_unavailable=features_lib.NO_TEXT_TOWER)
     return feats, 0.0
   start = time.perf_counter()
   feats = features_lib.extract_features(
       cand, source, indices=indices, pooling=settings["pooling"], batch_size=batch_size,
       image_size=settings["image_size"], max_len=settings["max_len"],
+      class_names=class_names if text_tower else None,
       progress=f"{cand.name}: extracting features" if progress else None)
   secs = time.perf_counter() - start
   features_lib.save_features(path, feats, meta)
+  if class_names is not None and not text_tower:
+    feats = dataclasses.replace(feats, zero_shot_unavailable=features_lib.NO_TEXT_TOWER)
   log(f"{cand.name}: {feats.features.shape} features in {secs:.1f}s -> {path}")
   return feats, secs
 

@@ -15,6 +15,8 @@ target labels `[n]`, and returns a number where higher means "transfers better":
   knn_accuracy          leave-one-out (or k-fold) kNN accuracy, batched in JAX.
   linear_probe          closed-form ridge probe, regularization chosen by k-fold CV.
   few_shot_linear_probe the same probe trained on `shots` examples per class.
+  zero_shot_accuracy    accuracy of a zero-shot classifier's logits (CLIP's label prompts,
+                        Radford et al. 2021): no features, no training; see ZERO_SHOT_SCORES.
 
 LogME, H-score and the probes run in NumPy float64: LogME's evidence and the ridge solutions
 subtract large, nearly equal terms. The kNN search, which ranks distances, runs in JAX
@@ -1228,6 +1230,29 @@ def few_shot_linear_probe(
 # Registry for model ranking.
 # ------------------------------------------------------------------------------------------
 
+def zero_shot_accuracy(logits: Any, labels: Any) -> float:
+  """Accuracy of a zero-shot classifier: argmax of its logits against the labels.
+
+  Args:
+    logits: [n, classes], column j the score of target class j (CLIP: cosine similarity to
+      the prompt of class j's name, `select.features.zero_shot_weights`).
+    labels: int [n] in [0, classes).
+  Returns:
+    The fraction of rows whose largest logit is their label's (the first among ties).
+  Raises:
+    ScoreUnavailable: non-finite logits; ValueError: shapes or labels that do not fit.
+  """
+  z = np.asarray(logits)
+  if z.ndim != 2 or not np.issubdtype(z.dtype, np.floating):
+    raise ValueError(f"zero-shot logits must be float [n, classes]; got {z.dtype} {z.shape}")
+  y, _ = _check_labels(labels, z.shape[0], z.shape[1], min_classes=1)
+  bad = ~np.isfinite(z)
+  if bad.any():
+    raise ScoreUnavailable(f"zero_shot: {int(bad.sum())} non-finite logit(s), first in row "
+                           f"{int(np.argwhere(bad)[0, 0])}")
+  return float(np.mean(np.argmax(z, axis=1) == y))
+
+
 ScoreFn = Callable[..., float]
 # Neighbours of the registry's kNN score and folds of its linear probe (the functions' defaults).
 KNN_K = 20
@@ -1283,6 +1308,10 @@ def _features_only(name: str, fn: Callable[..., Any], min_examples: int = 0) -> 
 
 # Scores that read the source head's probabilities; the others need only features.
 HEAD_SCORES = ("leep", "nce")
+# Scores of a candidate's zero-shot classifier over the target's class names (a CLIPModel's
+# text tower), not of its features: not in SCORES, whose entries all take features; the
+# ranking computes them from `Features.zero_shot_logits` (`zero_shot_accuracy`).
+ZERO_SHOT_SCORES = ("zero_shot",)
 
 # name -> score_fn(features [n, d], labels [n], *, source_probs [n, z] | None,
 #                  num_classes: int | None) -> float.  Higher is better for every entry.

@@ -287,7 +287,8 @@ def test_saturated_score_is_shown_not_ranked_in_ranking_md():
 
 
 def test_score_axes_cover_every_score():
-  assert set(rank.SCORE_AXES) == {*SCORES, rank.FINETUNE}
+  assert set(rank.SCORE_AXES) == {*rank.SCORE_NAMES, rank.FINETUNE}
+  assert set(rank.SCORE_NAMES) == {*SCORES, "zero_shot"}
   for kind, _ in rank.SCORE_AXES.values():
     assert kind in ("zero", "unit", "range")
   assert rank._axis_range([0.6, 0.8], "unit") == (0.0, 1.12)
