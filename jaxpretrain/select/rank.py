@@ -535,11 +535,13 @@ def markdown_table(results: Sequence[CandidateResult], names: Sequence[str],
                                                  n not in HEAD_SCORES]),
             ("Scores that need a source classification head", [n for n in names
                                                                if n in HEAD_SCORES]),
-            ("Zero-shot: needs a text tower", [n for n in names if n in ZERO_SHOT_SCORES])]
+            # Only when a candidate has a text tower: otherwise a column of n/a.
+            ("Zero-shot: needs a text tower", [n for n in names if n in ZERO_SHOT_SCORES and any(
+                r.scores.get(n) is not None for r in scored)])]
   if scored:
     zero_shot = (" zero_shot is the accuracy of CLIP's zero-shot classifier, the prompts "
                  "\"a photo of a {label}\" of the class names, without training (0 to 1)."
-                 if any(n in ZERO_SHOT_SCORES for n in names) else "")
+                 if groups[-1][1] else "")
     lines += ["Higher is better for every score; each cell is \"value (rank)\", rank 1 the "
               "best. knn and linear_probe are cross-validated accuracies (0 to 1); a "
               f"saturated score is shown but not ranked (see below).{zero_shot}", ""]
