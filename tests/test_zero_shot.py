@@ -35,6 +35,7 @@ RTOL = 1e-5
 LABELS = ["cat", "dog", "fish"]
 WORDS = ["a", "photo", "of", "an", "image", "the", *LABELS, "bird", "car"]
 SIZE = CLIP["vision_config"]["image_size"]
+_SAVE = torch_refs.clip_saver(WORDS, CLIP_TEXT["vocab_size"], SIZE)
 CASES = {
     "CLIPModel": ("CLIPModel", "CLIPConfig", CLIP),
     "CLIPModel-legacy-eos": ("CLIPModel", "CLIPConfig",
@@ -44,33 +45,9 @@ CASES = {
 }
 
 
-def _tokenizer_json(vocab_size: int) -> str:
-  """A WordLevel tokenizer as CLIP's: lowercased words between <|startoftext|> (id 1) and
-  <|endoftext|> (the largest id, the text config's eos_token_id); <pad> is id 0."""
-  eos = vocab_size - 1
-  names = ["<pad>", "<|startoftext|>", "<unk>", *WORDS]
-  names += [f"w{i}" for i in range(len(names), eos)] + ["<|endoftext|>"]
-  tok = tokenizers.Tokenizer(tokenizers.models.WordLevel(
-      {w: i for i, w in enumerate(names)}, unk_token="<unk>"))
-  tok.normalizer = tokenizers.normalizers.Lowercase()
-  tok.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
-  tok.post_processor = tokenizers.processors.TemplateProcessing(
-      single="<|startoftext|> $A <|endoftext|>",
-      special_tokens=[("<|startoftext|>", 1), ("<|endoftext|>", eos)])
-  return tok.to_str()
-
-
-def _save(model, folder, case):
-  model.save_pretrained(folder)
-  (folder / "tokenizer.json").write_text(_tokenizer_json(CLIP_TEXT["vocab_size"]))
-  transformers.CLIPImageProcessor(size={"shortest_edge": SIZE},
-                                  crop_size={"height": SIZE, "width": SIZE}
-                                  ).save_pretrained(folder)
-
-
 @pytest.fixture(scope="module")
 def ported(tmp_path_factory):
-  return torch_refs.hf_ported(tmp_path_factory, CASES, save=_save)
+  return torch_refs.hf_ported(tmp_path_factory, CASES, save=_SAVE)
 
 
 @pytest.fixture(scope="module")

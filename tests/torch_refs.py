@@ -73,3 +73,36 @@ def hf_ported(tmp_path_factory, cases: dict, save=None):
     return cache[case]
 
   return get
+
+
+def clip_tokenizer_json(vocab_size: int, words) -> str:
+  """A WordLevel tokenizer.json made like CLIP's: lowercased `words` between <|startoftext|>
+  (id 1) and <|endoftext|> (the largest id, a text config's eos_token_id); <pad> is id 0."""
+  import tokenizers  # noqa: PLC0415
+
+  eos = vocab_size - 1
+  names = ["<pad>", "<|startoftext|>", "<unk>", *words]
+  names += [f"w{i}" for i in range(len(names), eos)] + ["<|endoftext|>"]
+  tok = tokenizers.Tokenizer(tokenizers.models.WordLevel(
+      {w: i for i, w in enumerate(names)}, unk_token="<unk>"))
+  tok.normalizer = tokenizers.normalizers.Lowercase()
+  tok.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
+  tok.post_processor = tokenizers.processors.TemplateProcessing(
+      single="<|startoftext|> $A <|endoftext|>",
+      special_tokens=[("<|startoftext|>", 1), ("<|endoftext|>", eos)])
+  return tok.to_str()
+
+
+def clip_saver(words, vocab_size: int, image_size: int):
+  """`save(model, folder, case)` for `hf_ported`: a CLIP folder with `clip_tokenizer_json`
+  and a CLIPImageProcessor config at `image_size`."""
+  import transformers  # noqa: PLC0415
+
+  def save(model, folder, case):
+    del case
+    model.save_pretrained(folder)
+    (folder / "tokenizer.json").write_text(clip_tokenizer_json(vocab_size, words))
+    transformers.CLIPImageProcessor(size={"shortest_edge": image_size},
+                                    crop_size={"height": image_size, "width": image_size}
+                                    ).save_pretrained(folder)
+  return save

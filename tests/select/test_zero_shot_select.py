@@ -32,38 +32,14 @@ LABELS = ["cat", "dog", "fish"]
 DIGITS = [str(d) for d in range(10)]
 WORDS = ["a", "photo", "of", *LABELS, *DIGITS]
 SIZE = CLIP["vision_config"]["image_size"]
-
-
-def _tokenizer_json(vocab_size: int) -> str:
-  """A WordLevel tokenizer as CLIP's (tests/test_zero_shot.py): lowercased words between
-  <|startoftext|> (id 1) and <|endoftext|> (the largest id); <pad> is id 0."""
-  eos = vocab_size - 1
-  names = ["<pad>", "<|startoftext|>", "<unk>", *WORDS]
-  names += [f"w{i}" for i in range(len(names), eos)] + ["<|endoftext|>"]
-  tok = tokenizers.Tokenizer(tokenizers.models.WordLevel(
-      {w: i for i, w in enumerate(names)}, unk_token="<unk>"))
-  tok.normalizer = tokenizers.normalizers.Lowercase()
-  tok.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
-  tok.post_processor = tokenizers.processors.TemplateProcessing(
-      single="<|startoftext|> $A <|endoftext|>",
-      special_tokens=[("<|startoftext|>", 1), ("<|endoftext|>", eos)])
-  return tok.to_str()
-
-
-def _save(model, folder, case):
-  del case
-  model.save_pretrained(folder)
-  (folder / "tokenizer.json").write_text(_tokenizer_json(CLIP_TEXT["vocab_size"]))
-  transformers.CLIPImageProcessor(size={"shortest_edge": SIZE},
-                                  crop_size={"height": SIZE, "width": SIZE}
-                                  ).save_pretrained(folder)
+_SAVE = torch_refs.clip_saver(WORDS, CLIP_TEXT["vocab_size"], SIZE)
 
 
 @pytest.fixture(scope="module")
 def clip_dir(tmp_path_factory):
   """The converted CLIPModel checkpoint folder."""
   ported = torch_refs.hf_ported(tmp_path_factory, {"CLIPModel": ("CLIPModel", "CLIPConfig",
-                                                                 CLIP)}, save=_save)
+                                                                 CLIP)}, save=_SAVE)
   return ported("CLIPModel")[2]
 
 
