@@ -21,6 +21,9 @@ if [ ${#targets[@]} -eq 0 ]; then
   done
 fi
 for target in "${targets[@]}"; do
+  if [ "$target" = tweets ]; then  # its MLM-adapted candidate: 200 masked-LM steps on the tweets
+    $PY -m jaxpretrain.pretrain --flagfile=experiments/select_zoo_minilm_mlm.flags
+  fi
   /usr/bin/time -f "select_real_$target: %e s wall" \
     $PY -m jaxpretrain.select --flagfile="experiments/select_real_$target.flags" ${SELECT_ARGS:-}
   copy_reports "select_real_$target"
