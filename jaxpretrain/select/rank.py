@@ -783,7 +783,8 @@ def make_finetune_fn(*, workdir: str | pathlib.Path, dataset: str, steps: int,
   head (`reset_head`, even when the source head has as many classes), `steps` steps of
   `batch_size` on the train split, accuracy on the test split; the seed sets the head's
   initialization, the data order and dropout. Runs live in
-  <workdir>/finetune/NAME-<hash of the recipe and seed>/ and resume or are reused like any job.
+  <workdir>/finetune/NAME-<hash of the recipe, seed and checkpoint>/ and resume or are reused
+  like any job.
   """
   recipe = dict(dataset=dataset, data_dir=data_dir, steps=steps, lr=learning_rate,
                 batch_size=batch_size, optimizer=optimizer, schedule=schedule, warmup=warmup,
@@ -795,8 +796,7 @@ def make_finetune_fn(*, workdir: str | pathlib.Path, dataset: str, steps: int,
     from jaxpretrain import job  # noqa: PLC0415 -- the training stack, only when asked
 
     run = {**recipe, "seed": seed}
-    digest = hashlib.sha256(json.dumps(run, sort_keys=True).encode()).hexdigest()[:8]
-    run_dir = pathlib.Path(workdir) / "finetune" / f"{cand.name}-{digest}"
+    run_dir = finetune_run_dir(workdir, cand, run)
     config = job.JobConfig(workdir=str(run_dir), init_checkpoint=str(cand.path.absolute()),
                            reset_head=True, progress="log", log_every=max(1, steps // 4),
                            **run)
@@ -804,6 +804,16 @@ def make_finetune_fn(*, workdir: str | pathlib.Path, dataset: str, steps: int,
     return float(result.metrics["accuracy"])
 
   return finetune
+
+
+def finetune_run_dir(workdir: str | pathlib.Path, cand: features_lib.Candidate,
+                     run: dict[str, Any]) -> pathlib.Path:
+  """<workdir>/finetune/NAME-<hash>: of the recipe and seed, and of the checkpoint, so that a
+  candidate whose NAME now points elsewhere gets a run of its own (the job would refuse to
+  resume the old one with another checkpoint)."""
+  ident = {**run, "init_checkpoint": str(pathlib.Path(cand.path).absolute())}
+  digest = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:8]
+  return pathlib.Path(workdir) / "finetune" / f"{cand.name}-{digest}"
 
 
 # ------------------------------------------------------------------------------------------

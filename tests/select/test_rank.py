@@ -2,6 +2,7 @@
 CLI end to end."""
 
 import csv
+import dataclasses
 import json
 import math
 import re
@@ -474,6 +475,12 @@ def test_make_finetune_fn_runs_the_job(digits_dir, tmp_path):
   runs = list((tmp_path / "finetune").glob("random_resnet_tiny-*/final.json"))
   assert len(runs) == 1
   assert json.loads((runs[0].parent / "flags.json").read_text())["train_per_class"] == 4
+  # The same NAME pointing at another checkpoint gets a run folder of its own.
+  moved = dataclasses.replace(cand, path=tmp_path / "elsewhere")
+  assert rank.finetune_run_dir(tmp_path, cand, {"seed": 0}) != rank.finetune_run_dir(
+      tmp_path, moved, {"seed": 0})
+  assert rank.finetune_run_dir(tmp_path, moved, {"seed": 0}).name.startswith(
+      "random_resnet_tiny-")
 
 
 def test_low_data_scores_the_examples_finetune_trains_on(digits_dir, tmp_path):
