@@ -341,7 +341,8 @@ def correlations(results: Sequence[CandidateResult], names: Sequence[str], *,
   Candidates within budget with both the score and fine-tuned accuracies enter. "top1" is the
   candidate the score ranks first and "top1_accuracy" its mean fine-tuned accuracy; "regret"
   is the best mean accuracy among all fine-tuned candidates within budget minus that one, so
-  a score that cannot rate the best candidate (e.g. LEEP on a headless one) pays for it.
+  a score that cannot rate the best candidate (e.g. LEEP on a headless one) pays for it. A
+  score that rates only one of several candidates (the others saturated or n/a) picks none.
   The intervals ("kendall_tau_ci", "weighted_tau_ci": [low, high], the central 95% of the
   resampled taus) need at least two seeds for some candidate; with one seed they are None.
   """
@@ -356,9 +357,9 @@ def correlations(results: Sequence[CandidateResult], names: Sequence[str], *,
     entry = {"n": len(idx), "kendall_tau": math.nan, "weighted_tau": math.nan,
              "kendall_tau_ci": None, "weighted_tau_ci": None, "top1": None,
              "top1_accuracy": None, "top1_hit": None, "regret": None}
-    if idx:
-      s = np.asarray([ok[i].scores[name] for i in idx])
-      acc = np.asarray([ok[i].finetune_accuracy for i in idx])
+    s = np.asarray([ok[i].scores[name] for i in idx])
+    acc = np.asarray([ok[i].finetune_accuracy for i in idx])
+    if len(idx) >= 2 or (idx and len(ok) == 1):  # rating one of several is not a choice
       pick, loss = regret(s, acc, best)
       entry.update(top1=ok[idx[pick]].name, top1_accuracy=float(acc[pick]),
                    top1_hit=bool(acc[pick] == best), regret=loss)

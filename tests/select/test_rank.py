@@ -143,6 +143,10 @@ def test_regret():
   assert corr["leep"]["n"] == 2 and corr["leep"]["regret"] == pytest.approx(0.06)
   res[2].scores["logme"] = 5.0
   assert rank.correlations(res, ["logme"])["logme"]["regret"] == pytest.approx(0.02)
+  # Rating one of several (the others saturated or n/a) is no choice: no pick, no regret.
+  res[1].scores["leep"] = None
+  one = rank.correlations(res, ["leep"])["leep"]
+  assert one["n"] == 1 and one["top1"] is None and one["regret"] is None
 
 
 def test_recommend_within_budget():
