@@ -8,7 +8,6 @@ are resized, and a run on them trains.
 
 import io
 import re
-import struct
 import zipfile
 
 import numpy as np
@@ -17,6 +16,7 @@ import pytest
 
 from jaxpretrain.job import ConfigError, finetune, run
 from tests.reliability.conftest import make_images
+from tests.reliability.test_hostile_checkpoints import set_central_size
 
 
 def _png(path, array):
@@ -251,20 +251,6 @@ def _npz_declaring(path, shape):
   return path
 
 
-def _set_central_size(path, member: str, size: int):
-  """Writes `size` as `member`'s uncompressed size in the zip's central directory (the one
-  readers trust), leaving its bytes alone."""
-  data = bytearray(path.read_bytes())
-  at = -1
-  while True:
-    at = data.index(b"PK\x01\x02", at + 1)
-    n = struct.unpack_from("<H", data, at + 28)[0]
-    if data[at + 46:at + 46 + n] == member.encode():
-      struct.pack_into("<I", data, at + 24, size)
-      path.write_bytes(bytes(data))
-      return path
-
-
 def npz_header_declaring_128_gb(tmp):  # np.load allocated the declared array first
   path = _npz_declaring(tmp / "d.npz", (2_000_000_000, 8, 8, 1))
   return f"npz:{path}", (
@@ -282,7 +268,7 @@ def npz_deflated_member_claiming_4_gb(tmp):  # a few hundred bytes declaring 4 G
   images, labels = make_images(20)
   path = tmp / "d.npz"
   np.savez_compressed(path, image=images, label=labels)
-  _set_central_size(path, "label.npy", 2**32 - 2)
+  set_central_size(path, "label.npy", 2**32 - 2)
   return f"npz:{path}", (rf"{path}: member 'label.npy' declares 4,294,967,294 bytes from \d+ "
                          "compressed, more than deflate's 1032:1 allows; a zip bomb")
 
@@ -435,7 +421,7 @@ def test_npz_bomb_refused_before_decompressing(tmp_path, monkeypatch):
   assert load_dataset(f"npz:{real}", split="all")[1].num_examples == 20
   small = _npz(tmp_path / "ok.npz", image=make_images(20)[0], label=np.arange(20) % 2)
   assert load_dataset(f"npz:{small}", split="all")[1].num_examples == 20
-  path = _set_central_size(tmp_path / "ok.npz", "label.npy", 999)  # stored: sizes must agree
+  path = set_central_size(tmp_path / "ok.npz", "label.npy", 999)  # stored: sizes must agree
   with pytest.raises(loaders.DataError, match=rf"^{path}: member 'label.npy' is stored "
                      r"uncompressed in \d+ bytes but declares 999; a corrupt or hostile archive$"):
     load_dataset(f"npz:{path}", split="all")

@@ -584,9 +584,9 @@ def _rewrite_zip(src, dst, deflated: str):
   return dst
 
 
-def _set_central_size(path, member: str, size: int):
+def set_central_size(path, member: str, size: int):
   """Writes `size` as `member`'s uncompressed size in the central directory (what readers
-  trust), leaving its bytes alone."""
+  trust), leaving its bytes alone; returns `path` (also used by test_bad_data.py)."""
   data = bytearray(path.read_bytes())
   at = -1
   while True:
@@ -595,7 +595,7 @@ def _set_central_size(path, member: str, size: int):
     if data[at + 46:at + 46 + n] == member.encode():
       struct.pack_into("<I", data, at + 24, size)
       path.write_bytes(bytes(data))
-      return
+      return path
 
 
 def test_zip_record_compressed_or_lying_about_its_size(tmp_path):
@@ -608,7 +608,7 @@ def test_zip_record_compressed_or_lying_about_its_size(tmp_path):
                       r"bytes from \d\d\); torch writes records stored, and a compressed one "
                       "cannot be memory-mapped", message), message
   path = _rewrite_zip(src, tmp_path / "p.pth", "data.pkl")
-  _set_central_size(path, "src/data.pkl", 2**32 - 2)  # a ~150-byte member claiming 4 GiB
+  set_central_size(path, "src/data.pkl", 2**32 - 2)  # a ~150-byte member claiming 4 GiB
   message = _refused_unloaded(path)
   assert re.fullmatch(rf"{re.escape(str(path))}: member 'src/data.pkl' declares 4,294,967,294 "
                       r"bytes from \d+ compressed, more than deflate's 1032:1 allows; a zip "
