@@ -531,10 +531,7 @@ class Pretrained:
     fn, step, out = self._zero_shot_fn("text"), self.batch_size, []
     for start in range(0, len(texts), step):
       chunk = texts[start:start + step]
-      batch = self.prompt_tokens(chunk)
-      size = min(step, 1 << (len(chunk) - 1).bit_length())
-      batch = {k: np.concatenate([v, np.repeat(v[-1:], size - len(chunk), 0)])
-               for k, v in batch.items()}  # padded with copies of the last prompt
+      batch = _padded(self.prompt_tokens(chunk), len(chunk), step)
       out.append(np.asarray(fn(self.variables, batch["input_ids"],
                                batch["attention_mask"]))[:len(chunk)])
     weights = np.concatenate(out)
@@ -573,10 +570,7 @@ class Pretrained:
       step = 1  # images keep their own sizes: one at a time
     for start in range(0, len(items), step):
       chunk = items[start:start + step]
-      batch = self.preprocess(chunk)
-      size = min(step, 1 << (len(chunk) - 1).bit_length())
-      batch = {k: np.concatenate([v, np.repeat(v[-1:], size - len(chunk), 0)])
-               for k, v in batch.items()}  # padded with copies of the last example
+      batch = _padded(self.preprocess(chunk), len(chunk), step)
       out.append(np.asarray(fn(batch))[:len(chunk)])
     return np.concatenate(out)
 
@@ -610,6 +604,13 @@ class Pretrained:
           f"{self.path}: the model ('{self.config['model']}') has no classification head; use "
           "embed()/features() for its features, or fine-tune it first (python -m "
           f"jaxpretrain.finetune --init_checkpoint={self.path} --dataset=...){zero_shot}")
+
+
+def _padded(batch: Mapping[str, np.ndarray], count: int, step: int) -> dict[str, np.ndarray]:
+  """`count` rows padded with copies of the last to a power of two (at most `step`), so
+  that jit compiles few shapes; callers keep the first `count` outputs."""
+  size = min(step, 1 << (count - 1).bit_length())
+  return {k: np.concatenate([v, np.repeat(v[-1:], size - count, 0)]) for k, v in batch.items()}
 
 
 def top_indices(probs: np.ndarray, k: int) -> np.ndarray:

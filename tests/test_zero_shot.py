@@ -67,7 +67,7 @@ def loaded(ported):
 @pytest.fixture(scope="module")
 def photos(tmp_path_factory):
   """Three seeded RGB PNGs of different sizes (resized and cropped to the model's 16)."""
-  folder = tmp_path_factory.mktemp("photos")
+  folder = tmp_path_factory.mktemp("clip_photos")
   rng = np.random.default_rng(0)
   for i, (h, w) in enumerate([(20, 24), (16, 16), (30, 18)]):
     PIL.Image.fromarray(rng.integers(0, 256, (h, w, 3), np.uint8)).save(folder / f"p{i}.png")
