@@ -22,6 +22,7 @@ import jaxpretrain
 from jaxpretrain import api, models, predict, pretrained
 from jaxpretrain.models import clip as jclip
 from tests import torch_refs
+from tests.parity.test_families2_parity import CASES as PARITY_CASES
 from tests.parity.test_families2_parity import CLIP, CLIP_TEXT
 from tests.torch_refs import rel_err
 
@@ -36,13 +37,9 @@ LABELS = ["cat", "dog", "fish"]
 WORDS = ["a", "photo", "of", "an", "image", "the", *LABELS, "bird", "car"]
 SIZE = CLIP["vision_config"]["image_size"]
 _SAVE = torch_refs.clip_saver(WORDS, CLIP_TEXT["vocab_size"], SIZE)
-CASES = {
-    "CLIPModel": ("CLIPModel", "CLIPConfig", CLIP),
-    "CLIPModel-legacy-eos": ("CLIPModel", "CLIPConfig",
-                             dict(CLIP, text_config=dict(CLIP_TEXT, eos_token_id=2))),
-    "CLIPForImageClassification": ("CLIPForImageClassification", "CLIPConfig",
-                                   dict(CLIP, num_labels=3)),
-}
+# The parity tests' CLIP cases (modern and legacy end-of-text, and the image classifier).
+CASES = {k: PARITY_CASES[k] for k in ("CLIPModel", "CLIPModel-legacy-eos",
+                                      "CLIPForImageClassification")}
 
 
 @pytest.fixture(scope="module")
