@@ -35,9 +35,6 @@ from ports.rules import PortError
 TRAVELLING_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt",
                     "special_tokens_map.json", "preprocessor_config.json", "merges.txt",
                     "vocab.json")
-# Of those, the tokenizer's: what --tokenizer takes from its folder.
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt",
-                   "special_tokens_map.json", "merges.txt", "vocab.json")
 # Exit status of the CLIs on a refused input (absl's usage errors use it too).
 EXIT_BAD_INPUT = 2
 
@@ -155,6 +152,7 @@ def tokenizer_files(folder: str | os.PathLike, model: str) -> dict[str, bytes]:
   For text models (`model`: a registry variant) whose SRC carries no tokenizer (an ONNX
   file) or the wrong one.
   """
+  from jaxpretrain.job import model_record  # noqa: PLC0415 -- the tokenizer files' names
   from jaxpretrain.models import registry  # noqa: PLC0415
 
   folder = pathlib.Path(folder)
@@ -166,7 +164,7 @@ def tokenizer_files(folder: str | os.PathLike, model: str) -> dict[str, bytes]:
                     "tokenizer.json)")
   if readers.side_file(folder, "tokenizer.json") is None:
     raise PortError(f"--tokenizer={folder}: no tokenizer.json in it")
-  return {n: read_travelling_file(folder, n) for n in TOKENIZER_FILES
+  return {n: read_travelling_file(folder, n) for n in model_record.TOKENIZER_FILES
           if readers.side_file(folder, n) is not None}
 
 
@@ -186,7 +184,9 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, *, arch: str | None 
   converted, files = read_source(src, arch, family, resize_size=resize_size,
                                  crop_size=crop_size)
   if tokenizer is not None:
-    files = {n: b for n, b in files.items() if n not in TOKENIZER_FILES}
+    from jaxpretrain.job import model_record  # noqa: PLC0415
+
+    files = {n: b for n, b in files.items() if n not in model_record.TOKENIZER_FILES}
     files.update(tokenizer_files(tokenizer, converted.model))
     converted.preprocessing["tokenizer"] = "tokenizer.json"
     converted.source["tokenizer"] = str(pathlib.Path(tokenizer).absolute())
