@@ -15,6 +15,7 @@ from __future__ import annotations
 import pathlib
 import socket
 import struct
+import sys
 import time
 from collections.abc import Sequence
 from typing import Any, BinaryIO
@@ -116,6 +117,26 @@ def classification_metrics(logits: np.ndarray, labels: np.ndarray,
   }
 
 
+def _tensorboardx_protos() -> tuple[Any, Any, Any]:
+  """tensorboardX's event_pb2, summary_pb2 and masked_crc32c, without importing torch.
+
+  The package's __init__ imports its SummaryWriter, which tries `import torch` (to accept torch
+  tensors): with torch installed that costs seconds at every job start, and jaxpretrain never
+  imports torch. While these imports run, `import torch` raises ImportError (a `None` entry in
+  sys.modules), which tensorboardX catches. Raises ImportError without tensorboardX.
+  """
+  block = "torch" not in sys.modules
+  if block:
+    sys.modules["torch"] = None  # type: ignore[assignment]
+  try:
+    from tensorboardX.proto import event_pb2, summary_pb2  # noqa: PLC0415
+    from tensorboardX.record_writer import masked_crc32c  # noqa: PLC0415
+  finally:
+    if block and sys.modules.get("torch", 0) is None:
+      del sys.modules["torch"]
+  return event_pb2, summary_pb2, masked_crc32c
+
+
 def _open_events(path: pathlib.Path) -> BinaryIO:
   """The event file, opened for appending (tests replace it with a file that fills up)."""
   return path.open("ab")
@@ -143,11 +164,9 @@ class TensorBoard:
     if not enabled:
       return
     try:
-      from tensorboardX.proto import event_pb2, summary_pb2  # noqa: PLC0415
-      from tensorboardX.record_writer import masked_crc32c  # noqa: PLC0415
+      self._event_pb2, self._summary_pb2, self._crc = _tensorboardx_protos()
     except ImportError:
       return
-    self._event_pb2, self._summary_pb2, self._crc = event_pb2, summary_pb2, masked_crc32c
     # tensorboardX's file name: TensorBoard reads every events.out.tfevents.* in the folder.
     self.path = pathlib.Path(logdir) / (f"events.out.tfevents.{str(time.time())[:10]}."
                                         f"{socket.gethostname()}")

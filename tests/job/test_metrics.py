@@ -4,6 +4,8 @@ file: read back, and on a disk that fills up (issue 17: the run never exited).""
 import errno
 import io
 import os
+import subprocess
+import sys
 import threading
 
 import numpy as np
@@ -88,6 +90,20 @@ def test_tensorboard_events_read_back(tmp_path):
   assert scalars == [(1, "train/loss", 0.5, 100.0), (1, "train/lr", pytest.approx(0.01), 100.0),
                      (2, "eval/accuracy", 0.75, 101.0)]
   assert [e.step for e in events if e.HasField("session_log")] == [1]
+
+
+def test_tensorboard_does_not_import_torch(tmp_path):
+  """tensorboardX's package imports torch when it can (seconds at every job start); the event
+  writer takes its protos without it, and a later `import torch` still works."""
+  pytest.importorskip("tensorboardX")
+  code = ("import sys; from jaxpretrain.job import metrics; "
+          f"tb = metrics.TensorBoard({str(tmp_path)!r}); assert tb.path is not None; "
+          "assert 'torch' not in sys.modules, 'torch imported'; tb.close(); "
+          "import importlib.util; assert importlib.util.find_spec('torch') is None or "
+          "__import__('torch')")
+  out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       env={**os.environ, "JAX_PLATFORMS": "cpu"}, timeout=120)
+  assert out.returncode == 0, out.stderr[-2000:]
 
 
 class _FillsUp(io.RawIOBase):
