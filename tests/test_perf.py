@@ -1,5 +1,7 @@
 """perf.compiler_options: what applies where, the user's XLA_FLAGS win, results unchanged."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -13,7 +15,8 @@ KERNEL_ORDER_RTOL = KERNEL_ORDER_ATOL = 1e-5
 
 
 def test_unknown_kind_names_the_value():
-  with pytest.raises(ValueError, match="unknown kind 'eval'; known: \\['inference', 'train'\\]"):
+  known = "\\['inference', 'train', 'init'\\]"
+  with pytest.raises(ValueError, match=f"unknown kind 'eval'; known: {known}"):
     perf.compiler_options("eval")
 
 
@@ -52,3 +55,16 @@ def test_options_do_not_change_results(kind):
     plain = jax.jit(f)(x, w)
     tuned = jax.jit(f, compiler_options=perf.compiler_options(kind))(x, w)
   np.testing.assert_allclose(tuned, plain, rtol=KERNEL_ORDER_RTOL, atol=KERNEL_ORDER_ATOL)
+
+
+@pytest.mark.parametrize("name", ["resnet_tiny", "bert"])
+def test_init_options_give_bit_identical_variables(name):
+  """The "init" options change how hard LLVM optimizes, not one bit of the initialization."""
+  from jaxpretrain import models  # noqa: PLC0415
+
+  kwargs = {"num_hidden_layers": 1} if name == "bert" else {}
+  model = models.build_model(name, **kwargs)
+  init = functools.partial(models.init_variables, name, model)
+  plain = jax.jit(init)(jax.random.key(7))
+  fast = jax.jit(init, compiler_options=perf.compiler_options("init"))(jax.random.key(7))
+  jax.tree.map(np.testing.assert_array_equal, fast, plain)

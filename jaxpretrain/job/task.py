@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxpretrain import models, params, pretrained
+from jaxpretrain import models, params, perf, pretrained
 from jaxpretrain.job.config import MINILM, ConfigError, JobConfig
 from jaxpretrain.models import registry
 from jaxpretrain.train import losses
@@ -207,8 +207,8 @@ def param_paths(spec: ModelSpec) -> list[str]:
 def init_variables(spec: ModelSpec, seed: int, log=print) -> dict[str, Any]:
   """Fresh variables of the run's model, with the checkpoint's merged in when there is one."""
   model = spec.build()
-  fresh = jax.jit(functools.partial(models.init_variables, spec.name, model))(
-      jax.random.key(seed))
+  fresh = jax.jit(functools.partial(models.init_variables, spec.name, model),
+                  compiler_options=perf.compiler_options("init"))(jax.random.key(seed))
   fresh = jax.tree.map(np.asarray, _unfreeze(fresh))
   if spec.checkpoint is None:
     return fresh
