@@ -14,9 +14,10 @@ quiet machine; benchmarks/NOTES.md, attempts 11 and 14):
 - init: LLVM optimization level 1 instead of 3 (`xla_backend_optimization_level=1`) for the
   once-per-run jit of a model's initialization, whose compile time (threefry's many unrolled
   integer ops) is most of its cost: 10.5 -> 2.4 s for resnet_tiny, 11.2 -> 5.8 s for
-  EfficientNet-Lite0, 8.6 -> 5.1 s for ResNet-50, 9.2 -> 6.5 s for ViT-B; run time unchanged,
-  and the variables are bit-identical to level 3's for every family (tests/test_perf.py checks
-  it; measured 2026-12-01 on this 2-core CPU with other work running).
+  EfficientNet-Lite0, 8.6 -> 5.1 s for ResNet-50, 9.2 -> 6.5 s for ViT-B; run time unchanged
+  (2026-12-01, 2-core "Intel(R) Xeon(R) Processor" with other work running). The variables
+  are bit-identical to level 3's for one or more variants of every family (checked that day);
+  tests/test_perf.py keeps checking resnet_tiny and BERT.
 
 Why per compilation and not XLA_FLAGS: the kinds want different options, and one process
 runs both. The library's own jits pass them (the train and eval steps compiled with `jax.jit`,
