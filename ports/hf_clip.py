@@ -33,8 +33,9 @@ VISION_FIELDS = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_a
                  "num_channels", "image_size", "patch_size", "hidden_act", "layer_norm_eps",
                  "attention_dropout")
 TOP_FIELDS = ("projection_dim", "logit_scale_init_value")
-# openai/clip-* preprocessor_config.json (CLIPImageProcessor).
-DEFAULT_PREPROCESSING = {"image_size": [224, 224], "mean": [0.48145466, 0.4578275, 0.40821073],
+# openai/clip-* preprocessor_config.json (CLIPImageProcessor), for a folder without one; its
+# crop is the vision tower's image_size (224, or 336 for clip-vit-large-patch14-336).
+DEFAULT_PREPROCESSING = {"mean": [0.48145466, 0.4578275, 0.40821073],
                          "std": [0.26862954, 0.26130258, 0.27577711], "rescale": 1 / 255,
                          "layout": "NHWC"}
 
@@ -84,12 +85,19 @@ IGNORED = [r"(text|vision)_model\.embeddings\.position_ids"]
 _dense, _norm = hf_common.dense, hf_common.norm
 
 
+# The largest image_size / patch_size a config may give (CLIP models use 224-448 and 14-32).
+MAX_IMAGE_SIZE = 4096
+
+
 def _square(cfg_name: str, field: str, value: Any) -> int:
   if isinstance(value, (list, tuple)):
     if len(set(value)) != 1:
       raise PortError(f"config.json: {cfg_name}.{field} {list(value)} is not supported; "
                       "known: square sizes")
     value = value[0]
+  if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= MAX_IMAGE_SIZE:
+    raise PortError(f"config.json: {cfg_name}.{field} {value!r} is not supported; known: an "
+                    f"integer 1-{MAX_IMAGE_SIZE}")
   return value
 
 
@@ -132,7 +140,8 @@ def to_jaxpretrain(weights: Mapping[str, np.ndarray], *, hf_config: Mapping[str,
   return hf_common.converted(
       MODEL, kw, rules(), weights, hf_config, name=name, model_type=model_type, prefixed=False,
       ignored=IGNORED,
-      preprocessing={**DEFAULT_PREPROCESSING, "tokenizer": "tokenizer.json",
+      preprocessing={**DEFAULT_PREPROCESSING, "image_size": [kw["vision_image_size"]] * 2,
+                     "tokenizer": "tokenizer.json",
                      "max_len": kw["text_max_position_embeddings"],
                      "pad_token_id": kw["text_pad_token_id"]})
 

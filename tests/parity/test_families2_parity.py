@@ -183,6 +183,15 @@ def test_clip_zero_shot(ported, highest_precision):
   assert rel_err(probs, r.logits_per_image.softmax(-1).numpy()) <= RTOL
 
 
+def test_clip_default_crop_is_its_image_size(ported):
+  """Without preprocessor_config.json a CLIP folder's images are made at the size its position
+  embeddings were learned for (CLIP_VISION's 16), not at CLIPImageProcessor's 224."""
+  for case in ("CLIPModel", "CLIPForImageClassification"):
+    config = json.loads((ported(case)[2] / "config.json").read_text())
+    assert config["preprocessing"]["image_size"] == [16, 16], case
+    assert config["preprocessing"]["mean"] == [0.48145466, 0.4578275, 0.40821073], case
+
+
 def test_clip_image_classification(ported, highest_precision):
   ref, _, _, model, variables = ported("CLIPForImageClassification")
   images = _images(2, (16, 16))
