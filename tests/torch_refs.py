@@ -75,6 +75,32 @@ def hf_ported(tmp_path_factory, cases: dict, save=None):
   return get
 
 
+def assert_export_round_trip(ref, folder, ckpt, out, cls_name: str, tied=frozenset()):
+  """ports.export of the converted `ckpt` into `out` gives back `folder`'s tensors bit-exact
+  (but its `tied` copies), config.json names `cls_name`, and transformers reloads `ref`."""
+  import json  # noqa: PLC0415
+
+  import torch  # noqa: PLC0415
+  import transformers  # noqa: PLC0415
+
+  from ports import export, readers  # noqa: PLC0415
+
+  out = export.export(ckpt, out)
+  _, original = readers.load_hf_folder(folder)
+  exported = readers.SafetensorsFile(out / "model.safetensors")
+  assert set(exported) <= set(original)
+  assert set(original) - set(exported) <= set(tied)  # only tied copies are not written back
+  for key in exported:
+    assert exported[key].dtype == original[key].dtype, key
+    assert exported[key].shape == original[key].shape, key
+    np.testing.assert_array_equal(exported[key], original[key], err_msg=key)
+  assert json.loads((out / "config.json").read_text())["architectures"] == [cls_name]
+  reloaded = getattr(transformers, cls_name).from_pretrained(out).eval()
+  for (k, a), (_, b) in zip(sorted(ref.state_dict().items()),
+                            sorted(reloaded.state_dict().items()), strict=True):
+    assert torch.equal(a, b), k
+  return out
+
 def clip_tokenizer_json(vocab_size: int, words) -> str:
   """A WordLevel tokenizer.json made like CLIP's: lowercased `words` between <|startoftext|>
   (id 1) and <|endoftext|> (the largest id, a text config's eos_token_id); <pad> is id 0."""

@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 
 from jaxpretrain.models import clip as jclip
-from ports import export, readers
 from tests import torch_refs
 from tests.torch_refs import rel_err
 
@@ -207,17 +206,4 @@ def test_clip_image_classification(ported, highest_precision):
                                   "CLIPModel", "CLIPForImageClassification"])
 def test_export_round_trip(ported, case, tmp_path):
   ref, folder, ckpt, _, _ = ported(case)
-  out = export.export(ckpt, tmp_path / "exported")
-  _, original = readers.load_hf_folder(folder)
-  exported = readers.SafetensorsFile(out / "model.safetensors")
-  assert set(exported) == set(original)
-  for key in exported:
-    assert exported[key].dtype == original[key].dtype, key
-    assert exported[key].shape == original[key].shape, key
-    np.testing.assert_array_equal(exported[key], original[key], err_msg=key)
-  cls_name = CASES[case][0]
-  assert json.loads((out / "config.json").read_text())["architectures"] == [cls_name]
-  reloaded = getattr(transformers, cls_name).from_pretrained(out).eval()
-  for (k, a), (_, b) in zip(sorted(ref.state_dict().items()),
-                            sorted(reloaded.state_dict().items()), strict=True):
-    assert torch.equal(a, b), k
+  torch_refs.assert_export_round_trip(ref, folder, ckpt, tmp_path / "exported", CASES[case][0])
