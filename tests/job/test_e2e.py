@@ -12,17 +12,7 @@ import pytest
 from jaxpretrain import pretrained
 from jaxpretrain.job import NonFiniteError, evaluate_checkpoint, finetune, pretrain
 from jaxpretrain.job.loop import Hooks
-
-
-class Crash(RuntimeError):
-  pass
-
-
-def _crash_at(step):
-  def after_step(s):
-    if s == step:
-      raise Crash(f"simulated crash after step {s}")
-  return after_step
+from tests.crash import Crash, crash_after
 
 
 def _variables(result):
@@ -52,7 +42,7 @@ def test_resume_gives_the_uninterrupted_parameters(tiny, tmp_path, monkeypatch):
 
   config = tiny(workdir=str(tmp_path / "crashed"))
   with pytest.raises(Crash):
-    finetune(config, hooks=Hooks(after_step=_crash_at(6)))  # checkpoint of step 4 committed
+    finetune(config, hooks=Hooks(after_step=crash_after(6)))  # checkpoint of step 4 committed
   resumed = finetune(config)  # the same command again
   assert resumed.resumed_from == 4 and resumed.steps == 12
   jax.tree.map(np.testing.assert_array_equal, _variables(resumed), _variables(straight))

@@ -25,6 +25,7 @@ import numpy as np
 import pytest
 
 from jaxpretrain import pretrained
+from tests.crash import Crash, crash_after
 from tests.reliability.conftest import run_bounded, stop, train_records, wait_for
 
 SEED = 7
@@ -188,17 +189,6 @@ def _check_restart(before, text, cut_short, shown):
 # exactly, so no kill timing is involved.
 
 
-class Crash(RuntimeError):
-  pass
-
-
-def _crash_after(step):
-  def after_step(s):
-    if s == step:
-      raise Crash(f"simulated crash after step {s}")
-  return after_step
-
-
 def _largest_file(folder):
   return max((p for p in folder.rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
 
@@ -256,7 +246,7 @@ def test_damaged_newest_checkpoint_resumes_from_the_previous_one(tiny_config):
   config = tiny_config(steps=12, checkpoint_every=5)
   wd = pathlib.Path(config.workdir)
   with pytest.raises(Crash):
-    finetune(config, hooks=Hooks(after_step=_crash_after(11)))
+    finetune(config, hooks=Hooks(after_step=crash_after(11)))
   assert _checkpoints(wd)[0] == [5, 10]
   _damage(wd / "checkpoints" / "10", "state file cut short")
   lines = []

@@ -12,13 +12,10 @@ from jaxpretrain import pretrained
 from jaxpretrain.job import NonFiniteError, finetune
 from jaxpretrain.job.loop import Hooks
 from jaxpretrain.train import checkpoint as checkpoint_lib
+from tests.crash import Crash
 from tests.reliability.conftest import train_records
 
 BAD_POSITION = 11  # the data position of the poisoned batch: between checkpoints 10 and 15
-
-
-class Crash(RuntimeError):
-  pass
 
 
 def _poison(position, value):

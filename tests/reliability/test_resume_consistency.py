@@ -19,16 +19,8 @@ import pytest
 
 from jaxpretrain.job import ConfigError, finetune
 from jaxpretrain.job.loop import Hooks
+from tests.crash import Crash, crash_after
 from tests.reliability.conftest import make_images, train_records
-
-
-class Crash(RuntimeError):
-  pass
-
-
-def _crash_after_8(step):
-  if step == 8:
-    raise Crash("simulated crash after step 8")
 
 
 @pytest.fixture
@@ -40,7 +32,7 @@ def crashed(tiny_config, tmp_path):
   np.savez(data, image=images, label=labels)
   config = tiny_config(dataset=f"npz:{data}", steps=12, checkpoint_every=5)
   with pytest.raises(Crash):
-    finetune(config, hooks=Hooks(after_step=_crash_after_8))
+    finetune(config, hooks=Hooks(after_step=crash_after(8)))
   return config, pathlib.Path(config.workdir)
 
 

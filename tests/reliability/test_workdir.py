@@ -24,6 +24,7 @@ from jaxpretrain import pretrained
 from jaxpretrain.job import WorkdirError, finetune
 from jaxpretrain.job import workdir as workdir_lib
 from jaxpretrain.job.loop import Hooks
+from tests.crash import Crash, crash_after
 from tests.reliability.conftest import REPO, train_records, wait_for
 
 
@@ -153,24 +154,13 @@ def test_disk_filling_mid_run_stops_with_one_line_and_resumes(cli, reference, tm
   print(f"exited {took:.1f} s after the disk filled")
 
 
-class Crash(RuntimeError):
-  pass
-
-
-def _crash_after(step):
-  def after_step(s):
-    if s == step:
-      raise Crash(f"simulated crash after step {s}")
-  return after_step
-
-
 @pytest.mark.parametrize("torn", ["metrics.jsonl", "flags.json"])
 def test_a_file_cut_short_by_a_crash_does_not_wedge_the_workdir(tiny_config, torn):
   """A crash (or a full disk) in the middle of writing metrics.jsonl or flags.json leaves a
   partial record; the rerun still resumes and finishes, each step logged once."""
   config = tiny_config(steps=12, checkpoint_every=5)
   with pytest.raises(Crash):
-    finetune(config, hooks=Hooks(after_step=_crash_after(8)))
+    finetune(config, hooks=Hooks(after_step=crash_after(8)))
   path = workdir_lib.pathlib.Path(config.workdir) / torn
   if torn == "metrics.jsonl":
     with path.open("a") as f:
