@@ -16,6 +16,7 @@ ZOO=${ZOO-r18_fm300 r18_fm60 r34_fm200 r50_fm200 minilm_mlm}
 TARGETS=${TARGETS-mnist digits tweets}
 for zoo in $ZOO; do
   $PY -m jaxpretrain.pretrain --flagfile="experiments/select_zoo_$zoo.flags"
+  copy_reports "select_zoo/$zoo"
 done
 for target in $TARGETS; do
   $PY -m jaxpretrain.select --flagfile="experiments/select_$target.flags" "$@"

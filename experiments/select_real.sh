@@ -13,6 +13,7 @@ PY=${PYTHON:-.venv/bin/python}
 PYTHON=$PY bash experiments/convert_real.sh
 # The project's own source: resnet18 trained on Fashion-MNIST to >= 0.91 test accuracy.
 $PY -m jaxpretrain.pretrain --flagfile=experiments/select_zoo_r18_fm_conv.flags
+copy_reports select_zoo/r18_fm_conv
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
   for f in experiments/select_real_*.flags; do
@@ -23,6 +24,7 @@ fi
 for target in "${targets[@]}"; do
   if [ "$target" = tweets ]; then  # its MLM-adapted candidate: 200 masked-LM steps on the tweets
     $PY -m jaxpretrain.pretrain --flagfile=experiments/select_zoo_minilm_mlm.flags
+    copy_reports select_zoo/minilm_mlm
   fi
   /usr/bin/time -f "select_real_$target: %e s wall" \
     $PY -m jaxpretrain.select --flagfile="experiments/select_real_$target.flags" ${SELECT_ARGS:-}
