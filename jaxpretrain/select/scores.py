@@ -378,6 +378,7 @@ def leep(source_probs: Any, labels: Any) -> float:
   # A source class that no example puts mass on never enters the sum; avoid 0 / 0.
   cond = np.divide(joint, p_z, out=np.zeros_like(joint), where=p_z > 0)  # P(y | z), [c, z]
   eep = np.einsum("nz,nz->n", p, cond[y])  # [n], expected empirical prob. of y_i
+  eep = np.minimum(eep, 1.0)  # <= 1 exactly; rounding can add an ulp (the range is <= 0)
   return float(np.mean(np.log(eep)))
 
 
@@ -502,7 +503,9 @@ def _leep_from_posteriors(p: jax.Array, y: jax.Array, c: int) -> jax.Array:
   joint = _one_hot_jax(y, c, p.dtype).T @ p / n  # [c, z], P(y, z)
   p_z = joint.sum(0)
   cond = jnp.where(p_z > 0, joint / jnp.where(p_z > 0, p_z, 1.0), 0.0)  # P(y | z)
-  eep = jnp.sum(p * cond[y], axis=1)  # [n]
+  # A convex combination of probabilities is <= 1; rounding can make it 1 + an ulp, and the
+  # documented range (<= 0) must hold exactly.
+  eep = jnp.minimum(jnp.sum(p * cond[y], axis=1), 1.0)  # [n]
   return jnp.mean(jnp.log(eep))
 
 
