@@ -5,6 +5,8 @@ classes and examples, explicit inverses); the library versions are vectorized, d
 once, or run in JAX, so agreement checks the reformulation, not just the code.
 """
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -220,6 +222,22 @@ def test_leep_higher_when_source_head_predicts_target():
   _, y = _blobs(150, 2, 3)
   low, high = (scores.leep(_source_probs(y, signal=s), y) for s in (0.0, 4.0))
   assert high > low + 0.5, (low, high)  # measured: about -1.09 vs -0.24
+
+
+# Three probabilities whose float64 sum rounds to 1 + 2.2e-16 in XLA's CPU reduction (found
+# by a seeded search; without the clamp the JAX LEEP below is +2.2e-16); CI once saw
+# NLEEP = +1.3e-17 from such rounding.
+_ROUNDS_ABOVE_ONE = [0.25650512341214543, 0.4512653718904243, 0.2922295046974304]
+
+
+def test_leep_never_above_zero_when_each_source_class_is_one_target_class():
+  y = np.repeat(np.arange(4), 5)
+  theta = np.zeros((len(y), 12))  # source classes 3k..3k+2 belong to target class k
+  for i, k in enumerate(y):
+    theta[i, 3 * k:3 * k + 3] = _ROUNDS_ABOVE_ONE
+  assert scores.leep(theta, y) == 0.0  # P(y | z) = 1: every expected probability is exactly 1
+  with jax.enable_x64(True):  # the JAX LEEP inside NLEEP
+    assert float(scores._leep_from_posteriors(jnp.asarray(theta), jnp.asarray(y), c=4)) == 0.0
 
 
 @pytest.mark.parametrize("signal", [0.0, 4.0])
