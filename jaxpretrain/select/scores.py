@@ -371,15 +371,9 @@ def leep(source_probs: Any, labels: Any) -> float:
     The LEEP score (<= 0; higher is better).
   """
   y, c = _check_labels(labels, None)
-  p = _check_probs(source_probs, y.shape[0])
-  n = y.shape[0]
-  joint = _one_hot(y, c).T @ p / n  # [c, z]
-  p_z = joint.sum(0)  # [z]
-  # A source class that no example puts mass on never enters the sum; avoid 0 / 0.
-  cond = np.divide(joint, p_z, out=np.zeros_like(joint), where=p_z > 0)  # P(y | z), [c, z]
-  eep = np.einsum("nz,nz->n", p, cond[y])  # [n], expected empirical prob. of y_i
-  eep = np.minimum(eep, 1.0)  # <= 1 exactly; rounding can add an ulp (the range is <= 0)
-  return float(np.mean(np.log(eep)))
+  p = _check_probs(source_probs, y.shape[0])  # float64
+  with jax.enable_x64(True):  # the one LEEP, shared with NLEEP
+    return float(_leep_from_posteriors(jnp.asarray(p), jnp.asarray(y), c=c))
 
 
 def nce(source_labels: Any, labels: Any) -> float:
@@ -498,10 +492,12 @@ def _one_hot_jax(y: jax.Array, c: int, dtype) -> jax.Array:
 
 @functools.partial(jax.jit, static_argnames=("c",))
 def _leep_from_posteriors(p: jax.Array, y: jax.Array, c: int) -> jax.Array:
-  """LEEP (Nguyen et al. 2020, eqs. 1-2) of posteriors p [n, z] over any source variable z."""
+  """LEEP (Nguyen et al. 2020, eqs. 1-2) of posteriors p [n, z] over any source variable z:
+  `leep`'s source-head probabilities or NLEEP's mixture posteriors."""
   n = p.shape[0]
   joint = _one_hot_jax(y, c, p.dtype).T @ p / n  # [c, z], P(y, z)
   p_z = joint.sum(0)
+  # A source class that no example puts mass on never enters the sum; avoid 0 / 0.
   cond = jnp.where(p_z > 0, joint / jnp.where(p_z > 0, p_z, 1.0), 0.0)  # P(y | z)
   # A convex combination of probabilities is <= 1; rounding can make it 1 + an ulp, and the
   # documented range (<= 0) must hold exactly.
